@@ -1,0 +1,294 @@
+"""Normalise a Hugging Face ``config.json`` into the few numbers that decide memory.
+
+Each supported ``model_type`` maps its own key names (``n_embd`` for GPT-2, ``num_kv_heads`` for
+Falcon, ...) onto one :class:`ModelShape`. The architectural switches (gated MLP, fused qkv,
+sandwich norms, qk-norm, MoE experts) are read from the transformers modelling code of that
+model type, transformers 5.x, and are what the parameter and activation formulas branch on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lora_budget.errors import LoraBudgetError
+
+NormKind = Literal["rms", "rms_gemma", "layer"]
+NormScheme = Literal["pre", "sandwich", "post"]
+QkNorm = Literal["none", "head", "full"]
+ActKind = Literal["silu", "gelu", "gelu_tanh", "gelu_new"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelShape:
+    """The memory-relevant shape of a decoder-only transformer."""
+
+    model_type: str
+    """transformers ``model_type`` (llama, qwen2, gemma2, phi3, gpt2, falcon, ...)."""
+    hidden: int
+    """Residual stream width h."""
+    layers: int
+    """Number of decoder layers L."""
+    heads: int
+    """Query heads a."""
+    kv_heads: int
+    """Key/value heads k (k == a for MHA, 1 for MQA)."""
+    head_dim: int
+    """Per-head width d (need not equal h / a, e.g. Gemma)."""
+    intermediate: int
+    """MLP inner width i (per expert for MoE: ``moe_intermediate_size``)."""
+    vocab: int
+    """Vocabulary size V (rows of the embedding and of lm_head)."""
+    max_positions: int
+    """``max_position_embeddings``; longer sequences get a warning."""
+    tied_embeddings: bool
+    """lm_head shares the embedding matrix."""
+    gated_mlp: bool
+    """SwiGLU/GeGLU (gate, up, down) rather than plain (fc, proj)."""
+    act: ActKind
+    """MLP activation."""
+    norm: NormKind
+    """RMSNorm (weight), Gemma RMSNorm (1 + weight, computed in fp32), or LayerNorm (weight + bias)."""
+    norm_scheme: NormScheme
+    """pre: 2 norms per layer; sandwich: 4 (Gemma 2/3); post: 2 after the sublayers (OLMo 2)."""
+    qk_norm: QkNorm
+    """RMSNorm on queries/keys: per head (Qwen3, Gemma 3), over all heads (OLMo 2), or none."""
+    qkv_bias: bool
+    """Biases on the q/k/v projections (Qwen2, GPT-2)."""
+    o_bias: bool
+    """Bias on the attention output projection (GPT-2)."""
+    mlp_bias: bool
+    """Biases in the MLP (GPT-2)."""
+    fused_qkv: bool
+    """One qkv projection (Phi-3 ``qkv_proj``, GPT-2 ``c_attn``, Falcon ``query_key_value``)."""
+    fused_gate_up: bool
+    """One gate_up projection (Phi-3 ``gate_up_proj``)."""
+    parallel_block: bool
+    """Attention and MLP read the same normed input (Falcon ``parallel_attn``)."""
+    learned_positions: int
+    """Rows of a learned position embedding (GPT-2 ``wpe``); 0 with rotary embeddings."""
+    experts: int
+    """MoE experts per layer (0 for dense)."""
+    experts_per_token: int
+    """Experts each token is routed to (top-k)."""
+    attn_softcap: bool
+    """Attention logit soft-capping (Gemma 2): one more saved s x s tensor under eager attention."""
+    final_softcap: bool
+    """Final logit soft-capping (Gemma 2): one more saved vocab-sized tensor."""
+    dropout: float
+    """Residual/embedding/attention dropout probability used in training (GPT-2: 0.1)."""
+    checkpoint_dtype: str
+    """``torch_dtype`` recorded in the checkpoint (informational)."""
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+
+SUPPORTED_TYPES = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "falcon",
+    "olmo2",
+)
+
+
+class _Reader:
+    def __init__(self, raw: dict[str, Any], where: str):
+        self.raw = raw
+        self.where = where
+
+    def need(self, *keys: str) -> Any:
+        for key in keys:
+            if self.raw.get(key) is not None:
+                return self.raw[key]
+        names = " or ".join(repr(k) for k in keys)
+        raise LoraBudgetError(f"{self.where}: config is missing the field {names}")
+
+    def get(self, key: str, default: Any) -> Any:
+        value = self.raw.get(key)
+        return default if value is None else value
+
+
+def _act(name: str, where: str) -> ActKind:
+    table: dict[str, ActKind] = {
+        "silu": "silu",
+        "swish": "silu",
+        "gelu": "gelu",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_new": "gelu_new",
+    }
+    if name not in table:
+        raise LoraBudgetError(f"{where}: activation {name!r} is not supported (supported: {', '.join(table)})")
+    return table[name]
+
+
+def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
+    """Build a :class:`ModelShape` from a config.json dict; errors name the missing field."""
+    if "text_config" in raw and "model_type" in raw.get("text_config", {}):
+        raw = raw["text_config"]
+    r = _Reader(raw, where)
+    model_type = r.need("model_type")
+    if model_type not in SUPPORTED_TYPES:
+        raise LoraBudgetError(
+            f"{where}: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    if model_type == "gpt2":
+        return _gpt2(r)
+    if model_type == "falcon":
+        return _falcon(r)
+    return _llama_like(r, model_type)
+
+
+def _llama_like(r: _Reader, model_type: str) -> ModelShape:
+    hidden = int(r.need("hidden_size"))
+    heads = int(r.need("num_attention_heads"))
+    kv_heads = int(r.get("num_key_value_heads", heads))
+    head_dim = int(r.get("head_dim", hidden // heads))
+    gemma = model_type in ("gemma", "gemma2", "gemma3_text")
+    experts = 0
+    top_k = 0
+    intermediate = int(r.need("intermediate_size"))
+    if model_type == "mixtral":
+        experts = int(r.need("num_local_experts"))
+        top_k = int(r.need("num_experts_per_tok"))
+    elif model_type == "qwen3_moe":
+        experts = int(r.need("num_experts"))
+        top_k = int(r.need("num_experts_per_tok"))
+        intermediate = int(r.need("moe_intermediate_size"))
+        if r.get("mlp_only_layers", []) or int(r.get("decoder_sparse_step", 1)) != 1:
+            raise LoraBudgetError(f"{r.where}: qwen3_moe with dense layers mixed in is not supported yet")
+    if gemma:
+        act = _act(str(r.get("hidden_activation", r.get("hidden_act", "gelu_pytorch_tanh"))), r.where)
+    else:
+        act = _act(str(r.get("hidden_act", "silu")), r.where)
+    attention_bias = bool(r.get("attention_bias", False))
+    qkv_bias = model_type == "qwen2" or attention_bias
+    return ModelShape(
+        model_type=model_type,
+        hidden=hidden,
+        layers=int(r.need("num_hidden_layers")),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=intermediate,
+        vocab=int(r.need("vocab_size")),
+        max_positions=int(r.get("max_position_embeddings", 2048)),
+        tied_embeddings=bool(r.get("tie_word_embeddings", gemma)),
+        gated_mlp=True,
+        act=act,
+        norm="rms_gemma" if gemma else "rms",
+        norm_scheme="sandwich"
+        if model_type in ("gemma2", "gemma3_text")
+        else ("post" if model_type == "olmo2" else "pre"),
+        qk_norm="head" if model_type in ("qwen3", "qwen3_moe", "gemma3_text") else ("full" if model_type == "olmo2" else "none"),
+        qkv_bias=qkv_bias,
+        o_bias=attention_bias and model_type != "qwen2",
+        mlp_bias=bool(r.get("mlp_bias", False)),
+        fused_qkv=model_type == "phi3",
+        fused_gate_up=model_type == "phi3",
+        parallel_block=False,
+        learned_positions=0,
+        experts=experts,
+        experts_per_token=top_k,
+        attn_softcap=r.get("attn_logit_softcapping", None) is not None and model_type == "gemma2",
+        final_softcap=r.get("final_logit_softcapping", None) is not None,
+        dropout=float(r.get("resid_pdrop", 0.0)) if model_type == "phi3" else 0.0,
+        checkpoint_dtype=str(r.get("torch_dtype", r.get("dtype", "unknown"))),
+    )
+
+
+def _gpt2(r: _Reader) -> ModelShape:
+    hidden = int(r.need("n_embd", "hidden_size"))
+    heads = int(r.need("n_head", "num_attention_heads"))
+    inner = r.get("n_inner", None)
+    return ModelShape(
+        model_type="gpt2",
+        hidden=hidden,
+        layers=int(r.need("n_layer", "num_hidden_layers")),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate=int(inner) if inner else 4 * hidden,
+        vocab=int(r.need("vocab_size")),
+        max_positions=int(r.need("n_positions", "max_position_embeddings")),
+        tied_embeddings=bool(r.get("tie_word_embeddings", True)),
+        gated_mlp=False,
+        act=_act(str(r.get("activation_function", "gelu_new")), r.where),
+        norm="layer",
+        norm_scheme="pre",
+        qk_norm="none",
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        fused_qkv=True,
+        fused_gate_up=False,
+        parallel_block=False,
+        learned_positions=int(r.need("n_positions", "max_position_embeddings")),
+        experts=0,
+        experts_per_token=0,
+        attn_softcap=False,
+        final_softcap=False,
+        dropout=float(r.get("resid_pdrop", 0.1)),
+        checkpoint_dtype=str(r.get("torch_dtype", r.get("dtype", "unknown"))),
+    )
+
+
+def _falcon(r: _Reader) -> ModelShape:
+    hidden = int(r.need("hidden_size", "n_embed"))
+    heads = int(r.need("num_attention_heads", "n_head"))
+    new_arch = bool(r.get("new_decoder_architecture", False))
+    if new_arch or r.get("alibi", False):
+        raise LoraBudgetError(f"{r.where}: Falcon with new_decoder_architecture or alibi is not supported yet")
+    multi_query = bool(r.get("multi_query", True))
+    kv_heads = 1 if multi_query else heads
+    if not r.get("parallel_attn", True):
+        raise LoraBudgetError(f"{r.where}: Falcon without parallel_attn is not supported yet")
+    bias = bool(r.get("bias", False))
+    return ModelShape(
+        model_type="falcon",
+        hidden=hidden,
+        layers=int(r.need("num_hidden_layers", "n_layer")),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        intermediate=int(r.get("ffn_hidden_size", 4 * hidden)),
+        vocab=int(r.need("vocab_size")),
+        max_positions=int(r.get("max_position_embeddings", 2048)),
+        tied_embeddings=bool(r.get("tie_word_embeddings", True)),
+        gated_mlp=False,
+        act="gelu",
+        norm="layer",
+        norm_scheme="pre",
+        qk_norm="none",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        fused_qkv=True,
+        fused_gate_up=False,
+        parallel_block=True,
+        learned_positions=0,
+        experts=0,
+        experts_per_token=0,
+        attn_softcap=False,
+        final_softcap=False,
+        dropout=float(r.get("hidden_dropout", 0.0)),
+        checkpoint_dtype=str(r.get("torch_dtype", r.get("dtype", "unknown"))),
+    )

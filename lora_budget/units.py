@@ -1,0 +1,72 @@
+"""Byte units: parsing user sizes and printing byte counts.
+
+Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal units (KB, MB, GB, TB) are powers
+of 1000. The two are never mixed: a number labelled GB was divided by 10**9.
+"""
+
+from __future__ import annotations
+
+import re
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+KB = 1000
+MB = 1000**2
+GB = 1000**3
+TB = 1000**4
+
+_UNITS = {
+    "b": 1,
+    "kb": KB,
+    "mb": MB,
+    "gb": GB,
+    "tb": TB,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"24GB"``, ``"80 GiB"`` or ``"512MiB"`` into bytes.
+
+    ``GB`` is decimal (24GB = 24 * 10**9 bytes), ``GiB`` binary (24GiB = 24 * 2**30 bytes).
+    Raises ValueError on anything else, including sizes without a unit.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(
+            f"cannot read {text!r} as a memory size; write it with a unit, e.g. 24GB (decimal) or 24GiB (binary)"
+        )
+    value = float(match.group(1))
+    nbytes = int(round(value * _UNITS[match.group(2).lower()]))
+    if nbytes <= 0:
+        raise ValueError(f"memory size {text!r} must be positive")
+    return nbytes
+
+
+def looks_like_size(text: str) -> bool:
+    return bool(_SIZE_RE.match(text))
+
+
+def gib(nbytes: int) -> float:
+    """Bytes as GiB (2**30)."""
+    return nbytes / GiB
+
+
+def fmt_gib(nbytes: int, digits: int = 2) -> str:
+    return f"{nbytes / GiB:.{digits}f} GiB"
+
+
+def fmt_bytes(nbytes: int) -> str:
+    """Human binary size with the unit that keeps 1-3 integer digits."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
