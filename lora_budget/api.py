@@ -1,0 +1,272 @@
+"""Python API: ``lora_budget.plan(...)`` returns dataclasses; printing lives in the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lora_budget.breakdown import CATEGORIES, Breakdown
+from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
+from lora_budget.catalog.models import resolve_model
+from lora_budget.core.fit import max_batch_size, max_seq_len
+from lora_budget.core.params import param_count
+from lora_budget.core.peak import PeakModel, peak_model
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import METHODS, ModelRef, TrainSpec
+from lora_budget.units import fmt_gib
+
+MAIN_METHODS = ("full", "lora", "qlora")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suggestion:
+    """One change to the spec and what it does to the peak."""
+
+    change: str
+    """What to change, as a user would type it (``--grad-ckpt``)."""
+    peak_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodPlan:
+    method: str
+    spec: TrainSpec
+    breakdown: Breakdown
+    capacity_bytes: int
+    fits: bool
+    """The peak, less pageable optimizer state, is at most the GPU's memory."""
+    paged_bytes: int
+    """Optimizer state in paged memory that the driver may move to CPU under pressure."""
+    max_batch_size: int
+    """Largest micro-batch that fits at this sequence length (0: none)."""
+    max_seq_len: int
+    """Longest sequence that fits at this micro-batch, up to the model's max positions (0: none)."""
+    suggestions: tuple[Suggestion, ...]
+    """For a plan that does not fit: single changes that would make it fit, best first."""
+    smallest_gpu: str | None = None
+    """Smallest catalog card whose memory holds this peak (None if none does)."""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.breakdown.peak_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Capacity minus the bytes that must be resident (negative when it does not fit)."""
+        return self.capacity_bytes - (self.peak_bytes - self.paged_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        shape = spec.model.shape
+        out: dict[str, Any] = {
+            "method": self.method,
+            "fits": self.fits,
+            "peak_bytes": self.peak_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "peak_phase": self.breakdown.phase,
+        }
+        out.update({f"{name}_bytes": value for name, value in self.breakdown.as_dict().items()})
+        out.update(
+            {
+                "paged_bytes": self.paged_bytes,
+                "max_batch_size": self.max_batch_size,
+                "max_seq_len": self.max_seq_len,
+                "suggestions": [dataclasses.asdict(s) for s in self.suggestions],
+                "smallest_gpu": self.smallest_gpu,
+                "warnings": list(self.warnings),
+                "spec": {
+                    "model": spec.model.name,
+                    "hf_id": spec.model.hf_id,
+                    "param_count": param_count(shape),
+                    "method": spec.method,
+                    "dtype": spec.dtype,
+                    "master_weights": spec.master_weights,
+                    "adapter_dtype": spec.adapter_dtype if spec.method != "full" else None,
+                    "rank": spec.rank if spec.method != "full" else None,
+                    "alpha": spec.alpha if spec.method != "full" else None,
+                    "targets": spec.targets if spec.method != "full" else None,
+                    "quant": spec.quant if spec.method == "qlora" else None,
+                    "quant_blocksize": spec.quant_blocksize if spec.method == "qlora" else None,
+                    "double_quant": spec.double_quant if spec.method == "qlora" else None,
+                    "optimizer": spec.optimizer,
+                    "batch_size": spec.batch_size,
+                    "seq_len": spec.seq_len,
+                    "grad_accum": spec.grad_accum,
+                    "grad_ckpt": spec.grad_ckpt,
+                    "attn": spec.attn,
+                },
+            }
+        )
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanResult:
+    model: ModelRef
+    gpu: GPU
+    methods: tuple[MethodPlan, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "model": {
+                "name": self.model.name,
+                "hf_id": self.model.hf_id,
+                "param_count": param_count(self.model.shape),
+                "source": self.model.source,
+            },
+            "gpu": {
+                "name": self.gpu.name,
+                "memory_bytes": self.gpu.memory_bytes,
+                "bf16": self.gpu.bf16,
+                "source": self.gpu.source,
+            },
+            "methods": [m.to_dict() for m in self.methods],
+            "notes": list(self.notes),
+        }
+
+    def to_frame(self) -> Any:
+        """One row per method, a column per category (bytes); needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - exercised only without pandas
+            raise LoraBudgetError("to_frame() needs pandas: pip install pandas") from None
+        rows = []
+        for m in self.methods:
+            row = m.to_dict()
+            spec = row.pop("spec")
+            row.pop("suggestions")
+            row.pop("warnings")
+            row["model"] = spec["model"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _suggest(spec: TrainSpec, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
+    """Single changes that make a non-fitting spec fit, cheapest in training cost first."""
+    candidates: list[tuple[str, dict[str, Any]]] = []
+    if not spec.grad_ckpt:
+        candidates.append(("--grad-ckpt", {"grad_ckpt": True}))
+    if spec.optimizer in ("adamw", "paged_adamw"):
+        candidates.append(("--optimizer adamw8bit", {"optimizer": "adamw8bit"}))
+        candidates.append(("--optimizer paged_adamw8bit", {"optimizer": "paged_adamw8bit"}))
+    if spec.batch_size > 1:
+        candidates.append(
+            (
+                f"--batch-size 1 --grad-accum {spec.batch_size * spec.grad_accum}",
+                {"batch_size": 1, "grad_accum": spec.batch_size * spec.grad_accum},
+            )
+        )
+    if not spec.grad_ckpt and spec.optimizer == "adamw":
+        candidates.append(("--grad-ckpt --optimizer adamw8bit", {"grad_ckpt": True, "optimizer": "adamw8bit"}))
+    if spec.method in ("full", "lora", "lora8bit"):
+        candidates.append(("--method qlora", {"method": "qlora", "master_weights": False}))
+        if not spec.grad_ckpt:
+            candidates.append(("--method qlora --grad-ckpt", {"method": "qlora", "master_weights": False, "grad_ckpt": True}))
+    out: list[Suggestion] = []
+    for label, change in candidates:
+        try:
+            new = dataclasses.replace(spec, **change)
+        except LoraBudgetError:
+            continue
+        if any(set(prev.change.split()) <= set(label.split()) for prev in out):
+            continue  # a smaller change already fits
+        model = peak_model(new, overhead)
+        fits = model.fit_bytes(new.batch_size, new.seq_len) <= capacity
+        if fits:
+            out.append(Suggestion(change=label, peak_bytes=model.peak_bytes(new.batch_size, new.seq_len), fits=True))
+    # shorter sequences, as a last software change
+    model = peak_model(spec, overhead)
+    seq = max_seq_len(model, spec.batch_size, capacity, spec.seq_len)
+    if 0 < seq < spec.seq_len:
+        out.append(
+            Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True)
+        )
+    return tuple(out)
+
+
+def plan_spec(spec: TrainSpec, gpu: GPU, overhead_bytes: int = 0, advise: bool = True) -> MethodPlan:
+    """Plan one fully specified spec on one GPU."""
+    model: PeakModel = peak_model(spec, overhead_bytes)
+    capacity = gpu.memory_bytes
+    breakdown = model.breakdown(spec.batch_size, spec.seq_len)
+    paged = model.static.optimizer_pageable
+    fits = breakdown.peak_bytes - paged <= capacity
+    limit = max(spec.model.shape.max_positions, spec.seq_len)
+    suggestions = _suggest(spec, capacity, overhead_bytes) if (advise and not fits) else ()
+    warnings = list(spec.warnings)
+    if spec.dtype == "bf16" and not gpu.bf16:
+        warnings.append(f"{gpu.name} has no native bf16; use --dtype fp16")
+    return MethodPlan(
+        method=spec.method,
+        spec=spec,
+        breakdown=breakdown,
+        capacity_bytes=capacity,
+        fits=fits,
+        paged_bytes=paged,
+        max_batch_size=max_batch_size(model, spec.seq_len, capacity),
+        max_seq_len=max_seq_len(model, spec.batch_size, capacity, limit),
+        suggestions=suggestions,
+        smallest_gpu=(lambda g: g.name if g else None)(smallest_fitting(breakdown.peak_bytes - paged)),
+        warnings=tuple(warnings),
+    )
+
+
+def plan(
+    model: str | ModelRef = "7b",
+    gpu: str | GPU = "24GB",
+    methods: tuple[str, ...] | str = MAIN_METHODS,
+    *,
+    batch_size: int | str = 1,
+    overhead_bytes: int = 0,
+    **spec_options: Any,
+) -> PlanResult:
+    """Plan fine-tuning ``model`` on ``gpu`` with each method.
+
+    ``batch_size="auto"`` picks the largest micro-batch that fits, per method. Other keyword
+    arguments are :class:`~lora_budget.spec.TrainSpec` fields (``seq_len``, ``rank``,
+    ``optimizer``, ``grad_ckpt``, ...).
+
+    >>> result = plan("7b", "24GB")
+    >>> [m.method for m in result.methods]
+    ['full', 'lora', 'qlora']
+    """
+    ref = resolve_model(model) if isinstance(model, str) else model
+    card = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
+    if isinstance(methods, str):
+        methods = MAIN_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(","))
+    for m in methods:
+        if m not in METHODS:
+            raise LoraBudgetError(f"unknown method {m!r}; choose from {', '.join(METHODS)} or all")
+    auto = batch_size == "auto"
+    if not auto and not isinstance(batch_size, int):
+        raise LoraBudgetError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
+    plans = []
+    for method in methods:
+        options = dict(spec_options)
+        if method != "full":
+            options.pop("master_weights", None)
+        spec = TrainSpec(model=ref, method=method, batch_size=1 if auto else int(batch_size), **options)
+        if auto:
+            best = max_batch_size(peak_model(spec, overhead_bytes), spec.seq_len, card.memory_bytes)
+            spec = dataclasses.replace(spec, batch_size=max(best, 1))
+        plans.append(plan_spec(spec, card, overhead_bytes))
+    notes = []
+    if card.from_size:
+        notes.append(
+            f"--gpu {card.name} taken as {card.memory_bytes:,} bytes ({fmt_gib(card.memory_bytes)}): GB is decimal, "
+            "GiB binary; a card sold as 24 GB has 24 GiB, so use --gpu 24GiB or a card name such as --gpu rtx4090"
+        )
+    if overhead_bytes == 0:
+        notes.append(
+            "peaks are the bytes PyTorch allocates for tensors; the CUDA context and allocator "
+            "fragmentation come on top (no calibration for this GPU yet: pass --overhead SIZE to include them)"
+        )
+    return PlanResult(model=ref, gpu=card, methods=tuple(plans), notes=tuple(notes))
+
+
+__all__ = ["CATEGORIES", "MethodPlan", "PlanResult", "Suggestion", "plan", "plan_spec"]

@@ -1,0 +1,96 @@
+"""The model catalog (models.json) and name resolution: aliases, HF ids, forgiving spellings, files."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lora_budget.catalog.shape import shape_from_config
+from lora_budget.core.params import param_count
+from lora_budget.errors import LoraBudgetError, UnknownNameError
+from lora_budget.spec import ModelRef
+
+_DATA = Path(__file__).with_name("models.json")
+
+
+@lru_cache(maxsize=1)
+def catalog() -> tuple[dict[str, Any], ...]:
+    """Catalog entries as stored: name, hf_id, family, aliases, source, config."""
+    return tuple(json.loads(_DATA.read_text())["models"])
+
+
+def _key(text: str) -> str:
+    """Forgiving spelling: lower case, separators dropped, common repo suffixes dropped."""
+    t = text.strip().lower()
+    t = t.split("/")[-1]
+    t = re.sub(r"[-_.\s]+(hf|instruct|it|pt|base)$", "", t)
+    t = re.sub(r"[-_.\s]+v0[.\-_]?1$", "", t) if "mistral" not in t and "mixtral" not in t else t
+    return re.sub(r"[-_.\s]", "", t)
+
+
+@lru_cache(maxsize=1)
+def _index() -> dict[str, dict[str, Any]]:
+    index: dict[str, dict[str, Any]] = {}
+    for entry in catalog():
+        for name in (entry["name"], entry["hf_id"], *entry["aliases"]):
+            index.setdefault(name.lower(), entry)
+            index.setdefault(_key(name), entry)
+    return index
+
+
+def _ref(entry: dict[str, Any]) -> ModelRef:
+    return ModelRef(
+        name=entry["name"],
+        hf_id=entry["hf_id"],
+        source=entry["source"],
+        shape=shape_from_config(entry["config"], where=entry["name"]),
+    )
+
+
+def resolve_model(text: str) -> ModelRef:
+    """A catalog name, alias (``7b``), HF repo id, config.json path or local model directory."""
+    if not text or not text.strip():
+        raise LoraBudgetError("no model given; pass a catalog name such as 7b or Llama-3.1-8B")
+    path = Path(text).expanduser()
+    if path.is_dir() or path.suffix == ".json" or path.is_file():
+        return model_from_path(path)
+    index = _index()
+    entry = index.get(text.strip().lower()) or index.get(_key(text))
+    if entry is None:
+        names = [e["name"] for e in catalog()] + [a for e in catalog() for a in e["aliases"]]
+        close = difflib.get_close_matches(text.strip(), names, n=3, cutoff=0.5)
+        if not close:
+            close = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=3, cutoff=0.5)
+            close = [n for n in names if _key(n) in close][:3]
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise UnknownNameError(
+            f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)"
+        )
+    return _ref(entry)
+
+
+def model_from_path(path: Path) -> ModelRef:
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise LoraBudgetError(f"{config_path}: no such file (expected a config.json or a model directory)")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoraBudgetError(f"{config_path}: not a readable JSON config ({exc})") from None
+    if not isinstance(raw, dict):
+        raise LoraBudgetError(f"{config_path}: expected a JSON object")
+    return ModelRef(
+        name=str(config_path),
+        hf_id=str(raw.get("_name_or_path", "")),
+        source=str(config_path),
+        shape=shape_from_config(raw, where=str(config_path)),
+    )
+
+
+def list_models() -> list[tuple[dict[str, Any], int]]:
+    """Catalog entries with their exact parameter counts."""
+    return [(e, param_count(shape_from_config(e["config"], where=e["name"]))) for e in catalog()]

@@ -1,0 +1,355 @@
+"""Activations: the bytes autograd saves for backward, derived op by op from the modelling code.
+
+Method. We walk one decoder layer the way the transformers 5.x modelling code executes it
+(``modeling_llama.py`` and siblings, peft's ``lora/layer.py``, bitsandbytes' ``MatMul4Bit``) and
+record, for every op, which tensors its autograd node keeps. The rules come from PyTorch's
+``tools/autograd/derivatives.yaml`` and the generated code, which saves an input only when the
+gradient that needs it is required:
+
+- ``linear``/``addmm``/``mm``: keeps the input x only if the weight needs a gradient (frozen base
+  weights keep nothing but the weight itself, which is not an activation).
+- ``pow``, ``silu``, ``gelu``, ``tanh`` (its output), ``log_softmax`` (its output), ``softmax``
+  (its output), ``mul`` of two grad-requiring tensors (both), ``mul`` by a constant (nothing).
+- ``native_layer_norm``: its input plus fp32 mean and rstd (8 bytes per row).
+- SDPA flash / efficient and FlashAttention-2: q, k, v, the output and an fp32 logsumexp of
+  ``heads`` floats per token; no s x s tensor. GQA is passed natively (``enable_gqa``), so k and v
+  stay at ``kv_heads`` width.
+- eager attention: q, repeated k and v, the fp32 softmax output and its cast to the compute
+  dtype (two s x s tensors per head), plus one more for Gemma 2's soft-capping ``tanh``.
+- a view keeps its whole base storage alive (Phi-3's fused qkv, GPT-2's ``c_attn`` split).
+- dropout with p > 0 on CUDA keeps a 1-byte mask per element.
+
+Tensors are identified by key; a tensor saved by several ops counts once (q, k and v projections
+all keep the same normed input). Sizes are bytes per token (``lin``) plus bytes per token per
+sequence position (``quad``, the s x s attention terms): a layer's saved bytes are
+``T * (lin + quad * s)`` for T = batch x seq tokens.
+
+Known error: small per-token tensors (RMSNorm's rsqrt, 4 bytes per token; dropout RNG state;
+MoE routing indices) are counted where they are cheap to count and otherwise ignored; the
+backward working set is an estimate of the largest gradient buffers alive inside one layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lora_budget.catalog.shape import ModelShape
+
+
+@dataclass(frozen=True, slots=True)
+class Coeff:
+    """Bytes per token: ``lin + quad * seq_len``."""
+
+    lin: float = 0.0
+    quad: float = 0.0
+
+    def __add__(self, other: Coeff) -> Coeff:
+        return Coeff(self.lin + other.lin, self.quad + other.quad)
+
+    def scale(self, k: float) -> Coeff:
+        return Coeff(self.lin * k, self.quad * k)
+
+    def at(self, seq_len: int) -> float:
+        return self.lin + self.quad * seq_len
+
+
+ZERO = Coeff()
+
+
+@dataclass(slots=True)
+class _T:
+    key: str
+    size: Coeff
+    rg: bool
+    """requires_grad"""
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Records saved tensors of one decoder layer; a key is counted once."""
+
+    saved: dict[str, Coeff] = field(default_factory=dict)
+    n: int = 0
+
+    def new(self, name: str, lin: float, rg: bool, quad: float = 0.0) -> _T:
+        self.n += 1
+        return _T(f"{name}#{self.n}", Coeff(lin, quad), rg)
+
+    def save(self, *tensors: _T) -> None:
+        for t in tensors:
+            self.saved.setdefault(t.key, t.size)
+
+    def total(self) -> Coeff:
+        out = ZERO
+        for c in self.saved.values():
+            out = out + c
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepSettings:
+    """What the activation walk needs to know about the method."""
+
+    compute_bytes: int
+    """c: bytes per element of activations (2 for bf16/fp16)."""
+    adapter_bytes: int
+    """bytes per element of LoRA weights."""
+    base_trainable: bool
+    """full fine-tuning: every weight (and norm) needs a gradient."""
+    lora_targets: frozenset[str]
+    """module names with a LoRA adapter."""
+    rank: int
+    attn: str
+    """eager, sdpa or flash."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationModel:
+    """Per-token coefficients of everything activation-shaped in one training step."""
+
+    layer: Coeff
+    """Saved bytes of one decoder layer (layers 1..L-1)."""
+    first_layer: Coeff
+    """Saved bytes of layer 0 (less when its input needs no gradient, as with LoRA)."""
+    once: Coeff
+    """Saved once per step outside the layers: rotary cos/sin, final norm, lm_head input, masks."""
+    checkpoint: Coeff
+    """Kept per layer under gradient checkpointing: the layer's input hidden state."""
+    forward_transient: Coeff
+    """Largest extra bytes alive inside a layer's forward (fp32 norm copies, eager scores, LoRA sums)."""
+    backward_transient: Coeff
+    """Largest gradient working set inside one layer's backward."""
+    dequant_bytes: int
+    """Bytes of the largest quantized weight dequantized to the compute dtype (QLoRA/8-bit), 0 otherwise."""
+
+
+def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
+    """RMSNorm (Llama/Gemma) or LayerNorm; returns the normed output."""
+    c = st.compute_bytes
+    if s.norm == "layer":
+        if x.rg or st.base_trainable:
+            w.save(x, w.new("ln_stats", 8, False))
+        return w.new("ln_out", c * width, x.rg or st.base_trainable)
+    # hidden.to(float32): a copy unless already fp32
+    x32 = x if c == 4 else w.new("norm_fp32", 4 * width, x.rg)
+    if x.rg:
+        w.save(x32, w.new("rsqrt", 4, True))  # pow(x32) and mul(x32, rsqrt) keep x32 and rsqrt
+    if s.norm == "rms_gemma":
+        normed = w.new("norm_f32_out", 4 * width, x.rg)  # x32 * rsqrt, multiplied by (1 + weight) in fp32
+        if st.base_trainable:
+            w.save(normed)
+        return w.new("norm_out", c * width, x.rg or st.base_trainable)
+    normed = w.new("norm_cast", c * width, x.rg)  # (x32 * rsqrt).to(input dtype); a new tensor even in fp32
+    if st.base_trainable:
+        w.save(normed)  # weight * normed keeps normed for the weight gradient
+    return w.new("norm_out", c * width, x.rg or st.base_trainable)
+
+
+def _linear(w: _Walk, st: StepSettings, name: str, x: _T, fan_in: int, fan_out: int) -> _T:
+    """nn.Linear / Conv1D, with a peft LoRA adapter when ``name`` is targeted."""
+    c = st.compute_bytes
+    if st.base_trainable:
+        w.save(x)
+    out_rg = x.rg or st.base_trainable
+    if name in st.lora_targets:
+        a = st.adapter_bytes
+        # peft casts the input to the adapter dtype; a copy unless the dtypes already match
+        xa = x if a == c else w.new(f"lora_in_{name}", a * fan_in, x.rg)
+        w.save(xa)  # lora_A keeps its input for dA
+        w.save(w.new(f"lora_mid_{name}", a * st.rank, True))  # lora_B keeps lora_A's output for dB
+        out_rg = True
+    return w.new(f"{name}_out", c * fan_out, out_rg)
+
+
+def _act(w: _Walk, s: ModelShape, st: StepSettings, g: _T, width: int) -> _T:
+    c = st.compute_bytes
+    if not g.rg:
+        return w.new("act", c * width, False)
+    if s.act == "gelu_new":
+        # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3))): pow keeps x, tanh its output,
+        # the final mul both operands (0.5*x and 1+tanh)
+        w.save(g, w.new("tanh", c * width, True), w.new("half_x", c * width, True), w.new("one_plus", c * width, True))
+    else:
+        w.save(g)  # silu / gelu keep their input
+    return w.new("act", c * width, True)
+
+
+def _dropout(w: _Walk, s: ModelShape, x: _T, width: int) -> _T:
+    if s.dropout > 0 and x.rg:
+        w.save(w.new("dropout_mask", 1 * width, False))
+    return x
+
+
+def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff, Coeff]:
+    """Returns (output of the o projection, forward transient, backward transient)."""
+    c = st.compute_bytes
+    a, k, d = s.heads, s.kv_heads, s.head_dim
+    qw, kw = s.q_width, s.kv_width
+    names = _names(s)
+    if s.fused_qkv:
+        qkv = _linear(w, st, names["qkv"], xin, s.hidden, qw + 2 * kw)
+        q = k_ = v = qkv  # views of one storage
+    else:
+        q = _linear(w, st, names["q"], xin, s.hidden, qw)
+        k_ = _linear(w, st, names["k"], xin, s.hidden, kw)
+        v = _linear(w, st, names["v"], xin, s.hidden, kw)
+    rg = q.rg or k_.rg or v.rg
+    if s.qk_norm != "none":
+        q = _norm(w, s, st, q, qw)
+        k_ = _norm(w, s, st, k_, kw)
+    if s.learned_positions == 0:
+        # rotary: q * cos + rotate_half(q) * sin makes new q and k; cos/sin need no grad, so the
+        # pre-rotary q and k are not kept
+        q = w.new("q_rot", c * qw, q.rg)
+        k_ = w.new("k_rot", c * kw, k_.rg)
+    fwd_t = ZERO
+    if st.attn == "eager":
+        if rg:
+            k_rep = k_ if k == a else w.new("k_rep", c * qw, True)
+            v_rep = v if k == a else w.new("v_rep", c * qw, True)
+            w.save(q, k_rep, v_rep)
+            w.save(w.new("softmax_f32", 0, True, quad=4 * a), w.new("probs", 0, True, quad=c * a))
+            if s.attn_softcap:
+                w.save(w.new("softcap_tanh", 0, True, quad=c * a))
+            if s.dropout > 0:
+                w.save(w.new("attn_dropout_mask", 0, False, quad=1 * a))
+        # scores in c, scaled/masked copy in c, the fp32 upcast for softmax, alive together briefly
+        fwd_t = Coeff(0, (2 * c + 4) * a)
+        bwd_t = Coeff(c * 3 * qw, (2 * c + 8) * a)
+        out = w.new("attn_out", c * qw, rg)  # transpose(1, 2).contiguous() copy
+    else:
+        if rg:
+            w.save(q, k_, v)
+        out = w.new("attn_out", c * qw, rg)
+        if rg:
+            # sdpa keeps its output; flash's output is already (b, s, heads, d) in memory, so
+            # transpose(1, 2).contiguous() is a no-op and o_proj reads the same storage
+            w.save(out, w.new("lse", 4 * a, False))
+        # flash backward: dq, dk, dv, an fp32 dq accumulator
+        bwd_t = Coeff(c * (qw + 2 * kw) + c * qw + 4 * qw, 0)
+    o = _linear(w, st, names["o"], out, qw, s.hidden)
+    o = _dropout(w, s, o, s.hidden)
+    return o, fwd_t, bwd_t
+
+
+def _mlp(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]:
+    """Returns (MLP output, backward transient)."""
+    c = st.compute_bytes
+    h, i = s.hidden, s.intermediate
+    names = _names(s)
+    if s.is_moe:
+        return _moe(w, s, st, xin)
+    if s.gated_mlp and s.fused_gate_up:
+        gu = _linear(w, st, names["gate_up"], xin, h, 2 * i)
+        gate = up = gu  # chunk() views keep the whole 2i storage
+    elif s.gated_mlp:
+        gate = _linear(w, st, names["gate"], xin, h, i)
+        up = _linear(w, st, names["up"], xin, h, i)
+    else:
+        fc = _linear(w, st, names["fc"], xin, h, i)
+        act = _act(w, s, st, fc, i)
+        out = _linear(w, st, names["proj"], act, i, h)
+        return _dropout(w, s, out, h), Coeff(3 * c * i + 2 * c * h)
+    act = _act(w, s, st, gate, i)
+    if act.rg or up.rg:
+        w.save(act, up)  # act * up keeps both
+    prod = w.new("mlp_prod", c * i, act.rg or up.rg)
+    out = _linear(w, st, names["down"], prod, i, h)
+    return out, Coeff(3 * c * i + 2 * c * h)
+
+
+def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]:
+    """Sparse MoE block (transformers 5 ``*Experts`` with 3-D expert weights, top-k routing).
+
+    Each token visits ``k`` experts, so expert-side tensors are ``k`` times a dense MLP's per
+    token: the gathered input, the fused gate_up output (kept whole by the chunk views), the
+    activation, the product and, under full fine-tuning, the inputs of both expert matmuls.
+    """
+    c = st.compute_bytes
+    h, i, e, top = s.hidden, s.intermediate, s.experts, s.experts_per_token
+    if st.base_trainable:
+        w.save(xin)  # router linear
+    rg = xin.rg or st.base_trainable
+    if rg:
+        w.save(w.new("router_probs", 4 * e, True), w.new("topk_idx", 8 * top, False))
+        gathered = w.new("expert_in", top * c * h, True)
+        if st.base_trainable:
+            w.save(gathered, w.new("expert_prod", top * c * i, True))
+        w.save(w.new("expert_gate_up", top * 2 * c * i, True), w.new("expert_act", top * c * i, True))
+        w.save(w.new("expert_out", top * c * h, True))  # out * routing weight keeps out
+    out = w.new("moe_out", c * h, rg)
+    return out, Coeff(top * 3 * c * i + 3 * c * h)
+
+
+def _names(s: ModelShape) -> dict[str, str]:
+    from lora_budget.core.params import _names as names
+
+    return names(s)
+
+
+def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff]:
+    """Walk one decoder layer. Returns (saved, forward transient, backward transient)."""
+    w = _Walk()
+    c = st.compute_bytes
+    h = s.hidden
+    x = w.new("layer_in", c * h, input_rg)
+    if s.norm_scheme == "post":  # OLMo 2: attention reads the residual stream directly
+        attn_out, fwd_t, bwd_attn = _attention(w, s, st, x)
+        attn_out = _norm(w, s, st, attn_out, h)
+        x = w.new("resid", c * h, x.rg or attn_out.rg)
+        mlp_out, bwd_mlp = _mlp(w, s, st, x)
+        mlp_out = _norm(w, s, st, mlp_out, h)
+    elif s.parallel_block:  # Falcon: one norm feeds attention and MLP
+        xn = _norm(w, s, st, x, h)
+        attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        mlp_out, bwd_mlp = _mlp(w, s, st, xn)
+    else:
+        xn = _norm(w, s, st, x, h)
+        attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        if s.norm_scheme == "sandwich":
+            attn_out = _norm(w, s, st, attn_out, h)
+        x = w.new("resid", c * h, x.rg or attn_out.rg)
+        xn = _norm(w, s, st, x, h)
+        mlp_out, bwd_mlp = _mlp(w, s, st, xn)
+        if s.norm_scheme == "sandwich":
+            mlp_out = _norm(w, s, st, mlp_out, h)
+    # forward transient: an fp32 copy in the norms, the adapter-dtype sum in a LoRA layer
+    widest = max(h, s.intermediate * (2 if s.fused_gate_up else 1), s.q_width + 2 * s.kv_width)
+    extra = 4 * h + (st.adapter_bytes * widest if st.lora_targets else 0)
+    fwd = fwd_t + Coeff(extra)
+    bwd = Coeff(max(bwd_attn.lin, bwd_mlp.lin), bwd_attn.quad) + Coeff(2 * c * h)
+    return w.total(), fwd, bwd
+
+
+def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
+    """Coefficients of every activation term for a spec (independent of batch and sequence)."""
+    c = st.compute_bytes
+    h = s.hidden
+    layer, fwd_t, bwd_t = _layer(s, st, input_rg=True)
+    # Without checkpointing, layer 0 of a frozen model sees an input that needs no gradient (the
+    # embedding is frozen), so ops before the first adapter keep nothing. transformers' gradient
+    # checkpointing with peft calls enable_input_require_grads(), which makes it require grad.
+    first = layer if (st.base_trainable or grad_ckpt) else _layer(s, st, input_rg=False)[0]
+
+    w = _Walk()
+    if s.learned_positions == 0:
+        w.save(w.new("cos_sin", 2 * c * s.head_dim, False))
+    if s.dropout > 0:
+        w.save(w.new("embed_dropout_mask", h, False))
+    x = w.new("final_in", c * h, True)
+    xn = _norm(w, s, st, x, h)
+    if st.base_trainable:
+        w.save(xn)  # lm_head keeps its input for the weight gradient
+    once = w.total()
+    if st.attn == "eager":
+        once = once + Coeff(0, c)  # the 4-D causal mask, b x 1 x s x s, shared by the layers
+    checkpoint = Coeff(c * h)
+    return ActivationModel(
+        layer=layer,
+        first_layer=first,
+        once=once,
+        checkpoint=checkpoint,
+        forward_transient=fwd_t,
+        backward_transient=bwd_t,
+        dequant_bytes=dequant_bytes,
+    )

@@ -1,0 +1,147 @@
+"""The step as a timeline: the peak is the largest live total over its phases, not a sum of maxima.
+
+Reference step (what the trace engine runs and README.md describes), at step >= 2 so optimizer
+state exists, with ``optimizer.zero_grad(set_to_none=True)`` after each step and the loss taken as
+``loss = model(input_ids, labels=labels).loss`` (the output object, and with it the logits, is
+dropped before ``backward``, as the transformers Trainer does):
+
+=================  ==========================================================================
+phase              live besides weights, quantization state, adapters, master weights, optimizer
+=================  ==========================================================================
+forward            activations of every layer + the last layer's forward transients
+loss               activations + logits (c) + their fp32 copy (4) + log_softmax output (4) per V
+backward (start)   activations + log_softmax output, its incoming gradient and the gradient of
+                   the fp32 logits: 12 bytes per vocabulary entry per token
+backward (last)    activations + lm_head/final-norm gradients + the first layer's backward
+                   working set (with checkpointing: checkpoints + one recomputed layer)
+backward (first)   first layer's activations + every gradient + working set
+optimizer          every gradient + optimizer state + the step's temporaries
+=================  ==========================================================================
+
+With gradient accumulation > 1 the previous micro-batch's gradients are alive in every phase.
+Logits: transformers' ``ForCausalLMLoss`` upcasts with ``logits.float()`` and calls
+``cross_entropy``; ``log_softmax`` keeps its fp32 output and ``nll_loss`` backward materialises
+a dense fp32 gradient of the same size, so the spike is (c + 8) V bytes/token in the forward and
+12 V bytes/token at the start of backward. Gemma 2's final soft-capping keeps one more c V tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_budget.breakdown import Breakdown
+from lora_budget.core.activations import ActivationModel, StepSettings, activation_model
+from lora_budget.core.lora import resolve_targets
+from lora_budget.core.static import StaticMemory, static_memory
+from lora_budget.spec import DTYPE_BYTES, TrainSpec
+
+
+@dataclass(frozen=True, slots=True)
+class PeakModel:
+    """Everything about a spec that does not depend on batch size and sequence length.
+
+    ``breakdown(b, s)`` is a handful of multiply-adds, which is what makes the fit search fast.
+    """
+
+    spec: TrainSpec
+    static: StaticMemory
+    acts: ActivationModel
+    overhead_bytes: int
+
+    def peak_bytes(self, batch_size: int, seq_len: int) -> int:
+        """Peak total in bytes; the fast path the fit search calls."""
+        best = 0
+        for _, grads, acts, logits, temp in self._phases(batch_size, seq_len):
+            total = grads + acts + logits + temp
+            if total > best:
+                best = total
+        return self._base_total + best
+
+    def fit_bytes(self, batch_size: int, seq_len: int) -> int:
+        """Bytes that must fit in device memory: the peak less optimizer state the driver can page out."""
+        return self.peak_bytes(batch_size, seq_len) - self.static.optimizer_pageable
+
+    @property
+    def _base_total(self) -> int:
+        st = self.static
+        return st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer + self.overhead_bytes
+
+    def _phases(self, batch_size: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
+        """(phase, gradients, activations, logits, temporaries) at each candidate peak."""
+        spec, st, a = self.spec, self.static, self.acts
+        s = spec.model.shape
+        T = batch_size * seq_len
+        L = s.layers
+        c = spec.compute_bytes
+        V = s.vocab
+        accum = spec.grad_accum > 1
+        g_fwd = st.gradients if accum else 0
+        once = T * a.once.at(seq_len)
+        layer = T * a.layer.at(seq_len)
+        if spec.grad_ckpt:
+            ckpt = T * a.checkpoint.at(seq_len)
+            all_acts = once + L * ckpt
+            acts_last = all_acts + layer  # layer L-1 recomputed
+            acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
+            fwd_temp = layer  # the layer being computed holds its tensors until it returns
+        else:
+            first = T * a.first_layer.at(seq_len)
+            all_acts = once + first + (L - 1) * layer
+            acts_last = all_acts
+            acts_first = once + first
+            fwd_temp = 0
+        softcap = c * V if s.final_softcap else 0
+        loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
+        loss_bwd = T * (12 * V + softcap)
+        fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes + fwd_temp
+        bwd_transient = T * a.backward_transient.at(seq_len) + a.dequant_bytes
+        head_grads = st.gradients if accum else st.head_gradients
+        return [
+            ("forward", g_fwd, int(all_acts), 0, int(fwd_transient)),
+            ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
+            ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
+            ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
+            ("backward", st.gradients, int(acts_first), 0, int(bwd_transient)),
+            ("optimizer", st.gradients, 0, 0, st.optimizer_step_temp),
+        ]
+
+    def breakdown(self, batch_size: int, seq_len: int) -> Breakdown:
+        """Per-category bytes at the peak phase."""
+        st = self.static
+        phase, grads, acts, logits, temp = max(
+            self._phases(batch_size, seq_len), key=lambda p: p[1] + p[2] + p[3] + p[4]
+        )
+        return Breakdown(
+            weights=st.weights,
+            quant_state=st.quant_state,
+            adapter=st.adapter,
+            master_weights=st.master_weights,
+            optimizer=st.optimizer,
+            overhead=self.overhead_bytes,
+            gradients=grads,
+            activations=acts,
+            logits=logits,
+            temporaries=temp,
+            phase=phase,
+        )
+
+
+def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
+    static = static_memory(spec)
+    s = spec.model.shape
+    targets = frozenset() if spec.method == "full" else frozenset(resolve_targets(s, spec.targets, spec.rank))
+    settings = StepSettings(
+        compute_bytes=spec.compute_bytes,
+        adapter_bytes=DTYPE_BYTES[spec.adapter_dtype],
+        base_trainable=spec.method == "full",
+        lora_targets=targets,
+        rank=spec.rank,
+        attn=spec.attn,
+    )
+    acts = activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
+    return PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
+
+
+def estimate(spec: TrainSpec, overhead_bytes: int = 0) -> Breakdown:
+    """Peak breakdown of one training step of ``spec``."""
+    return peak_model(spec, overhead_bytes).breakdown(spec.batch_size, spec.seq_len)

@@ -1,0 +1,172 @@
+"""Memory that lives for the whole step: weights, quantization state, adapters, gradients, optimizer.
+
+Every tensor is rounded the way PyTorch's CUDA caching allocator rounds a request: up to a
+multiple of 512 bytes (``kMinBlockSize`` in c10/cuda/CUDACachingAllocator.cpp, ``round_size``).
+For a 7B model that changes totals by kilobytes; it matters for tiny models and is free here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_budget.core.lora import adapter_tensors, resolve_targets
+from lora_budget.core.params import inventory
+from lora_budget.spec import DTYPE_BYTES, TrainSpec
+
+BLOCK = 512
+"""Caching allocator granularity in bytes."""
+
+BNB_OPT_BLOCK = 256
+"""bitsandbytes 8-bit optimizers quantize state in blocks of 256 values, one fp32 absmax each."""
+
+BNB_MIN_8BIT_SIZE = 4096
+"""bitsandbytes keeps 32-bit optimizer state for tensors with fewer elements (``min_8bit_size``)."""
+
+BNB_PAGE_MIN_NUMEL = 100_000
+"""Paged optimizers allocate paged (unified) memory only for tensors of at least 1e5 elements."""
+
+
+def alloc(nbytes: float) -> int:
+    """Bytes the caching allocator hands out for a request of ``nbytes``."""
+    n = int(-(-nbytes // 1))
+    if n == 0:
+        return 0
+    return -(-n // BLOCK) * BLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class StaticMemory:
+    weights: int
+    quant_state: int
+    adapter: int
+    master_weights: int
+    gradients: int
+    """Gradients once every trainable parameter has one (end of backward)."""
+    optimizer: int
+    optimizer_pageable: int
+    """Part of ``optimizer`` in paged (unified) memory, which the driver can evict to CPU."""
+    optimizer_step_temp: int
+    """Transient bytes inside optimizer.step()."""
+    trainable_params: int
+    head_gradients: int
+    """Gradients produced before the first decoder layer's backward (lm_head, final norm)."""
+    dequant_bytes: int
+    """Largest quantized weight dequantized to the compute dtype."""
+
+
+def _quant4_state(numel: int, blocksize: int, double_quant: bool) -> int:
+    """bitsandbytes ``quantize_4bit`` state of one weight.
+
+    absmax: one value per ``blocksize`` weights; fp32, or with double quantization uint8 plus
+    an fp32 absmax per 256 of those and an fp32 offset scalar. Each QuantState also holds its own
+    16-entry fp32 code table (``get_4bit_type`` builds a new tensor per call); the 256-entry
+    nested code table is cached per device and counted once per model, not here.
+    """
+    blocks = -(-numel // blocksize)
+    code = alloc(16 * 4)
+    if not double_quant:
+        return alloc(4 * blocks) + code
+    return alloc(blocks) + alloc(4 * -(-blocks // 256)) + alloc(4) + code
+
+
+def static_memory(spec: TrainSpec) -> StaticMemory:
+    s = spec.model.shape
+    w = DTYPE_BYTES[spec.dtype]
+    weights = quant = adapter = master = grads = head_grads = 0
+    trainable: list[tuple[int, int, tuple[int, ...]]] = []  # (numel, count, shape) of trainable tensors
+    dequant = 0
+    quantized_linears = spec.method in ("qlora", "lora8bit")
+    for t in inventory(s):
+        if quantized_linears and t.role == "linear":
+            if spec.method == "qlora":
+                weights += alloc(t.numel / 2) * t.count
+                quant += _quant4_state(t.numel, spec.quant_blocksize, spec.double_quant) * t.count
+            else:  # LLM.int8: int8 weight + fp32 scale per output row (SCB)
+                weights += alloc(t.numel) * t.count
+                quant += alloc(4 * t.out_features) * t.count
+            dequant = max(dequant, alloc(t.numel * w))
+            continue
+        weights += alloc(t.numel * w) * t.count
+        if spec.method == "full":
+            trainable.append((t.numel, t.count, t.shape))
+            if t.role in ("lm_head",) or (t.role == "norm" and t.name == "final_norm"):
+                head_grads += alloc(t.numel * w) * t.count
+            if spec.master_weights:
+                master += alloc(t.numel * 4) * t.count
+    if spec.method == "qlora" and spec.double_quant:
+        quant += alloc(256 * 4)  # nested dynamic code table, one per device
+    grad_bytes = w
+    if spec.method != "full":
+        a = DTYPE_BYTES[spec.adapter_dtype]
+        grad_bytes = a
+        chosen = resolve_targets(s, spec.targets, spec.rank)
+        for numel, count, shape in adapter_tensors(s, chosen, spec.rank):
+            adapter += alloc(numel * a) * count
+            trainable.append((numel, count, shape))
+    for numel, count, _ in trainable:
+        grads += alloc(numel * grad_bytes) * count
+    state_bytes = 4 if spec.master_weights else grad_bytes
+    optimizer, pageable, step_temp = _optimizer(spec.optimizer, trainable, state_bytes)
+    return StaticMemory(
+        weights=weights,
+        quant_state=quant,
+        adapter=adapter,
+        master_weights=master,
+        gradients=grads,
+        optimizer=optimizer,
+        optimizer_pageable=pageable,
+        optimizer_step_temp=step_temp,
+        trainable_params=sum(n * c for n, c, _ in trainable),
+        head_gradients=head_grads,
+        dequant_bytes=dequant,
+    )
+
+
+def _optimizer(name: str, trainable: list[tuple[int, int, tuple[int, ...]]], b: int) -> tuple[int, int, int]:
+    """(state bytes, pageable part, step temporaries) for the trainable tensors.
+
+    - adamw: torch fused AdamW keeps exp_avg and exp_avg_sq in the parameter's dtype and a
+      4-byte ``step`` tensor on the device per parameter (fused kernels need it there).
+    - adamw8bit / paged_adamw8bit: bitsandbytes blockwise 8-bit state, two uint8 moments plus
+      an fp32 absmax per 256 values, for tensors of at least 4096 elements; smaller tensors keep
+      32-bit state. Paged variants put state of >= 1e5 elements in unified memory.
+    - paged_adamw: bitsandbytes 32-bit AdamW, two fp32 moments, paged as above.
+    - sgd: no state; sgd_momentum: one momentum buffer in the parameter's dtype.
+    - adafactor: torch.optim.Adafactor, factored second moment (row and column vectors) for
+      matrices, a full one for vectors; no first moment. Its step builds the full row x column
+      estimate of one matrix at a time, which is the step temporary.
+    """
+    state = pageable = temp = 0
+    for numel, count, shape in trainable:
+        if name == "adamw":
+            per = 2 * alloc(numel * b) + alloc(4)
+        elif name in ("adamw8bit", "paged_adamw8bit"):
+            if numel >= BNB_MIN_8BIT_SIZE:
+                blocks = -(-numel // BNB_OPT_BLOCK)
+                per = 2 * alloc(numel) + 2 * alloc(4 * blocks)
+            else:
+                per = 2 * alloc(numel * 4)
+            if name.startswith("paged") and numel >= BNB_PAGE_MIN_NUMEL:
+                pageable += 2 * alloc(numel) * count
+        elif name == "paged_adamw":
+            per = 2 * alloc(numel * 4)
+            if numel >= BNB_PAGE_MIN_NUMEL:
+                pageable += per * count
+        elif name == "sgd":
+            per = 0
+        elif name == "sgd_momentum":
+            per = alloc(numel * b)
+        elif name == "adafactor":
+            if len(shape) >= 2:
+                rows = numel // shape[-1]
+                cols = numel // shape[-2]
+                per = alloc(rows * b) + alloc(cols * b)
+                temp = max(temp, alloc(numel * b))
+            else:
+                per = alloc(numel * b)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}")
+        state += per * count
+    if name in ("adamw8bit", "paged_adamw8bit"):
+        state += 2 * alloc(256 * 4)  # the signed and unsigned dynamic quantization maps
+    return state, pageable, temp

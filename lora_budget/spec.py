@@ -1,0 +1,143 @@
+"""The training spec: everything that changes how much memory a fine-tuning step needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lora_budget.catalog.shape import ModelShape
+from lora_budget.errors import LoraBudgetError
+
+Method = Literal["full", "lora", "qlora", "lora8bit"]
+DType = Literal["fp32", "bf16", "fp16"]
+Optimizer = Literal["adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"]
+Attention = Literal["eager", "sdpa", "flash"]
+Quant = Literal["nf4", "fp4"]
+
+METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
+DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
+OPTIMIZERS: tuple[Optimizer, ...] = (
+    "adamw",
+    "adamw8bit",
+    "paged_adamw",
+    "paged_adamw8bit",
+    "sgd",
+    "sgd_momentum",
+    "adafactor",
+)
+ATTENTIONS: tuple[Attention, ...] = ("eager", "sdpa", "flash")
+TARGET_PRESETS = ("all-linear", "attn", "mlp")
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRef:
+    """A resolved model: its catalog name (or file path), where its numbers come from, and its shape."""
+
+    name: str
+    """Catalog name (``Llama-2-7B``) or the path of the config.json it was read from."""
+    hf_id: str
+    """Hugging Face repository id, or empty for a local config."""
+    source: str
+    """Where the config values come from."""
+    shape: ModelShape
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainSpec:
+    """One fine-tuning step, as the reference loop in README.md runs it."""
+
+    model: ModelRef
+    """The model to fine-tune."""
+    method: Method = "lora"
+    """full: every weight trains; lora: frozen 16-bit base + adapters; qlora: 4-bit base + adapters;
+    lora8bit: int8 (LLM.int8) base + adapters."""
+    dtype: DType = "bf16"
+    """Storage dtype of the (non-quantized) weights, and the dtype activations are computed in.
+    For qlora/lora8bit it is also the bitsandbytes compute dtype."""
+    master_weights: bool = False
+    """full only: keep an fp32 master copy of the 16-bit weights (classic mixed precision);
+    optimizer state is then fp32 too."""
+    adapter_dtype: DType = "fp32"
+    """dtype of LoRA A/B. peft's default (``autocast_adapter_dtype=True``) keeps adapters in fp32."""
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: int = 32
+    """LoRA alpha (does not change memory; recorded for the spec)."""
+    targets: str = "all-linear"
+    """LoRA target modules: ``all-linear``, ``attn``, ``mlp`` or a comma list of module names."""
+    quant: Quant = "nf4"
+    """qlora: 4-bit data type."""
+    quant_blocksize: int = 64
+    """qlora: weights per absmax block."""
+    double_quant: bool = True
+    """qlora: quantize the absmax values again (8-bit, blocks of 256)."""
+    optimizer: Optimizer = "adamw"
+    """Optimizer; ``adamw`` is torch's fused AdamW (the transformers Trainer default)."""
+    batch_size: int = 1
+    """Micro-batch size b (sequences per forward pass)."""
+    seq_len: int = 2048
+    """Tokens per sequence s."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; above 1, gradients stay alive through the next forward."""
+    grad_ckpt: bool = False
+    """Gradient (activation) checkpointing of every decoder layer, transformers' non-reentrant default."""
+    attn: Attention = "sdpa"
+    """Attention implementation: eager keeps the s x s scores, sdpa and flash do not."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
+
+    def __post_init__(self) -> None:
+        shape = self.model.shape
+        if self.method not in METHODS:
+            raise LoraBudgetError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.dtype not in DTYPES:
+            raise LoraBudgetError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.adapter_dtype not in DTYPES:
+            raise LoraBudgetError(f"unknown adapter dtype {self.adapter_dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise LoraBudgetError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.attn not in ATTENTIONS:
+            raise LoraBudgetError(f"unknown attention {self.attn!r}; choose one of {', '.join(ATTENTIONS)}")
+        if self.quant not in ("nf4", "fp4"):
+            raise LoraBudgetError(f"unknown 4-bit type {self.quant!r}; choose nf4 or fp4")
+        for label, value in (
+            ("batch size", self.batch_size),
+            ("sequence length", self.seq_len),
+            ("gradient accumulation", self.grad_accum),
+            ("LoRA rank", self.rank),
+            ("quantization blocksize", self.quant_blocksize),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise LoraBudgetError(f"{label} must be a positive integer, got {value!r}")
+        if self.quant_blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+            raise LoraBudgetError(
+                f"quantization blocksize {self.quant_blocksize} is not one bitsandbytes supports "
+                "(32, 64, 128, ..., 4096)"
+            )
+        if self.master_weights and (self.method != "full" or self.dtype == "fp32"):
+            raise LoraBudgetError("master weights apply to full fine-tuning with 16-bit weights only")
+        if self.method in ("qlora", "lora8bit") and self.dtype == "fp32":
+            raise LoraBudgetError(f"{self.method} needs a 16-bit compute dtype (bf16 or fp16), not fp32")
+        if self.method != "full":
+            from lora_budget.core.lora import resolve_targets
+
+            resolve_targets(shape, self.targets, self.rank)
+        if self.seq_len > shape.max_positions:
+            object.__setattr__(
+                self,
+                "warnings",
+                self.warnings
+                + (
+                    f"sequence length {self.seq_len} exceeds the model's max_position_embeddings "
+                    f"({shape.max_positions}); memory is still estimated",
+                ),
+            )
+
+    @property
+    def compute_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
