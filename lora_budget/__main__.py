@@ -1,0 +1,3 @@
+from lora_budget.cli import main
+
+main()

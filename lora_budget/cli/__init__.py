@@ -1,0 +1,29 @@
+"""The ``lora-budget`` command: a registry that only wires the commands together."""
+
+from __future__ import annotations
+
+import click
+
+from lora_budget import __version__
+from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
+from lora_budget.cli.plan_cmd import plan_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lora-budget")
+def main() -> None:
+    """Will this fine-tuning job fit on this GPU?
+
+    \b
+    Examples:
+      lora-budget plan --model 7b --gpu 24GB
+      lora-budget plan --model Llama-3.1-8B --gpu rtx4090 --method qlora --batch-size auto
+      lora-budget plan --model ./my-model/config.json --gpu 80GiB --json
+      lora-budget models
+      lora-budget gpus
+    """
+
+
+main.add_command(plan_cmd)
+main.add_command(models_cmd)
+main.add_command(gpus_cmd)

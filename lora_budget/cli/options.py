@@ -1,0 +1,112 @@
+"""Spec options shared by plan (and later trace, profile and check)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
+
+MODEL_HELP = (
+    "Catalog name, alias, HF repo id, config.json path or model directory. Aliases: 7b = Llama-2-7B, "
+    "13b = Llama-2-13B, 8b = Llama-3.1-8B, 70b = Llama-3.1-70B, 405b = Llama-3.1-405B, 1b = Llama-3.2-1B, "
+    "3b = Llama-3.2-3B, 8x7b = Mixtral-8x7B (see `lora-budget models`)."
+)
+
+
+def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--model", "-m", default="7b", show_default=True, help=MODEL_HELP),
+        click.option(
+            "--method",
+            default="all",
+            show_default=True,
+            help=f"One of {', '.join(METHODS)}, a comma list, or all (full, lora, qlora side by side).",
+        ),
+        click.option("--seq-len", "-s", type=int, default=2048, show_default=True, help="Tokens per sequence."),
+        click.option(
+            "--batch-size",
+            "-b",
+            default="1",
+            show_default=True,
+            help="Micro-batch size, or auto for the largest that fits.",
+        ),
+        click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per optimizer step."),
+        click.option("--rank", "-r", type=int, default=16, show_default=True, help="LoRA rank."),
+        click.option("--alpha", type=int, default=32, show_default=True, help="LoRA alpha (no effect on memory)."),
+        click.option(
+            "--targets",
+            default="all-linear",
+            show_default=True,
+            help="LoRA targets: all-linear, attn, mlp, or module names (q_proj,v_proj).",
+        ),
+        click.option("--quant", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True, help="QLoRA 4-bit type."),
+        click.option("--quant-blocksize", type=int, default=64, show_default=True, help="QLoRA weights per absmax."),
+        click.option("--double-quant/--no-double-quant", default=True, show_default=True, help="QLoRA nested quantization."),
+        click.option(
+            "--optimizer",
+            type=click.Choice(OPTIMIZERS),
+            default="adamw",
+            show_default=True,
+            help="adamw is torch's fused AdamW; 8-bit and paged ones are bitsandbytes'.",
+        ),
+        click.option("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True, help="Gradient checkpointing."),
+        click.option("--attn", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True, help="Attention kernel."),
+        click.option(
+            "--dtype",
+            type=click.Choice(DTYPES),
+            default="bf16",
+            show_default=True,
+            help="Weight and compute dtype (QLoRA: compute dtype).",
+        ),
+        click.option(
+            "--master-weights/--no-master-weights",
+            default=False,
+            show_default=True,
+            help="Full fine-tuning: keep fp32 master weights (mixed precision).",
+        ),
+        click.option(
+            "--adapter-dtype",
+            type=click.Choice(DTYPES),
+            default="fp32",
+            show_default=True,
+            help="LoRA weight dtype (peft keeps fp32 by default).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The TrainSpec fields among parsed CLI options."""
+    keys = (
+        "seq_len",
+        "grad_accum",
+        "rank",
+        "alpha",
+        "targets",
+        "quant",
+        "quant_blocksize",
+        "double_quant",
+        "optimizer",
+        "grad_ckpt",
+        "attn",
+        "dtype",
+        "master_weights",
+        "adapter_dtype",
+    )
+    return {k: kw[k] for k in keys}
+
+
+def parse_batch(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a positive integer or auto", param_hint="--batch-size") from None
+    if value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}", param_hint="--batch-size")
+    return value

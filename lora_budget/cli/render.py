@@ -1,0 +1,134 @@
+"""Printing plan results: a human table, Markdown and CSV. Computing lives in lora_budget.api."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING
+
+from lora_budget.breakdown import CATEGORIES
+from lora_budget.core.params import param_count
+from lora_budget.units import GiB, fmt_gib
+
+if TYPE_CHECKING:
+    from lora_budget.api import MethodPlan, PlanResult
+
+LABELS = {
+    "full": "full",
+    "lora": "LoRA",
+    "qlora": "QLoRA",
+    "lora8bit": "LoRA 8-bit",
+}
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _settings(m: MethodPlan) -> str:
+    s = m.spec
+    parts = [f"batch {s.batch_size}", f"seq {s.seq_len}"]
+    if s.grad_accum > 1:
+        parts.append(f"accum {s.grad_accum}")
+    parts += [s.dtype, s.optimizer, f"attn {s.attn}", "grad-ckpt" if s.grad_ckpt else "no grad-ckpt"]
+    if s.method != "full":
+        parts.append(f"r={s.rank} {s.targets}")
+    return ", ".join(parts)
+
+
+def render_table(result: PlanResult) -> str:
+    methods = result.methods
+    gpu = result.gpu
+    lines = [
+        f"Model  {result.model.name} ({_params(param_count(result.model.shape))} parameters)",
+        f"GPU    {gpu.name}: {fmt_gib(gpu.memory_bytes)} ({gpu.memory_bytes / 1e9:.1f} GB)",
+    ]
+    shared = {_settings(m).split(", r=")[0] for m in methods}
+    if len(shared) == 1:
+        lines.append(f"Step   {shared.pop()}")
+    lines.append("")
+    width = 12
+    head = f"{'memory (GiB)':<16}" + "".join(f"{LABELS[m.method]:>{width}}" for m in methods)
+    lines += [head, "-" * len(head)]
+    for cat in CATEGORIES:
+        values = [m.breakdown.as_dict()[cat] for m in methods]
+        if not any(values) and cat not in ("weights", "activations"):
+            continue
+        lines.append(f"{cat:<16}" + "".join(f"{v / GiB:>{width}.2f}" for v in values))
+    lines.append("-" * len(head))
+    lines.append(f"{'peak':<16}" + "".join(f"{m.peak_bytes / GiB:>{width}.2f}" for m in methods))
+    lines.append(f"{'peak during':<16}" + "".join(f"{m.breakdown.phase:>{width}}" for m in methods))
+    lines.append(f"{'verdict':<16}" + "".join(f"{('FITS' if m.fits else 'NO FIT'):>{width}}" for m in methods))
+    lines.append(f"{'headroom':<16}" + "".join(f"{m.headroom_bytes / GiB:>{width}.2f}" for m in methods))
+    lines.append(
+        f"{'max batch':<16}" + "".join(f"{m.max_batch_size if m.max_batch_size else 'none':>{width}}" for m in methods)
+    )
+    lines.append(f"{'max seq len':<16}" + "".join(f"{m.max_seq_len if m.max_seq_len else 'none':>{width}}" for m in methods))
+    lines.append("")
+    for m in methods:
+        name = LABELS[m.method]
+        if m.fits:
+            extra = f", {fmt_gib(m.paged_bytes)} of optimizer state paged" if m.paged_bytes else ""
+            lines.append(
+                f"{name}: FITS, {fmt_gib(m.peak_bytes)} peak, {fmt_gib(m.headroom_bytes)} free{extra}; "
+                f"up to batch {m.max_batch_size} at seq {m.spec.seq_len}, or seq {m.max_seq_len} at batch {m.spec.batch_size}."
+            )
+            continue
+        over = fmt_gib(-m.headroom_bytes)
+        lines.append(f"{name}: DOES NOT FIT, {fmt_gib(m.peak_bytes)} peak, {over} over.")
+        fixes = [f"{s.change} ({fmt_gib(s.peak_bytes)})" for s in m.suggestions[:3]]
+        if m.smallest_gpu:
+            fixes.append(f"a GPU with more memory: {m.smallest_gpu} or larger")
+        if fixes:
+            lines.append("  to fit: " + "; or ".join(fixes))
+        else:
+            lines.append("  no single change fits it, and no catalog GPU holds it: shard it across GPUs")
+    for m in methods:
+        for w in m.warnings:
+            lines.append(f"warning ({LABELS[m.method]}): {w}")
+    if result.notes:
+        lines.append("")
+        lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def render_markdown(result: PlanResult) -> str:
+    methods = result.methods
+    out = [
+        f"**{result.model.name}** on **{result.gpu.name}** ({fmt_gib(result.gpu.memory_bytes)})",
+        "",
+        "| memory (GiB) | " + " | ".join(LABELS[m.method] for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
+    for cat in CATEGORIES:
+        out.append(f"| {cat} | " + " | ".join(f"{m.breakdown.as_dict()[cat] / GiB:.2f}" for m in methods) + " |")
+    out.append("| **peak** | " + " | ".join(f"**{m.peak_bytes / GiB:.2f}**" for m in methods) + " |")
+    out.append("| fits | " + " | ".join("yes" if m.fits else "no" for m in methods) + " |")
+    out.append("| max batch | " + " | ".join(str(m.max_batch_size) for m in methods) + " |")
+    out.append("| max seq len | " + " | ".join(str(m.max_seq_len) for m in methods) + " |")
+    return "\n".join(out)
+
+
+def render_csv(result: PlanResult) -> str:
+    buf = io.StringIO()
+    fields = [
+        "model",
+        "gpu",
+        "method",
+        "fits",
+        "peak_bytes",
+        "headroom_bytes",
+        *[f"{c}_bytes" for c in CATEGORIES],
+        "max_batch_size",
+        "max_seq_len",
+        "batch_size",
+        "seq_len",
+    ]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for m in result.methods:
+        d = m.to_dict()
+        row = {k: d[k] for k in fields if k in d}
+        row.update(model=result.model.name, gpu=result.gpu.name, batch_size=m.spec.batch_size, seq_len=m.spec.seq_len)
+        writer.writerow(row)
+    return buf.getvalue()
