@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from lora_budget.errors import LoraBudgetError
+
 KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
@@ -39,13 +41,13 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE_RE.match(text)
     if not match:
-        raise ValueError(
+        raise LoraBudgetError(
             f"cannot read {text!r} as a memory size; write it with a unit, e.g. 24GB (decimal) or 24GiB (binary)"
         )
     value = float(match.group(1))
     nbytes = int(round(value * _UNITS[match.group(2).lower()]))
     if nbytes <= 0:
-        raise ValueError(f"memory size {text!r} must be positive")
+        raise LoraBudgetError(f"memory size {text!r} must be positive")
     return nbytes
 
 
