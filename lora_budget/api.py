@@ -166,7 +166,9 @@ def _suggest(spec: TrainSpec, capacity: int, overhead: int) -> tuple[Suggestion,
     if spec.method in ("full", "lora", "lora8bit"):
         candidates.append(("--method qlora", {"method": "qlora", "master_weights": False}))
         if not spec.grad_ckpt:
-            candidates.append(("--method qlora --grad-ckpt", {"method": "qlora", "master_weights": False, "grad_ckpt": True}))
+            candidates.append(
+                ("--method qlora --grad-ckpt", {"method": "qlora", "master_weights": False, "grad_ckpt": True})
+            )
     out: list[Suggestion] = []
     for label, change in candidates:
         try:
@@ -183,9 +185,7 @@ def _suggest(spec: TrainSpec, capacity: int, overhead: int) -> tuple[Suggestion,
     model = peak_model(spec, overhead)
     seq = max_seq_len(model, spec.batch_size, capacity, spec.seq_len)
     if 0 < seq < spec.seq_len:
-        out.append(
-            Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True)
-        )
+        out.append(Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True))
     return tuple(out)
 
 

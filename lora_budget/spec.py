@@ -123,6 +123,12 @@ class TrainSpec:
             from lora_budget.core.lora import resolve_targets
 
             resolve_targets(shape, self.targets, self.rank)
+        if shape.model_type == "gemma2" and self.attn == "sdpa":
+            # transformers 5 refuses sdpa for Gemma 2 (attention soft-capping); it runs eager
+            object.__setattr__(self, "attn", "eager")
+            object.__setattr__(
+                self, "warnings", self.warnings + ("Gemma 2 has no sdpa attention in transformers; planned with eager",)
+            )
         if self.seq_len > shape.max_positions:
             object.__setattr__(
                 self,

@@ -73,8 +73,21 @@ def test_config_missing_field(tmp_path):
 
 
 REQUIRED_GPUS = [
-    "RTX 3090", "RTX 4090", "RTX 5090", "A10G", "L4", "T4", "L40S", "RTX 6000 Ada",
-    "A100 40GB", "A100 80GB", "H100 PCIe", "H100 SXM", "H200", "B200", "MI300X",
+    "RTX 3090",
+    "RTX 4090",
+    "RTX 5090",
+    "A10G",
+    "L4",
+    "T4",
+    "L40S",
+    "RTX 6000 Ada",
+    "A100 40GB",
+    "A100 80GB",
+    "H100 PCIe",
+    "H100 SXM",
+    "H200",
+    "B200",
+    "MI300X",
 ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from lora_budget.errors import LoraBudgetError, UnknownNameError
+from lora_budget.errors import UnknownNameError
 from lora_budget.units import looks_like_size, parse_size
 
 _DATA = Path(__file__).with_name("gpus.json")
@@ -57,7 +57,7 @@ def _key(text: str) -> str:
 def _index() -> dict[str, GPU]:
     rows = json.loads(_DATA.read_text())["gpus"]
     out: dict[str, GPU] = {}
-    for row, gpu in zip(rows, catalog()):
+    for row, gpu in zip(rows, catalog(), strict=True):
         for name in (row["name"], *row["aliases"]):
             out.setdefault(_key(name), gpu)
     return out

@@ -67,9 +67,7 @@ def resolve_model(text: str) -> ModelRef:
             close = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=3, cutoff=0.5)
             close = [n for n in names if _key(n) in close][:3]
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise UnknownNameError(
-            f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)"
-        )
+        raise UnknownNameError(f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)")
     return _ref(entry)
 
 

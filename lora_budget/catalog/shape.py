@@ -198,7 +198,9 @@ def _llama_like(r: _Reader, model_type: str) -> ModelShape:
         norm_scheme="sandwich"
         if model_type in ("gemma2", "gemma3_text")
         else ("post" if model_type == "olmo2" else "pre"),
-        qk_norm="head" if model_type in ("qwen3", "qwen3_moe", "gemma3_text") else ("full" if model_type == "olmo2" else "none"),
+        qk_norm="head"
+        if model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+        else ("full" if model_type == "olmo2" else "none"),
         qkv_bias=qkv_bias,
         o_bias=attention_bias and model_type != "qwen2",
         mlp_bias=bool(r.get("mlp_bias", False)),

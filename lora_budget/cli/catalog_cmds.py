@@ -24,8 +24,14 @@ def models_cmd(as_json: bool) -> None:
     rows = list_models()
     if as_json:
         data = [
-            {"name": e["name"], "hf_id": e["hf_id"], "family": e["family"], "aliases": e["aliases"],
-             "param_count": n, "source": e["source"]}
+            {
+                "name": e["name"],
+                "hf_id": e["hf_id"],
+                "family": e["family"],
+                "aliases": e["aliases"],
+                "param_count": n,
+                "source": e["source"],
+            }
             for e, n in rows
         ]
         click.echo(json.dumps(data, indent=2))
@@ -50,10 +56,23 @@ def gpus_cmd(as_json: bool) -> None:
 
     cards = catalog()
     if as_json:
-        click.echo(json.dumps([
-            {"name": g.name, "memory_bytes": g.memory_bytes, "bf16": g.bf16, "peak_bf16_tflops": g.peak_bf16_tflops,
-             "peak_fp16_tflops": g.peak_fp16_tflops, "memory_note": g.memory_note, "source": g.source}
-            for g in cards], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": g.name,
+                        "memory_bytes": g.memory_bytes,
+                        "bf16": g.bf16,
+                        "peak_bf16_tflops": g.peak_bf16_tflops,
+                        "peak_fp16_tflops": g.peak_fp16_tflops,
+                        "memory_note": g.memory_note,
+                        "source": g.source,
+                    }
+                    for g in cards
+                ],
+                indent=2,
+            )
+        )
         return
     click.echo(f"{'name':<14}{'memory':>11}{'bf16':>6}{'bf16 TFLOP/s':>14}{'fp16 TFLOP/s':>14}")
     for g in cards:

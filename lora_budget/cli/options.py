@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -41,9 +42,13 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="LoRA targets: all-linear, attn, mlp, or module names (q_proj,v_proj).",
         ),
-        click.option("--quant", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True, help="QLoRA 4-bit type."),
+        click.option(
+            "--quant", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True, help="QLoRA 4-bit type."
+        ),
         click.option("--quant-blocksize", type=int, default=64, show_default=True, help="QLoRA weights per absmax."),
-        click.option("--double-quant/--no-double-quant", default=True, show_default=True, help="QLoRA nested quantization."),
+        click.option(
+            "--double-quant/--no-double-quant", default=True, show_default=True, help="QLoRA nested quantization."
+        ),
         click.option(
             "--optimizer",
             type=click.Choice(OPTIMIZERS),
@@ -52,7 +57,9 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="adamw is torch's fused AdamW; 8-bit and paged ones are bitsandbytes'.",
         ),
         click.option("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True, help="Gradient checkpointing."),
-        click.option("--attn", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True, help="Attention kernel."),
+        click.option(
+            "--attn", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True, help="Attention kernel."
+        ),
         click.option(
             "--dtype",
             type=click.Choice(DTYPES),

@@ -15,8 +15,19 @@ from lora_budget.units import parse_size
 
 @click.command("plan")
 @spec_options
-@click.option("--gpu", "-g", default="24GB", show_default=True, help="Card name (rtx4090, a100-80gb, h100) or size (24GB = 24e9 bytes, 24GiB = 24 * 2^30).")
-@click.option("--overhead", default="0B", show_default=True, help="Extra bytes to reserve (CUDA context, fragmentation), e.g. 1GiB.")
+@click.option(
+    "--gpu",
+    "-g",
+    default="24GB",
+    show_default=True,
+    help="Card name (rtx4090, a100-80gb, h100) or size (24GB = 24e9 bytes, 24GiB = 24 * 2^30).",
+)
+@click.option(
+    "--overhead",
+    default="0B",
+    show_default=True,
+    help="Extra bytes to reserve (CUDA context, fragmentation), e.g. 1GiB.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with a `methods` list.")
 @click.option("--csv", "as_csv", is_flag=True, help="One CSV row per method.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="A Markdown table.")

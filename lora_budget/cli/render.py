@@ -63,7 +63,9 @@ def render_table(result: PlanResult) -> str:
     lines.append(
         f"{'max batch':<16}" + "".join(f"{m.max_batch_size if m.max_batch_size else 'none':>{width}}" for m in methods)
     )
-    lines.append(f"{'max seq len':<16}" + "".join(f"{m.max_seq_len if m.max_seq_len else 'none':>{width}}" for m in methods))
+    lines.append(
+        f"{'max seq len':<16}" + "".join(f"{m.max_seq_len if m.max_seq_len else 'none':>{width}}" for m in methods)
+    )
     lines.append("")
     for m in methods:
         name = LABELS[m.method]
@@ -71,7 +73,8 @@ def render_table(result: PlanResult) -> str:
             extra = f", {fmt_gib(m.paged_bytes)} of optimizer state paged" if m.paged_bytes else ""
             lines.append(
                 f"{name}: FITS, {fmt_gib(m.peak_bytes)} peak, {fmt_gib(m.headroom_bytes)} free{extra}; "
-                f"up to batch {m.max_batch_size} at seq {m.spec.seq_len}, or seq {m.max_seq_len} at batch {m.spec.batch_size}."
+                f"up to batch {m.max_batch_size} at seq {m.spec.seq_len}, "
+                f"or seq {m.max_seq_len} at batch {m.spec.batch_size}."
             )
             continue
         over = fmt_gib(-m.headroom_bytes)

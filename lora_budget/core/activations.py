@@ -183,7 +183,7 @@ def _dropout(w: _Walk, s: ModelShape, x: _T, width: int) -> _T:
 def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff, Coeff]:
     """Returns (output of the o projection, forward transient, backward transient)."""
     c = st.compute_bytes
-    a, k, d = s.heads, s.kv_heads, s.head_dim
+    a, k = s.heads, s.kv_heads
     qw, kw = s.q_width, s.kv_width
     names = _names(s)
     if s.fused_qkv:

@@ -7,7 +7,7 @@ bisection over ``PeakModel.fit_bytes``: about 2 log2(n) evaluations.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from lora_budget.core.peak import PeakModel
 
