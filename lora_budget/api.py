@@ -146,7 +146,7 @@ class PlanResult:
         return pd.DataFrame(rows)
 
 
-def _suggest(spec: TrainSpec, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
+def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
     """Single changes that make a non-fitting spec fit, cheapest in training cost first."""
     candidates: list[tuple[str, dict[str, Any]]] = []
     if not spec.grad_ckpt:
@@ -177,12 +177,10 @@ def _suggest(spec: TrainSpec, capacity: int, overhead: int) -> tuple[Suggestion,
             continue
         if any(set(prev.change.split()) <= set(label.split()) for prev in out):
             continue  # a smaller change already fits
-        model = peak_model(new, overhead)
-        fits = model.fit_bytes(new.batch_size, new.seq_len) <= capacity
-        if fits:
-            out.append(Suggestion(change=label, peak_bytes=model.peak_bytes(new.batch_size, new.seq_len), fits=True))
+        changed = peak_model(new, overhead)
+        if changed.fit_bytes(new.batch_size, new.seq_len) <= capacity:
+            out.append(Suggestion(change=label, peak_bytes=changed.peak_bytes(new.batch_size, new.seq_len), fits=True))
     # shorter sequences, as a last software change
-    model = peak_model(spec, overhead)
     seq = max_seq_len(model, spec.batch_size, capacity, spec.seq_len)
     if 0 < seq < spec.seq_len:
         out.append(Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True))
@@ -197,7 +195,7 @@ def plan_spec(spec: TrainSpec, gpu: GPU, overhead_bytes: int = 0, advise: bool =
     paged = model.static.optimizer_pageable
     fits = breakdown.peak_bytes - paged <= capacity
     limit = max(spec.model.shape.max_positions, spec.seq_len)
-    suggestions = _suggest(spec, capacity, overhead_bytes) if (advise and not fits) else ()
+    suggestions = _suggest(spec, model, capacity, overhead_bytes) if (advise and not fits) else ()
     warnings = list(spec.warnings)
     if spec.dtype == "bf16" and not gpu.bf16:
         warnings.append(f"{gpu.name} has no native bf16; use --dtype fp16")

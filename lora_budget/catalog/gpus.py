@@ -32,8 +32,13 @@ class GPU:
 
 
 @lru_cache(maxsize=1)
+def _rows() -> tuple[dict, ...]:
+    return tuple(json.loads(_DATA.read_text())["gpus"])
+
+
+@lru_cache(maxsize=1)
 def catalog() -> tuple[GPU, ...]:
-    rows = json.loads(_DATA.read_text())["gpus"]
+    rows = _rows()
     return tuple(
         GPU(
             name=r["name"],
@@ -55,7 +60,7 @@ def _key(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _index() -> dict[str, GPU]:
-    rows = json.loads(_DATA.read_text())["gpus"]
+    rows = _rows()
     out: dict[str, GPU] = {}
     for row, gpu in zip(rows, catalog(), strict=True):
         for name in (row["name"], *row["aliases"]):

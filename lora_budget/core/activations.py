@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lora_budget.catalog.shape import ModelShape
+from lora_budget.core.params import module_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
     c = st.compute_bytes
     a, k = s.heads, s.kv_heads
     qw, kw = s.q_width, s.kv_width
-    names = _names(s)
+    names = module_names(s)
     if s.fused_qkv:
         qkv = _linear(w, st, names["qkv"], xin, s.hidden, qw + 2 * kw)
         q = k_ = v = qkv  # views of one storage
@@ -236,7 +237,7 @@ def _mlp(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     """Returns (MLP output, backward transient)."""
     c = st.compute_bytes
     h, i = s.hidden, s.intermediate
-    names = _names(s)
+    names = module_names(s)
     if s.is_moe:
         return _moe(w, s, st, xin)
     if s.gated_mlp and s.fused_gate_up:
@@ -279,12 +280,6 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
         w.save(w.new("expert_out", top * c * h, True))  # out * routing weight keeps out
     out = w.new("moe_out", c * h, rg)
     return out, Coeff(top * 3 * c * i + 3 * c * h)
-
-
-def _names(s: ModelShape) -> dict[str, str]:
-    from lora_budget.core.params import _names as names
-
-    return names(s)
 
 
 def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff]:

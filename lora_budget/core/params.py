@@ -83,7 +83,7 @@ def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
         tensors.append(ParamTensor("k_norm", (s.kv_width,), L, "norm"))
 
     # Attention projections.
-    names = _names(s)
+    names = module_names(s)
     if s.fused_qkv:
         tensors += _linear(names["qkv"], h, s.q_width + 2 * s.kv_width, L, "attn", s.qkv_bias)
     else:
@@ -115,7 +115,7 @@ def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     return tuple(tensors)
 
 
-def _names(s: ModelShape) -> dict[str, str]:
+def module_names(s: ModelShape) -> dict[str, str]:
     """peft-visible module names per architecture (the last component of each module path)."""
     if s.model_type == "gpt2":
         return {"qkv": "c_attn", "o": "c_proj", "fc": "c_fc", "proj": "c_proj"}
