@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.errors import LoraBudgetError
@@ -41,6 +42,8 @@ class ModelRef:
     source: str
     """Where the config values come from."""
     shape: ModelShape
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """The config.json values the shape was read from (the trace and profile engines build from them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

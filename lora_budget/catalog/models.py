@@ -48,6 +48,7 @@ def _ref(entry: dict[str, Any]) -> ModelRef:
         hf_id=entry["hf_id"],
         source=entry["source"],
         shape=shape_from_config(entry["config"], where=entry["name"]),
+        config=entry["config"],
     )
 
 
@@ -86,6 +87,7 @@ def model_from_path(path: Path) -> ModelRef:
         hf_id=str(raw.get("_name_or_path", "")),
         source=str(config_path),
         shape=shape_from_config(raw, where=str(config_path)),
+        config=raw,
     )
 
 

@@ -1,0 +1,303 @@
+"""Build the reference model of a spec with the real transformers, peft and bitsandbytes code.
+
+One code path for the trace engine (meta device, then fake tensors) and the profiler (real
+tensors on CPU or GPU), so that both run exactly the modules the planner describes:
+
+1. ``AutoModelForCausalLM.from_config`` from the catalog's config.json values, in the spec's
+   dtype, with the spec's attention implementation. Random weights, nothing downloaded.
+2. QLoRA / 8-bit LoRA: every ``nn.Linear`` except the output head becomes a bitsandbytes
+   ``Linear4bit`` (compute dtype = spec dtype, uint8 storage) or ``Linear8bitLt`` (int8 weights,
+   threshold 6.0), as transformers' bitsandbytes integration does when loading a checkpoint.
+3. peft ``LoraConfig`` on the spec's target modules, dropout 0, adapters in the spec's adapter
+   dtype (peft's default keeps them in fp32).
+4. Gradient checkpointing: transformers' ``gradient_checkpointing_enable`` with the
+   non-reentrant implementation (its default).
+
+peft moving adapters with ``.to()`` fails on fake parameters, so the fake path builds on ``meta``
+first and then gives every parameter and buffer a fake tensor of its own shape and dtype;
+4-bit weights are quantized by bitsandbytes' own ``quantize_4bit`` on a fake dense weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lora_budget.core.lora import resolve_targets
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
+
+INSTALL_HINT = "pip install 'lora-budget[torch]' (torch, transformers, peft, bitsandbytes)"
+INT8_THRESHOLD = 6.0
+"""transformers' ``BitsAndBytesConfig.llm_int8_threshold`` default."""
+
+
+def import_stack(need_bnb: bool = False) -> tuple[Any, Any, Any, Any]:
+    """torch, transformers, peft (and bitsandbytes), or an error that says how to install them."""
+    try:
+        import peft
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise LoraBudgetError(f"this engine needs {exc.name}; install it with {INSTALL_HINT}") from None
+    bnb = None
+    if need_bnb:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise LoraBudgetError(f"QLoRA and 8-bit LoRA need bitsandbytes; install it with {INSTALL_HINT}") from None
+    return torch, transformers, peft, bnb
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+@dataclass(slots=True)
+class Built:
+    """The model ready to train, and the role of each of its tensors."""
+
+    model: Any
+    static: list[tuple[Any, str]]
+    """(tensor, category) for every parameter, buffer and quantization-state tensor."""
+    trainable: list[Any]
+    output_head: Any
+    """The module that produces the logits (``get_output_embeddings()``)."""
+
+
+def hf_config(spec: TrainSpec) -> Any:
+    """The transformers config of the spec's model, with its attention implementation."""
+    _, transformers, _, _ = import_stack()
+    raw = dict(spec.model.config)
+    if not raw:
+        raise LoraBudgetError(f"{spec.model.name}: no config.json values to build the model from")
+    model_type = raw.pop("model_type", spec.model.shape.model_type)
+    for key in ("architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "auto_map"):
+        raw.pop(key, None)
+    raw.pop("quantization_config", None)
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LoraBudgetError(f"transformers cannot build a {model_type!r} config: {exc}") from None
+    config._attn_implementation = {"flash": "flash_attention_2"}.get(spec.attn, spec.attn)
+    config.use_cache = False
+    return config
+
+
+def build(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: int = 0) -> Built:
+    """The reference model of ``spec`` on ``device``; with ``fake_mode``, every tensor is fake."""
+    torch, transformers, _, _ = import_stack(need_bnb=spec.method in ("qlora", "lora8bit"))
+    if spec.attn == "flash":
+        raise LoraBudgetError("the trace and profile engines run sdpa or eager attention; flash is plan-only")
+    if spec.model.shape.is_moe and fake_mode is not None:
+        raise LoraBudgetError(
+            f"{spec.model.name}: MoE routing has data-dependent shapes that fake tensors cannot follow; "
+            "`lora-budget plan` still answers for this model"
+        )
+    config = hf_config(spec)
+    dtype = torch_dtype(spec.dtype)
+    torch.manual_seed(seed)
+    with torch.device("meta" if fake_mode is not None else device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if spec.method in ("qlora", "lora8bit"):
+        _replace_linears(model, spec, real_device=None if fake_mode is not None else device)
+    if spec.grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _apply_lora(model, spec)
+    if fake_mode is not None:
+        if spec.method in ("qlora", "lora8bit"):
+            _prime_bnb_tables(device)
+        with fake_mode:
+            _materialize(model, spec, device)
+    model.train()
+    head = model.get_output_embeddings()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return Built(model=model, static=static_tensors(model), trainable=trainable, output_head=head)
+
+
+def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> None:
+    """Swap every decoder ``nn.Linear`` for its bitsandbytes layer (lm_head stays 16-bit)."""
+    import bitsandbytes as bnb
+    import torch
+
+    head = model.get_output_embeddings()
+    dtype = torch_dtype(spec.dtype)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is head:
+                continue
+            bias = child.bias is not None
+            if spec.method == "qlora":
+                new = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=bias,
+                    compute_dtype=dtype,
+                    compress_statistics=spec.double_quant,
+                    quant_type=spec.quant,
+                    quant_storage=torch.uint8,
+                    device="meta",
+                )
+            else:
+                new = bnb.nn.Linear8bitLt(
+                    child.in_features,
+                    child.out_features,
+                    bias=bias,
+                    has_fp16_weights=False,
+                    threshold=INT8_THRESHOLD,
+                    device="meta",
+                )
+            if real_device is not None:
+                _quantize_into(new, spec, child.weight.data, real_device)
+                if bias:
+                    new.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
+            elif bias:
+                new.bias = torch.nn.Parameter(torch.empty_like(child.bias), requires_grad=False)
+            setattr(parent, name, new)
+
+
+def _quantize_into(module: Any, spec: TrainSpec, dense: Any, device: str, fake: bool = False) -> None:
+    """Quantize ``dense`` with bitsandbytes and install it as ``module.weight``.
+
+    bitsandbytes' parameter classes cannot wrap a fake tensor (``_make_subclass``), so the fake
+    path installs a plain parameter carrying the same attributes; bitsandbytes' layers read only
+    those attributes (``quant_state``, ``CB``, ``SCB``) in forward and backward.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    if spec.method == "qlora":
+        packed, state = bnb.functional.quantize_4bit(
+            dense.contiguous().to(device),
+            blocksize=spec.quant_blocksize,
+            compress_statistics=spec.double_quant,
+            quant_type=spec.quant,
+            quant_storage=module.quant_storage,
+        )
+        attrs = dict(
+            quant_state=state,
+            blocksize=spec.quant_blocksize,
+            compress_statistics=spec.double_quant,
+            quant_type=spec.quant,
+            quant_storage=module.quant_storage,
+            bnb_quantized=True,
+            module=module,
+        )
+        if fake:
+            weight = torch.nn.Parameter(packed, requires_grad=False)
+            for key, value in attrs.items():
+                setattr(weight, key, value)
+        else:
+            weight = bnb.nn.Params4bit(packed, requires_grad=False, **attrs)
+        module.weight = weight
+        module.quant_state = state
+    else:
+        cb, scb, _ = bnb.functional.int8_vectorwise_quant(dense.contiguous().to(device=device, dtype=torch.float16))
+        if fake:
+            weight = torch.nn.Parameter(cb, requires_grad=False)
+            weight.has_fp16_weights = False
+        else:
+            weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False)
+        weight.CB = cb
+        weight.SCB = scb
+        module.weight = weight
+
+
+def _prime_bnb_tables(device: str) -> None:
+    """Build bitsandbytes' shared 256-entry dynamic map outside fake mode.
+
+    ``create_dynamic_map`` calls ``.tolist()`` on a tensor, which fake tensors cannot answer; on a
+    real device bitsandbytes caches the map once per process, so priming it changes nothing.
+    """
+    from bitsandbytes import functional
+
+    if "dynamic" not in functional.name2qmap:
+        functional.name2qmap["dynamic"] = functional.create_dynamic_map().to(device)
+
+
+def _apply_lora(model: Any, spec: TrainSpec) -> Any:
+    if spec.method == "full":
+        return model
+    import peft
+
+    targets = list(resolve_targets(spec.model.shape, spec.targets, spec.rank))
+    config = peft.LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = peft.get_peft_model(model, config, autocast_adapter_dtype=spec.adapter_dtype == "fp32")
+    except (ValueError, TypeError) as exc:
+        raise LoraBudgetError(f"peft cannot adapt {spec.model.name} with targets {targets}: {exc}") from None
+    dtype = torch_dtype(spec.adapter_dtype)
+    for name, p in model.named_parameters():
+        if "lora_" in name and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model
+
+
+def _materialize(model: Any, spec: TrainSpec, device: str) -> None:
+    """Give every meta parameter and buffer a fake tensor on ``device`` (inside a FakeTensorMode).
+
+    Tied parameters (Gemma's or GPT-2's lm_head and embedding) stay one tensor.
+    """
+    import torch
+
+    dense_dtype = torch_dtype(spec.dtype)
+    done: dict[int, Any] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) in done:
+                module._parameters[name] = done[id(p)]
+                continue
+            kind = type(p).__name__
+            if kind in ("Params4bit", "Int8Params"):
+                shape = (module.out_features, module.in_features)
+                _quantize_into(module, spec, torch.empty(shape, dtype=dense_dtype, device=device), device, fake=True)
+                new = module.weight
+            else:
+                new = torch.nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=p.requires_grad
+                )
+                module._parameters[name] = new
+            done[id(p)] = new
+        for name, b in list(module._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in done:
+                done[id(b)] = torch.empty(b.shape, dtype=b.dtype, device=device)
+            module._buffers[name] = done[id(b)]
+
+
+def static_tensors(model: Any) -> list[tuple[Any, str]]:
+    """(tensor, category) for the tensors that live for the whole run."""
+    out: list[tuple[Any, str]] = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            out.append((p, "adapter"))
+            continue
+        out.append((p, "weights"))
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            out.extend((t, "quant_state") for t in _quant_state_tensors(state))
+        scb = getattr(p, "SCB", None)
+        if scb is not None:
+            out.append((scb, "quant_state"))
+    out.extend((b, "weights") for b in model.buffers())
+    return out
+
+
+def _quant_state_tensors(state: Any) -> list[Any]:
+    tensors = [state.absmax, state.code, getattr(state, "offset", None)]
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        tensors += [nested.absmax, nested.code]
+    return [t for t in tensors if t is not None and hasattr(t, "untyped_storage")]

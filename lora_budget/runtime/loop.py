@@ -1,0 +1,114 @@
+"""The reference training loop every engine runs, and the optimizer each spec names.
+
+``run_steps`` is the loop README.md describes: ``loss = model(input_ids, labels=labels).loss``,
+the output object (and with it the logits) dropped before ``backward``, as the transformers
+Trainer does; ``optimizer.step()``; ``optimizer.zero_grad(set_to_none=True)``. No autocast.
+With gradient accumulation each micro-batch's loss is divided by the number of micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
+
+LEARNING_RATE = 1e-4
+
+PAGED_FALLBACK = {"paged_adamw": "adamw32bit", "paged_adamw8bit": "adamw8bit"}
+"""Paged bitsandbytes optimizers need CUDA unified memory; without it they run unpaged and the
+state they would page is reported as pageable."""
+
+
+def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True) -> Any:
+    """The optimizer ``spec.optimizer`` names, over ``params``.
+
+    - adamw: ``torch.optim.AdamW(fused=True)``, the transformers Trainer default (``adamw_torch_fused``).
+    - adamw8bit / paged_adamw8bit / paged_adamw: bitsandbytes' ``AdamW8bit`` / ``PagedAdamW8bit``
+      / ``PagedAdamW`` (32-bit state); with ``paged=False`` the unpaged equivalent.
+    - sgd / sgd_momentum (0.9) / adafactor: torch, with the multi-tensor (``foreach``) code path
+      that torch picks by default for CUDA tensors, set explicitly so CPU runs take it too.
+    """
+    import torch
+
+    name = spec.optimizer
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=LEARNING_RATE, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LEARNING_RATE, foreach=True)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, foreach=True)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=1e-2, foreach=True)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise LoraBudgetError(f"optimizer {name} needs bitsandbytes: pip install 'lora-budget[torch]'") from None
+    if not paged:
+        name = PAGED_FALLBACK.get(name, name)
+    cls = {
+        "adamw8bit": bnb.optim.AdamW8bit,
+        "adamw32bit": bnb.optim.AdamW32bit,
+        "paged_adamw8bit": bnb.optim.PagedAdamW8bit,
+        "paged_adamw": bnb.optim.PagedAdamW,
+    }[name]
+    return cls(params, lr=LEARNING_RATE)
+
+
+def optimizer_state_tensors(optimizer: Any) -> list[tuple[str, Any]]:
+    """(key, tensor) for every tensor the optimizer keeps between steps."""
+    import torch
+
+    out = []
+    for state in optimizer.state.values():
+        out.extend((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+    return out
+
+
+def run_steps(
+    model: Any,
+    optimizer: Any,
+    spec: TrainSpec,
+    batch: Any,
+    *,
+    steps: int,
+    on_phase: Callable[[str, int], None] = lambda phase, step: None,
+    on_loss: Callable[[int, Any], None] = lambda step, loss: None,
+    after_backward: Callable[[int], None] = lambda step: None,
+    after_step: Callable[[int], None] = lambda step: None,
+    warm_start: bool = False,
+) -> None:
+    """``steps`` optimizer steps of the reference loop on one fixed batch of token ids.
+
+    ``warm_start``: first run ``optimizer.step()`` once on zero gradients (step 0), which creates
+    the optimizer state through the optimizer's own code exactly as a first step would; nothing
+    else a first forward/backward allocates survives it. The trace uses it to reach the
+    steady state (step >= 2) at the cost of one step instead of two.
+    """
+    if warm_start:
+        import torch
+
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        on_phase("warm_start", 0)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        after_step(0)
+        optimizer.zero_grad(set_to_none=True)
+    for step in range(1, steps + 1):
+        for _ in range(spec.grad_accum):
+            on_phase("forward", step)
+            out = model(input_ids=batch, labels=batch)
+            loss = out.loss
+            del out
+            on_phase("backward", step)
+            (loss / spec.grad_accum if spec.grad_accum > 1 else loss).backward()
+            on_loss(step, loss.detach())
+            del loss
+        after_backward(step)
+        on_phase("optimizer", step)
+        optimizer.step()
+        after_step(step)
+        on_phase("zero_grad", step)
+        optimizer.zero_grad(set_to_none=True)

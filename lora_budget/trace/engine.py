@@ -1,0 +1,255 @@
+"""``trace``: run the reference step on fake tensors and attribute its peak to our categories.
+
+The fake tensors live on a fake *CPU* device. A CPU-only PyTorch build cannot index fake CUDA
+tensors (``x[..., None]`` needs a CUDA device guard, which such a build lacks), and on a fake
+device no kernel runs, so the device only decides which aten ops the Python code picks. The
+differences that matter for memory are handled explicitly: SDPA dispatches to the CPU flash
+kernel, which keeps the same output and fp32 logsumexp as CUDA flash attention; optimizers are
+created with the multi-tensor/fused path CUDA would use; paged optimizers run unpaged and their
+large states are reported as pageable; allocator rounding is CUDA's.
+
+Attribution of the peak (the event with the most live bytes over the whole run):
+
+- weights, quant_state, adapter: registered parameters, buffers and quantization state;
+- gradients: storages that end up as a trainable parameter's ``.grad``;
+- optimizer: storages held in the optimizer's state;
+- logits: tensors whose last dimension is the vocabulary (logits, their fp32 copy, the
+  log-softmax output and the gradients flowing back through them);
+- activations: what the forward pass leaves for backward, i.e. storages created during the
+  forward that are still alive when it returns;
+- temporaries: everything else (forward transients, layers recomputed by checkpointing, the
+  backward working set, optimizer-step scratch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lora_budget.breakdown import CATEGORIES, Breakdown
+from lora_budget.errors import LoraBudgetError
+from lora_budget.runtime.build import Built, build, import_stack
+from lora_budget.runtime.loop import make_optimizer, optimizer_state_tensors, run_steps
+from lora_budget.spec import TrainSpec
+
+PAGE_MIN_NUMEL = 100_000
+"""bitsandbytes pages optimizer state only for tensors of at least 1e5 elements."""
+
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, label): units are aten ops; total is an estimate until step 1 ends."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceResult:
+    """What the traced step allocated, attributed at its peak."""
+
+    spec: TrainSpec
+    breakdown: Breakdown
+    peak_step: int
+    peak_op: str
+    peak_module: str
+    paged_bytes: int
+    """Optimizer state a paged optimizer keeps in unified memory (included in the peak)."""
+    ops: int
+    wall_s: float
+    step_peaks: dict[int, int] = field(default_factory=dict)
+    timeline: tuple[tuple[int, int, str, int], ...] = ()
+    """(event, live bytes, phase, step) for every op and phase marker."""
+    real: bool = False
+    """True when real tensors were traced (the fake-vs-real check)."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.breakdown.peak_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.breakdown
+        return {
+            "peak_bytes": b.peak_bytes,
+            "peak_phase": b.phase,
+            "peak_step": self.peak_step,
+            "peak_op": self.peak_op,
+            "peak_module": self.peak_module,
+            **{f"{c}_bytes": getattr(b, c) for c in CATEGORIES},
+            "paged_bytes": self.paged_bytes,
+            "step_peak_bytes": {str(k): v for k, v in self.step_peaks.items()},
+            "ops": self.ops,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def trace(
+    spec: TrainSpec,
+    *,
+    fake: bool = True,
+    steps: int = 1,
+    warm_start: bool = True,
+    progress: Progress | None = None,
+    keep_timeline: bool = False,
+) -> TraceResult:
+    """Trace reference steps of ``spec``; ``fake=False`` runs real tensors on CPU.
+
+    By default one full step is traced after a warm start that creates the optimizer state
+    (``run_steps``), so the peak is the steady-state step's. ``warm_start=False, steps=2`` runs
+    two full steps instead (twice the time, the same peak).
+    """
+    torch, _, _, _ = import_stack(need_bnb=spec.method in ("qlora", "lora8bit") or "8bit" in spec.optimizer)
+    from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
+
+    from lora_budget.trace.attribute import attribute
+    from lora_budget.trace.tracker import Tracker
+
+    if steps < 1:
+        raise LoraBudgetError("steps must be at least 1")
+    started = time.perf_counter()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        built = build(spec, device="cpu", fake_mode=fake_mode)
+    tracker = Tracker(vocab=spec.model.shape.vocab)
+    for tensor, category in built.static:
+        tracker.register(tensor, category)
+    optimizer = make_optimizer(spec, built.trainable, paged=False)
+    paged = spec.optimizer.startswith("paged")
+    hooks = _Hooks(built, tracker, optimizer, paged, steps, progress)
+    try:
+        with hooks.installed(), fake_mode or contextlib.nullcontext(), tracker:
+            batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
+            tracker.register(batch, "activations")
+            run_steps(
+                built.model,
+                optimizer,
+                spec,
+                batch,
+                steps=steps,
+                on_phase=hooks.on_phase,
+                after_backward=hooks.after_backward,
+                after_step=hooks.after_step,
+                warm_start=warm_start,
+            )
+            del batch
+    except UnsupportedOperatorException as exc:
+        raise LoraBudgetError(
+            f"the trace hit an op with no fake-tensor kernel ({exc.func}) in {tracker.module_stack[-1:] or 'the step'}; "
+            "`lora-budget plan` still answers for this spec"
+        ) from None
+    except torch._subclasses.fake_tensor.DataDependentOutputException as exc:
+        where = tracker.module_stack[-1] if tracker.module_stack else "the step"
+        raise LoraBudgetError(
+            f"the trace hit a data-dependent op ({exc.func}) in {where}; fake tensors cannot follow it, "
+            "`lora-budget plan` still answers for this spec"
+        ) from None
+    wall_s = time.perf_counter() - started
+    breakdown, paged_bytes = attribute(tracker, spec.grad_accum)
+    full = _timeline(tracker)
+    step_peaks: dict[int, int] = {}
+    for _, live, _, step in full:
+        if step and live > step_peaks.get(step, 0):
+            step_peaks[step] = live
+    timeline = tuple(full) if keep_timeline else ()
+    return TraceResult(
+        spec=spec,
+        breakdown=breakdown,
+        peak_step=tracker.peak.step,
+        peak_op=tracker.peak.op,
+        peak_module=tracker.peak.module,
+        paged_bytes=paged_bytes,
+        ops=tracker.ops,
+        wall_s=wall_s,
+        step_peaks=step_peaks,
+        timeline=timeline,
+        real=not fake,
+    )
+
+
+def _timeline(tracker: Any) -> list[tuple[int, int, str, int]]:
+    markers = list(tracker.markers)
+    out = []
+    phase, step, m = "setup", 0, 0
+    for event, live in enumerate(tracker.live_per_event, start=1):
+        while m < len(markers) and markers[m][0] <= event:
+            _, phase, step = markers[m]
+            m += 1
+        out.append((event, live, phase, step))
+    return out
+
+
+class _Hooks:
+    """Phase markers, the module stack, category tags and progress, wired into one run."""
+
+    def __init__(
+        self, built: Built, tracker: Any, optimizer: Any, paged: bool, steps: int, progress: Progress | None
+    ):
+        self.built = built
+        self.tracker = tracker
+        self.optimizer = optimizer
+        self.paged = paged
+        self.progress = progress
+        self.names = {id(m): name for name, m in built.model.named_modules()}
+        self.steps = steps
+        self._ops_per_step = 0
+        self._fwd_ops = 0
+        self._last_report = 0
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        import torch
+
+        head = self.built.output_head
+        handles = [
+            torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
+            torch.nn.modules.module.register_module_forward_hook(self._post, always_call=True),
+            head.register_forward_pre_hook(lambda *_: self.tracker.set_phase("loss")),
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _pre(self, module: Any, _args: Any) -> None:
+        self.tracker.module_stack.append(self.names.get(id(module), type(module).__name__))
+        self._report()
+
+    def _post(self, _module: Any, _args: Any, _out: Any) -> None:
+        if self.tracker.module_stack:
+            self.tracker.module_stack.pop()
+
+    def on_phase(self, phase: str, step: int) -> None:
+        t = self.tracker
+        if phase == "forward" and step != t.step and t.step >= 1:
+            self._ops_per_step = self._ops_per_step or t.ops
+        if phase == "backward":
+            # what the forward leaves alive is what backward needs: the activations
+            for block in t.live_blocks():
+                if not block.category and block.born >= 0 and block.phase in ("forward", "loss"):
+                    block.category = "activations"
+            if not self._fwd_ops:
+                self._fwd_ops = t.ops
+        t.set_phase(phase, step)
+        self._report(force=True)
+
+    def after_backward(self, _step: int) -> None:
+        for p in self.built.trainable:
+            if p.grad is not None:
+                self.tracker.tag(p.grad, "gradients")
+
+    def after_step(self, _step: int) -> None:
+        for key, t in optimizer_state_tensors(self.optimizer):
+            paged = self.paged and key in ("state1", "state2") and t.numel() >= PAGE_MIN_NUMEL
+            self.tracker.tag(t, "optimizer", pageable=paged)
+
+    def _report(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        t = self.tracker
+        if not force and t.ops - self._last_report < 2000:
+            return
+        self._last_report = t.ops
+        per_step = self._ops_per_step or 3 * self._fwd_ops
+        total = per_step * self.steps if per_step else 0
+        self.progress(t.ops, total, f"step {t.step} {t.phase}")
