@@ -122,17 +122,25 @@ def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> No
     import bitsandbytes as bnb
     import torch
 
+    from transformers.pytorch_utils import Conv1D
+
     head = model.get_output_embeddings()
     dtype = torch_dtype(spec.dtype)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is not torch.nn.Linear or child is head:
+            if child is head or type(child) not in (torch.nn.Linear, Conv1D):
                 continue
             bias = child.bias is not None
+            if isinstance(child, Conv1D):  # GPT-2 stores (in, out); transformers transposes it
+                in_features, out_features = child.weight.shape
+                dense = child.weight.data.t()
+            else:
+                in_features, out_features = child.in_features, child.out_features
+                dense = child.weight.data
             if spec.method == "qlora":
                 new = bnb.nn.Linear4bit(
-                    child.in_features,
-                    child.out_features,
+                    in_features,
+                    out_features,
                     bias=bias,
                     compute_dtype=dtype,
                     compress_statistics=spec.double_quant,
@@ -142,15 +150,15 @@ def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> No
                 )
             else:
                 new = bnb.nn.Linear8bitLt(
-                    child.in_features,
-                    child.out_features,
+                    in_features,
+                    out_features,
                     bias=bias,
                     has_fp16_weights=False,
                     threshold=INT8_THRESHOLD,
                     device="meta",
                 )
             if real_device is not None:
-                _quantize_into(new, spec, child.weight.data, real_device)
+                _quantize_into(new, spec, dense, real_device)
                 if bias:
                     new.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
             elif bias:

@@ -115,9 +115,9 @@ def trace(
         tracker.register(tensor, category)
     optimizer = make_optimizer(spec, built.trainable, paged=False)
     paged = spec.optimizer.startswith("paged")
-    hooks = _Hooks(built, tracker, optimizer, paged, steps, progress)
+    hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress)
     try:
-        with hooks.installed(), fake_mode or contextlib.nullcontext(), tracker:
+        with hooks.installed(), _unpacked_batch(), fake_mode or contextlib.nullcontext(), tracker:
             batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
             tracker.register(batch, "activations")
             run_steps(
@@ -166,6 +166,24 @@ def trace(
     )
 
 
+@contextlib.contextmanager
+def _unpacked_batch() -> Any:
+    """Answer transformers' packed-sequence check the way a real run answers it for our batch.
+
+    With no attention mask, transformers reads the position ids to detect several sequences
+    packed into one row (``masking_utils.find_packed_sequence_indices``); on real tensors it finds
+    none and lets SDPA run causal without a mask. Fake tensors cannot be read, so transformers
+    would assume packing and build an explicit b x s x s mask. Our batch is one sequence per row,
+    so the trace gives the answer a real run computes: no packing.
+    """
+    from unittest import mock
+
+    from transformers import masking_utils
+
+    with mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
+        yield
+
+
 def _timeline(tracker: Any) -> list[tuple[int, int, str, int]]:
     markers = list(tracker.markers)
     out = []
@@ -182,7 +200,14 @@ class _Hooks:
     """Phase markers, the module stack, category tags and progress, wired into one run."""
 
     def __init__(
-        self, built: Built, tracker: Any, optimizer: Any, paged: bool, steps: int, progress: Progress | None
+        self,
+        built: Built,
+        tracker: Any,
+        optimizer: Any,
+        paged: bool,
+        steps: int,
+        fake: bool,
+        progress: Progress | None,
     ):
         self.built = built
         self.tracker = tracker
@@ -191,6 +216,7 @@ class _Hooks:
         self.progress = progress
         self.names = {id(m): name for name, m in built.model.named_modules()}
         self.steps = steps
+        self.fake = fake
         self._ops_per_step = 0
         self._fwd_ops = 0
         self._last_report = 0
@@ -230,6 +256,7 @@ class _Hooks:
                     block.category = "activations"
             if not self._fwd_ops:
                 self._fwd_ops = t.ops
+        t.stub_scalars = self.fake and phase in ("optimizer", "warm_start")
         t.set_phase(phase, step)
         self._report(force=True)
 

@@ -31,6 +31,11 @@ from torch.utils._pytree import tree_leaves
 from lora_budget.core.static import alloc as round_block
 
 
+_SCALAR = torch.ops.aten._local_scalar_dense.default
+_NOT_OPS = frozenset({torch.ops.prim.device.default})
+"""Queries fake tensors answer through dispatch that allocate nothing and are no op on a real run."""
+
+
 @dataclass(slots=True)
 class Block:
     """One storage: when it was allocated and freed, and what the tracker knows about it."""
@@ -80,6 +85,9 @@ class Tracker(TorchDispatchMode):
         self.ops = 0
         self.module_stack: list[str] = []
         self._refs: dict[int, tuple[Any, Block]] = {}
+        self.stub_scalars = False
+        """Answer ``.item()`` with 1 (fake tensors have no values). Only set around optimizer
+        steps, where scalars scale updates (Adafactor's norms) and never decide a shape."""
 
     # -- registration -------------------------------------------------------------------------
     def block_of(self, tensor: Any) -> Block | None:
@@ -144,7 +152,14 @@ class Tracker(TorchDispatchMode):
 
     # -- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is _SCALAR:
+            # reads a value, allocates nothing: not an event, so fake and real runs number alike
+            if self.stub_scalars:
+                return 1.0 if args[0].dtype.is_floating_point else 1
+            return func(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
+        if func in _NOT_OPS:
+            return out
         self.event += 1
         self.ops += 1
         for t in tree_leaves(out):
