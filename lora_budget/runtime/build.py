@@ -238,6 +238,8 @@ def _apply_lora(model: Any, spec: TrainSpec) -> Any:
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
+        # GPT-2's Conv1D stores (in, out); under QLoRA it became a Linear4bit
+        fan_in_fan_out=spec.model.shape.model_type == "gpt2" and spec.method == "lora",
     )
     try:
         model = peft.get_peft_model(model, config, autocast_adapter_dtype=spec.adapter_dtype == "fp32")

@@ -117,7 +117,7 @@ def trace(
     paged = spec.optimizer.startswith("paged")
     hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress)
     try:
-        with hooks.installed(), _unpacked_batch(), fake_mode or contextlib.nullcontext(), tracker:
+        with hooks.installed(), _unpacked_batch(), cuda_kernels(), fake_mode or contextlib.nullcontext(), tracker:
             batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
             tracker.register(batch, "activations")
             run_steps(
@@ -164,6 +164,52 @@ def trace(
         timeline=timeline,
         real=not fake,
     )
+
+
+@contextlib.contextmanager
+def cuda_kernels() -> Any:
+    """CPU runs (fake or real tensors) pick the kernels CUDA picks, for as long as this is entered.
+
+    SDPA: CUDA's flash and memory-efficient kernels apply attention dropout inside the kernel and
+    keep only q, k, v, the output, the fp32 logsumexp and an RNG seed/offset; the CPU flash
+    kernel has no dropout, so with ``dropout_p > 0`` PyTorch on CPU falls back to the math path,
+    which keeps b x heads x s x s probabilities and masks. Memory-wise the CUDA kernel with
+    dropout is the CPU flash kernel without it, so that is what runs (GPT-2 trains with 0.1).
+
+    Dropout: on CUDA ``F.dropout`` runs the fused ``native_dropout`` kernel, which keeps a 1-byte
+    bool mask; on CPU it multiplies by a noise tensor in the input's dtype (2 bytes in bf16).
+    Here ``native_dropout`` runs, as on CUDA.
+
+    The two functions are swapped on ``torch.nn.functional`` itself (modelling code looks them up
+    there at call time) rather than through a torch-function mode, because gradient
+    checkpointing recomputes inside the autograd engine, where such modes are not active.
+    """
+    from unittest import mock
+
+    import torch
+
+    functional = torch.nn.functional
+    sdpa = functional.scaled_dot_product_attention
+    dropout = functional.dropout
+    native_dropout = torch.ops.aten.native_dropout.default
+
+    def sdpa_cuda(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 4:
+            args = (*args[:4], 0.0, *args[5:])
+        elif "dropout_p" in kwargs:
+            kwargs["dropout_p"] = 0.0
+        return sdpa(*args, **kwargs)
+
+    def dropout_cuda(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and p > 0 and not inplace:
+            return native_dropout(input, p, True)[0]
+        return dropout(input, p, training, inplace)
+
+    with (
+        mock.patch.object(functional, "scaled_dot_product_attention", sdpa_cuda),
+        mock.patch.object(functional, "dropout", dropout_cuda),
+    ):
+        yield
 
 
 @contextlib.contextmanager

@@ -51,6 +51,9 @@ class Block:
     died: int | None = None
     numel: int = 0
     pageable: bool = False
+    module: str = ""
+    """The innermost module running when it was allocated."""
+    op: str = ""
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class Tracker(TorchDispatchMode):
         self.ops = 0
         self.module_stack: list[str] = []
         self._refs: dict[int, tuple[Any, Block]] = {}
+        self._op: Any = ""
         self.stub_scalars = False
         """Answer ``.item()`` with 1 (fake tensors have no values). Only set around optimizer
         steps, where scalars scale updates (Adafactor's norms) and never decide a shape."""
@@ -121,7 +125,15 @@ class Tracker(TorchDispatchMode):
         size = round_block(storage.nbytes())
         if size == 0:
             return None
-        block = Block(size=size, born=born, phase=self.phase, step=self.step, numel=tensor.numel())
+        block = Block(
+            size=size,
+            born=born,
+            phase=self.phase,
+            step=self.step,
+            numel=tensor.numel(),
+            module=self.module_stack[-1] if self.module_stack else "",
+            op=self._op,
+        )
         if self.vocab and tensor.dim() >= 2 and tensor.shape[-1] == self.vocab and born >= 0:
             block.category = "logits"
         self._refs[key] = (weakref.ref(storage, self._freed_callback(key)), block)
@@ -160,6 +172,7 @@ class Tracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if func in _NOT_OPS:
             return out
+        self._op = func
         self.event += 1
         self.ops += 1
         for t in tree_leaves(out):

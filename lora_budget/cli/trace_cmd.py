@@ -1,0 +1,150 @@
+"""``lora-budget trace``: the real training step on fake tensors, every allocation counted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from lora_budget.cli.errors import user_errors
+from lora_budget.cli.options import spec_kwargs, spec_options
+from lora_budget.errors import LoraBudgetError
+
+
+class _Bar:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, where: str) -> None:
+        if not self.tty:
+            return
+        if total:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"\r{self.label} [{bar:<30}] {frac:4.0%} {where:<22}"
+        else:
+            text = f"\r{self.label} {done:,} ops {where:<22}"
+        click.echo(text, err=True, nl=False)
+
+    def close(self, message: str) -> None:
+        click.echo(("\r" if self.tty else "") + f"{message:<80}", err=True)
+
+
+@click.command("trace")
+@spec_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with a `methods` list.")
+@click.option(
+    "--timeline",
+    "timeline_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write live bytes after every op (event, method, live_bytes, phase, step) to this CSV file.",
+)
+@click.option("--steps", type=int, default=1, show_default=True, help="Full steps traced after the warm start.")
+@user_errors
+def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -> None:
+    """Run the real transformers + peft + bitsandbytes step on fake tensors and count every byte.
+
+    Builds the model from its config (random weights, nothing downloaded) on fake tensors: no GPU
+    and almost no RAM. The optimizer state is created first (a warm start), then one full step is
+    traced, so the peak is the steady-state step's. Prints the trace beside the plan.
+
+    \b
+    Examples:
+      lora-budget trace --model 7b --method qlora --seq-len 2048 --batch-size 4
+      lora-budget trace -m Qwen2.5-1.5B --method lora --grad-ckpt --json
+      lora-budget trace -m 8b --method qlora --timeline step.csv
+    """
+    from lora_budget.api import MAIN_METHODS
+    from lora_budget.catalog.models import resolve_model
+    from lora_budget.core.peak import estimate
+    from lora_budget.spec import TrainSpec
+
+    if kw["batch_size"].strip().lower() == "auto":
+        raise click.BadParameter("trace needs a number (use plan --batch-size auto to search)", param_hint="--batch-size")
+    try:
+        batch = int(kw["batch_size"])
+    except ValueError:
+        raise click.BadParameter(f"{kw['batch_size']!r} is not a positive integer", param_hint="--batch-size") from None
+    if steps < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--steps")
+    ref = resolve_model(kw["model"])
+    methods = MAIN_METHODS if kw["method"] == "all" else tuple(m.strip() for m in kw["method"].split(","))
+    options = spec_kwargs(kw)
+    rows = []
+    for method in methods:
+        opts = dict(options)
+        if method != "full":
+            opts.pop("master_weights", None)
+        spec = TrainSpec(model=ref, method=method, batch_size=batch, **opts)
+        for warning in spec.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        result = _run(spec, steps, keep_timeline=timeline_path is not None)
+        rows.append((result, estimate(spec)))
+    if timeline_path:
+        _write_timeline(timeline_path, rows)
+    if as_json:
+        click.echo(json.dumps(_to_json(ref, rows), indent=2))
+    else:
+        from lora_budget.cli.render_trace import render_trace
+
+        click.echo(render_trace(ref, rows))
+
+
+def _run(spec: Any, steps: int, keep_timeline: bool) -> Any:
+    from lora_budget.trace.engine import trace
+
+    bar = _Bar(f"trace {spec.method}")
+    try:
+        result = trace(spec, steps=steps, progress=bar, keep_timeline=keep_timeline)
+    except LoraBudgetError:
+        bar.close("")
+        raise
+    bar.close(f"traced {spec.method}: {result.ops:,} ops in {result.wall_s:.1f} s")
+    return result
+
+
+def _write_timeline(path: str, rows: list[tuple[Any, Any]]) -> None:
+    import csv
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".timeline-", suffix=".csv", dir=directory)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["event", "method", "live_bytes", "phase", "step"])
+            for result, _ in rows:
+                for event, live, phase, step in result.timeline:
+                    writer.writerow([event, result.spec.method, live, phase, step])
+        os.replace(tmp, path)
+    except OSError as exc:
+        os.unlink(tmp)
+        raise LoraBudgetError(f"cannot write timeline {path}: {exc.strerror}") from None
+
+
+def _to_json(ref: Any, rows: list[tuple[Any, Any]]) -> dict[str, Any]:
+    from lora_budget.breakdown import CATEGORIES
+    from lora_budget.core.params import param_count
+
+    methods = []
+    for result, planned in rows:
+        err = (planned.peak_bytes - result.peak_bytes) / result.peak_bytes
+        methods.append(
+            {
+                "method": result.spec.method,
+                "trace": result.to_dict(),
+                "plan": {"peak_bytes": planned.peak_bytes, **{f"{c}_bytes": getattr(planned, c) for c in CATEGORIES}},
+                "plan_error": round(err, 6),
+            }
+        )
+    return {
+        "schema": "lora-budget.trace/1",
+        "model": {"name": ref.name, "hf_id": ref.hf_id, "param_count": param_count(ref.shape), "source": ref.source},
+        "methods": methods,
+    }

@@ -1,0 +1,155 @@
+"""Plan against trace over a grid of architectures, methods, checkpointing and (batch, seq) points.
+
+The trace is the ground truth (every storage of the real step, counted); the planner is judged
+by its relative error on the total peak and on each category. A row per configuration goes to a
+CSV as soon as it is traced, so an interrupted run keeps what it finished and ``resume`` skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_budget.breakdown import CATEGORIES
+from lora_budget.spec import TrainSpec
+
+ARCHITECTURES: dict[str, str] = {
+    "Llama-2-7B": "Llama 2: multi-head attention, untied 32k vocabulary, SwiGLU",
+    "Llama-3.2-1B": "Llama 3: grouped-query attention, 128k vocabulary, tied embeddings",
+    "Qwen2.5-0.5B": "Qwen2.5: q/k/v biases, GQA, tied embeddings, 152k vocabulary",
+    "Qwen3-0.6B": "Qwen3: per-head q/k RMSNorm, head_dim != hidden/heads",
+    "Gemma-2-2B": "Gemma 2: sandwich norms, logit soft-capping (eager attention), GeGLU, tied",
+    "Phi-3-mini-4k": "Phi-3: fused qkv_proj and gate_up_proj",
+    "GPT-2": "GPT-2: Conv1D, LayerNorm, GELU, learned positions, dropout 0.1",
+}
+METHODS = ("full", "lora", "qlora")
+POINTS = ((1, 1024), (4, 512), (2, 2048))
+"""(batch, seq) points: short, wide and long."""
+QUICK = (("GPT-2", (2, 256)), ("Qwen2.5-0.5B", (1, 512)))
+"""The small grid CI runs on every change."""
+
+FIELDS = (
+    ["model", "method", "grad_ckpt", "batch_size", "seq_len", "attn", "trace_peak_bytes", "plan_peak_bytes"]
+    + [f"trace_{c}_bytes" for c in CATEGORIES]
+    + [f"plan_{c}_bytes" for c in CATEGORIES]
+    + ["trace_phase", "plan_phase", "trace_s", "error"]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    model: str
+    method: str
+    grad_ckpt: bool
+    batch_size: int
+    seq_len: int
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.model, self.method, str(self.grad_ckpt), str(self.batch_size), str(self.seq_len))
+
+
+def grid(quick: bool = False, models: tuple[str, ...] | None = None) -> list[Config]:
+    """The validation grid: every architecture x method x checkpointing x (batch, seq) point."""
+    if quick:
+        pairs = [(m, p) for m, p in QUICK]
+    else:
+        pairs = [(m, p) for m in (models or tuple(ARCHITECTURES)) for p in POINTS]
+    return [
+        Config(model, method, ckpt, b, s) for model, (b, s) in pairs for method in METHODS for ckpt in (False, True)
+    ]
+
+
+def spec_for(config: Config) -> TrainSpec:
+    from lora_budget.catalog.models import resolve_model
+
+    return TrainSpec(
+        model=resolve_model(config.model),
+        method=config.method,
+        grad_ckpt=config.grad_ckpt,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+    )
+
+
+def compare(config: Config) -> dict[str, Any]:
+    """Trace and plan one configuration; the CSV row."""
+    from lora_budget.core.peak import estimate
+    from lora_budget.trace.engine import trace
+
+    spec = spec_for(config)
+    traced = trace(spec)
+    planned = estimate(spec)
+    row: dict[str, Any] = {
+        "model": config.model,
+        "method": config.method,
+        "grad_ckpt": config.grad_ckpt,
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "attn": spec.attn,
+        "trace_peak_bytes": traced.peak_bytes,
+        "plan_peak_bytes": planned.peak_bytes,
+        "trace_phase": traced.breakdown.phase,
+        "plan_phase": planned.phase,
+        "trace_s": round(traced.wall_s, 2),
+        "error": round(planned.peak_bytes / traced.peak_bytes - 1, 6),
+    }
+    for c in CATEGORIES:
+        row[f"trace_{c}_bytes"] = getattr(traced.breakdown, c)
+        row[f"plan_{c}_bytes"] = getattr(planned, c)
+    return row
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run(
+    configs: list[Config],
+    csv_path: Path,
+    *,
+    resume: bool = True,
+    progress: Callable[[int, int, Config, dict[str, Any] | None], None] | None = None,
+) -> list[dict[str, str]]:
+    """Trace every configuration not yet in ``csv_path``, appending one row each."""
+    done = {tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) for r in read_rows(csv_path)}
+    if not resume and csv_path.exists():
+        done = set()
+        csv_path.unlink()
+    todo = [c for c in configs if c.key not in done]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not csv_path.exists()
+    with csv_path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        for i, config in enumerate(todo):
+            if progress:
+                progress(i, len(todo), config, None)
+            row = compare(config)
+            writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+            if progress:
+                progress(i + 1, len(todo), config, row)
+    wanted = {c.key for c in configs}
+    return [r for r in read_rows(csv_path) if tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) in wanted]
+
+
+def iter_errors(rows: list[dict[str, str]], category: str | None = None) -> Iterator[float]:
+    """Relative plan error per row, of the peak or of one category (rows where both are 0 skipped)."""
+    for r in rows:
+        if category is None:
+            yield float(r["plan_peak_bytes"]) / float(r["trace_peak_bytes"]) - 1
+            continue
+        t, p = float(r[f"trace_{category}_bytes"]), float(r[f"plan_{category}_bytes"])
+        if t == 0 and p == 0:
+            continue
+        yield (p - t) / t if t else float("inf")
