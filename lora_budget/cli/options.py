@@ -117,3 +117,21 @@ def parse_batch(text: str) -> int | str:
     if value <= 0:
         raise click.BadParameter(f"must be positive, got {value}", param_hint="--batch-size")
     return value
+
+
+_COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(text: str, hint: str) -> int:
+    """A positive token count: ``100000000``, ``1e8``, ``100M``, ``1.5B`` (suffixes are decimal: k, M, B, T)."""
+    t = text.strip().replace(",", "").replace("_", "").lower()
+    suffix = t[-1:] if t[-1:] in _COUNT_SUFFIX and not t[-1:].isdigit() else ""
+    try:
+        value = float(t[: len(t) - len(suffix)]) * _COUNT_SUFFIX[suffix]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a token count (e.g. 100000000, 1e8, 100M, 2B)", param_hint=hint
+        ) from None
+    if not value >= 1 or value != value or value == float("inf"):
+        raise click.BadParameter(f"must be at least 1 token, got {text!r}", param_hint=hint)
+    return round(value)
