@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from lora_budget.cli.errors import user_errors
-from lora_budget.cli.options import parse_batch, parse_count, spec_kwargs, spec_options
+from lora_budget.cli.options import config_notes, parse_batch, parse_count, spec_kwargs, spec_options
 from lora_budget.cli.render import render_csv, render_markdown, render_table
 from lora_budget.units import parse_size
 
@@ -67,10 +69,13 @@ def plan_cmd(
 
     if sum((as_json, as_csv, as_markdown)) > 1:
         raise click.UsageError("choose one of --json, --csv, --markdown")
-    if tokens is not None and (dataset_tokens is not None or epochs is not None):
+    typed_epochs = click.get_current_context().get_parameter_source("epochs") == ParameterSource.COMMANDLINE
+    if tokens is not None and (dataset_tokens is not None or (epochs is not None and typed_epochs)):
         raise click.UsageError("give --tokens, or --dataset-tokens with --epochs, not both")
     if epochs is not None and dataset_tokens is None:
-        raise click.UsageError("--epochs needs --dataset-tokens (tokens in one pass over the data)")
+        if typed_epochs:
+            raise click.UsageError("--epochs needs --dataset-tokens (tokens in one pass over the data)")
+        epochs = None  # from a --config file; used only with --dataset-tokens
     if epochs is not None and not epochs > 0:
         raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
     total_tokens = None
@@ -90,6 +95,9 @@ def plan_cmd(
         price_usd_per_h=price,
         **spec_kwargs(kw),
     )
+    notes = config_notes()
+    if notes:
+        result = dataclasses.replace(result, notes=(*notes, *result.notes))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif as_csv:
