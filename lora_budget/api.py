@@ -151,6 +151,7 @@ class PlanResult:
             spec = row.pop("spec")
             row.pop("suggestions")
             row.pop("warnings")
+            row.pop("time")
             row["model"] = spec["model"]
             rows.append(row)
         return pd.DataFrame(rows)

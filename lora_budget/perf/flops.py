@@ -51,7 +51,10 @@ ops above).
 into a 16-bit matrix before the GEMM, once in the forward pass and again in the backward pass for
 the input gradient (``MatMul4Bit.backward``), and once more in checkpointing's recompute. Each pass
 reads the packed weight plus its quantization state and writes 2 bytes per weight: memory traffic,
-timed against the GPU's memory bandwidth in :mod:`lora_budget.perf.time`.
+timed against the GPU's memory bandwidth in :mod:`lora_budget.perf.time`. 8-bit LoRA is modelled
+the same way (1 byte read, 2 written per weight and pass); that is an approximation: LLM.int8's
+forward multiplies in int8 after quantizing the input, and its cost sits in the lower utilization
+default of :mod:`lora_budget.perf.utilization` rather than here.
 """
 
 from __future__ import annotations
