@@ -90,7 +90,7 @@ def render_table(result: PlanResult) -> str:
     for m in methods:
         t = m.time
         if t and t.wall_s is not None and t.tokens_per_s:
-            cost = f", ${t.cost_usd:,.2f} at ${t.price_usd_per_h:g}/h" if t.cost_usd is not None else ""
+            cost = f", ${t.cost_usd:,.2f} at ${t.price_usd_per_h:,.2f}/h" if t.cost_usd is not None else ""
             name = LABELS[m.method] + ("" if m.fits else " (if it fit)")
             lines.append(
                 f"{name}: {t.total_tokens:,} tokens in {t.wall_s / 3600:,.1f} h "

@@ -133,7 +133,7 @@ class Reader:
             return
         ours = OPTIMIZER_NAMES.get(name.lower())
         if ours is None:
-            known = ", ".join(sorted(k for k in OPTIMIZER_NAMES if k not in OPTIMIZERS))
+            known = ", ".join(sorted(OPTIMIZER_NAMES))
             raise self.fail(key, f"optimizer {name!r} is not modelled; supported: {known}")
         self.set("optimizer", ours, key)
 
