@@ -13,6 +13,7 @@ from lora_budget.core.fit import max_batch_size, max_seq_len
 from lora_budget.core.params import param_count
 from lora_budget.core.peak import PeakModel, peak_model
 from lora_budget.errors import LoraBudgetError
+from lora_budget.perf.time import TimeEstimate, estimate_time
 from lora_budget.spec import METHODS, ModelRef, TrainSpec
 from lora_budget.units import fmt_gib
 
@@ -48,6 +49,8 @@ class MethodPlan:
     smallest_gpu: str | None = None
     """Smallest catalog card whose memory holds this peak (None if none does)."""
     warnings: tuple[str, ...] = ()
+    time: TimeEstimate | None = None
+    """Speed, and with a token count wall time and cost (lora_budget.perf); None when not asked for."""
 
     @property
     def peak_bytes(self) -> int:
@@ -61,6 +64,7 @@ class MethodPlan:
     def to_dict(self) -> dict[str, Any]:
         spec = self.spec
         shape = spec.model.shape
+        t = self.time
         out: dict[str, Any] = {
             "method": self.method,
             "fits": self.fits,
@@ -77,6 +81,12 @@ class MethodPlan:
                 "suggestions": [dataclasses.asdict(s) for s in self.suggestions],
                 "smallest_gpu": self.smallest_gpu,
                 "warnings": list(self.warnings),
+                "tokens_per_s": t.tokens_per_s if t else None,
+                "step_s": t.step_s if t else None,
+                "total_tokens": t.total_tokens if t else None,
+                "wall_s": t.wall_s if t else None,
+                "cost_usd": t.cost_usd if t else None,
+                "time": t.to_dict() if t else None,
                 "spec": {
                     "model": spec.model.name,
                     "hf_id": spec.model.hf_id,
@@ -141,6 +151,7 @@ class PlanResult:
             spec = row.pop("spec")
             row.pop("suggestions")
             row.pop("warnings")
+            row.pop("time")
             row["model"] = spec["model"]
             rows.append(row)
         return pd.DataFrame(rows)
@@ -187,8 +198,18 @@ def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) ->
     return tuple(out)
 
 
-def plan_spec(spec: TrainSpec, gpu: GPU, overhead_bytes: int = 0, advise: bool = True) -> MethodPlan:
-    """Plan one fully specified spec on one GPU."""
+def plan_spec(
+    spec: TrainSpec,
+    gpu: GPU,
+    overhead_bytes: int = 0,
+    advise: bool = True,
+    *,
+    speed: bool = True,
+    total_tokens: int | None = None,
+    price_usd_per_h: float | None = None,
+) -> MethodPlan:
+    """Plan one fully specified spec on one GPU; ``speed`` adds step time, tokens/s and, given
+    ``total_tokens``, wall time and cost (``price_usd_per_h`` or the catalog's price)."""
     model: PeakModel = peak_model(spec, overhead_bytes)
     capacity = gpu.memory_bytes
     breakdown = model.breakdown(spec.batch_size, spec.seq_len)
@@ -211,6 +232,7 @@ def plan_spec(spec: TrainSpec, gpu: GPU, overhead_bytes: int = 0, advise: bool =
         suggestions=suggestions,
         smallest_gpu=(lambda g: g.name if g else None)(smallest_fitting(breakdown.peak_bytes - paged)),
         warnings=tuple(warnings),
+        time=estimate_time(spec, gpu, total_tokens=total_tokens, price_usd_per_h=price_usd_per_h) if speed else None,
     )
 
 
@@ -221,13 +243,16 @@ def plan(
     *,
     batch_size: int | str = 1,
     overhead_bytes: int = 0,
+    total_tokens: int | None = None,
+    price_usd_per_h: float | None = None,
     **spec_options: Any,
 ) -> PlanResult:
     """Plan fine-tuning ``model`` on ``gpu`` with each method.
 
     ``batch_size="auto"`` picks the largest micro-batch that fits, per method. Other keyword
     arguments are :class:`~lora_budget.spec.TrainSpec` fields (``seq_len``, ``rank``,
-    ``optimizer``, ``grad_ckpt``, ...).
+    ``optimizer``, ``grad_ckpt``, ...). ``total_tokens`` (tokens to train on, all epochs) adds wall time,
+    and with ``price_usd_per_h`` (or a catalog price) cost, to each method's ``time``.
 
     >>> result = plan("7b", "24GB")
     >>> [m.method for m in result.methods]
@@ -240,6 +265,10 @@ def plan(
     for m in methods:
         if m not in METHODS:
             raise LoraBudgetError(f"unknown method {m!r}; choose from {', '.join(METHODS)} or all")
+    if total_tokens is not None and (isinstance(total_tokens, bool) or total_tokens <= 0):
+        raise LoraBudgetError(f"the token count must be positive, got {total_tokens!r}")
+    if price_usd_per_h is not None and not price_usd_per_h > 0:
+        raise LoraBudgetError(f"the price must be a positive USD per GPU-hour, got {price_usd_per_h!r}")
     auto = batch_size == "auto"
     if not auto and not isinstance(batch_size, int):
         raise LoraBudgetError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
@@ -252,8 +281,18 @@ def plan(
         if auto:
             best = max_batch_size(peak_model(spec, overhead_bytes), spec.seq_len, card.memory_bytes)
             spec = dataclasses.replace(spec, batch_size=max(best, 1))
-        plans.append(plan_spec(spec, card, overhead_bytes))
+        plans.append(plan_spec(spec, card, overhead_bytes, total_tokens=total_tokens, price_usd_per_h=price_usd_per_h))
     notes = []
+    speed_notes = {n for p in plans if p.time for n in p.time.notes}
+    notes += sorted(speed_notes)
+    if any(p.time and p.time.step_s is not None for p in plans):
+        sources = {p.time.utilization_source for p in plans if p.time}
+        if all("assumed default" in src for src in sources):
+            used = ", ".join(f"{p.method} {p.time.utilization:.0%}" for p in plans if p.time)
+            notes.append(
+                f"speed: GPU utilization is an assumed default per method ({used} of peak 16-bit TFLOP/s) "
+                "until profiles calibrate it; dequantization and optimizer time at datasheet bandwidth"
+            )
     if card.from_size:
         notes.append(
             f"--gpu {card.name} taken as {card.memory_bytes:,} bytes ({fmt_gib(card.memory_bytes)}): GB is decimal, "

@@ -27,6 +27,11 @@ class GPU:
     peak_fp16_tflops: float | None
     source: str
     memory_note: str = ""
+    memory_bandwidth_bytes_per_s: int | None = None
+    """Peak memory bandwidth in bytes/s from the datasheet (None where not recorded); times memory-bound work."""
+    price_usd_per_hour: float | None = None
+    """Default on-demand price in USD per GPU-hour, only where a dated public source is recorded."""
+    price_source: str = ""
     from_size: bool = False
     """True when given as a bare size rather than a catalog card."""
 
@@ -48,6 +53,11 @@ def catalog() -> tuple[GPU, ...]:
             peak_fp16_tflops=r["peak_fp16_tflops"],
             source=r["source"],
             memory_note=r["memory_note"],
+            memory_bandwidth_bytes_per_s=(
+                round(r["memory_bandwidth_gb_s"] * 10**9) if r.get("memory_bandwidth_gb_s") else None
+            ),
+            price_usd_per_hour=r.get("price_usd_per_hour"),
+            price_source=r.get("price_source", ""),
         )
         for r in rows
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
 
 MODEL_HELP = (
@@ -16,8 +19,35 @@ MODEL_HELP = (
 )
 
 
+CONFIG_META = "lora_budget.config"
+"""``click`` context ``meta`` key holding the notes of the ``--config`` file a command read."""
+
+CONFIG_HELP = (
+    "Read settings from a training config: axolotl or LLaMA-Factory YAML, TRL/transformers training "
+    "arguments (JSON or YAML), PEFT adapter_config.json, or a model config.json. Flags you give win."
+)
+
+
 def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the spec options (and ``--config FILE``) to a command; file values fill what the user did not type."""
+
+    @functools.wraps(fn)
+    def with_config(*args: Any, **kw: Any) -> Any:
+        path = kw.pop("config_file", None)
+        if path is None:
+            return fn(*args, **kw)
+        try:
+            applied = apply_config(path, kw)
+        except LoraBudgetError as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            return fn(*args, **applied)
+        except click.UsageError as exc:
+            exc.message = f"{exc.message} (settings read from {path})"
+            raise
+
     options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP),
         click.option("--model", "-m", default="7b", show_default=True, help=MODEL_HELP),
         click.option(
             "--method",
@@ -82,8 +112,42 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
     ]
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        with_config = option(with_config)
+    return with_config
+
+
+def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with the config file's values for every parameter the user did not give on the command line.
+
+    The file's notes go to ``click.get_current_context().meta[CONFIG_META]`` for the command to report.
+    """
+    from lora_budget.catalog.models import resolve_model
+    from lora_budget.configs import load_config
+
+    ctx = click.get_current_context()
+    loaded = load_config(path)
+    out = dict(kw)
+    overridden = []
+    for param, value in loaded.values.items():
+        if param not in out:
+            continue  # a setting this command has no option for (e.g. epochs outside plan)
+        if ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            overridden.append(param)
+            continue
+        if param == "model":
+            try:
+                resolve_model(value)
+            except LoraBudgetError as exc:
+                raise LoraBudgetError(f"{path}: {loaded.sources['model']}: {exc}") from None
+        out[param] = value
+    ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden))
+    return out
+
+
+def config_notes() -> list[str]:
+    """Notes of the ``--config`` file the current command read (empty without one)."""
+    ctx = click.get_current_context(silent=True)
+    return list(ctx.meta.get(CONFIG_META, [])) if ctx else []
 
 
 def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
@@ -117,3 +181,21 @@ def parse_batch(text: str) -> int | str:
     if value <= 0:
         raise click.BadParameter(f"must be positive, got {value}", param_hint="--batch-size")
     return value
+
+
+_COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(text: str, hint: str) -> int:
+    """A positive token count: ``100000000``, ``1e8``, ``100M``, ``1.5B`` (suffixes are decimal: k, M, B, T)."""
+    t = text.strip().replace(",", "").replace("_", "").lower()
+    suffix = t[-1:] if t[-1:] in _COUNT_SUFFIX and not t[-1:].isdigit() else ""
+    try:
+        value = float(t[: len(t) - len(suffix)]) * _COUNT_SUFFIX[suffix]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a token count (e.g. 100000000, 1e8, 100M, 2B)", param_hint=hint
+        ) from None
+    if not value >= 1 or value != value or value == float("inf"):
+        raise click.BadParameter(f"must be at least 1 token, got {text!r}", param_hint=hint)
+    return round(value)

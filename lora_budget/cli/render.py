@@ -66,6 +66,7 @@ def render_table(result: PlanResult) -> str:
     lines.append(
         f"{'max seq len':<16}" + "".join(f"{m.max_seq_len if m.max_seq_len else 'none':>{width}}" for m in methods)
     )
+    lines += _speed_rows(methods, width)
     lines.append("")
     for m in methods:
         name = LABELS[m.method]
@@ -87,12 +88,45 @@ def render_table(result: PlanResult) -> str:
         else:
             lines.append("  no single change fits it, and no catalog GPU holds it: shard it across GPUs")
     for m in methods:
+        t = m.time
+        if t and t.wall_s is not None and t.tokens_per_s:
+            cost = f", ${t.cost_usd:,.2f} at ${t.price_usd_per_h:,.2f}/h" if t.cost_usd is not None else ""
+            name = LABELS[m.method] + ("" if m.fits else " (if it fit)")
+            lines.append(
+                f"{name}: {t.total_tokens:,} tokens in {t.wall_s / 3600:,.1f} h "
+                f"at {t.tokens_per_s:,.0f} tokens/s ({t.step_s:.3f} s per step of {t.tokens_per_step:,} tokens){cost}."
+            )
+    for m in methods:
         for w in m.warnings:
             lines.append(f"warning ({LABELS[m.method]}): {w}")
     if result.notes:
         lines.append("")
         lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
+
+
+def _cell(value: float | None, fmt: str, width: int) -> str:
+    return f"{('n/a' if value is None else format(value, fmt)):>{width}}"
+
+
+def _speed_rows(methods: tuple[MethodPlan, ...], width: int) -> list[str]:
+    """tokens/s, step time and, with a token count, wall time and cost; nothing if speed was not asked for."""
+    times = [m.time for m in methods]
+    if not any(t and t.step_s is not None for t in times):
+        return []
+    rows = [
+        f"{'tokens/s':<16}" + "".join(_cell(t.tokens_per_s if t else None, ",.0f", width) for t in times),
+        f"{'step time (s)':<16}" + "".join(_cell(t.step_s if t else None, ".3f", width) for t in times),
+        f"{'MFU':<16}" + "".join(_cell(t.mfu if t else None, ".0%", width) for t in times),
+    ]
+    if any(t and t.wall_s is not None for t in times):
+        rows.append(
+            f"{'time (h)':<16}"
+            + "".join(_cell(t.wall_s / 3600 if t and t.wall_s else None, ",.1f", width) for t in times)
+        )
+    if any(t and t.cost_usd is not None for t in times):
+        rows.append(f"{'cost (USD)':<16}" + "".join(_cell(t.cost_usd if t else None, ",.2f", width) for t in times))
+    return rows
 
 
 def render_markdown(result: PlanResult) -> str:
@@ -109,6 +143,17 @@ def render_markdown(result: PlanResult) -> str:
     out.append("| fits | " + " | ".join("yes" if m.fits else "no" for m in methods) + " |")
     out.append("| max batch | " + " | ".join(str(m.max_batch_size) for m in methods) + " |")
     out.append("| max seq len | " + " | ".join(str(m.max_seq_len) for m in methods) + " |")
+    for key, label, fmt in (
+        ("tokens_per_s", "tokens/s", ",.0f"),
+        ("step_s", "step time (s)", ".3f"),
+        ("wall_s", "time (h)", ",.1f"),
+        ("cost_usd", "cost (USD)", ",.2f"),
+    ):
+        values = [m.to_dict()[key] for m in methods]
+        if any(v is not None for v in values):
+            if key == "wall_s":
+                values = [v / 3600 if v is not None else None for v in values]
+            out.append(f"| {label} | " + " | ".join("n/a" if v is None else format(v, fmt) for v in values) + " |")
     return "\n".join(out)
 
 
@@ -126,6 +171,10 @@ def render_csv(result: PlanResult) -> str:
         "max_seq_len",
         "batch_size",
         "seq_len",
+        "tokens_per_s",
+        "step_s",
+        "wall_s",
+        "cost_usd",
     ]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

@@ -1,0 +1,86 @@
+"""Training configs users already have (axolotl, LLaMA-Factory, TRL, PEFT, config.json) as spec options.
+
+``load_config(path)`` returns the options a file sets, keyed by CLI parameter name (``seq_len``,
+``rank``, ...), where each came from, and which keys were ignored. The CLI applies them under
+``--config`` (``lora_budget/cli/options.py``); flags the user typed win over the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_budget.configs.formats import MAPPERS
+from lora_budget.configs.read import FORMAT_NAMES, read_file
+from lora_budget.configs.values import Reader
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedConfig:
+    path: str
+    format: str
+    """One of axolotl, llamafactory, trl, peft, hf_config."""
+    values: dict[str, Any]
+    """CLI parameter name -> value (``method``, ``model``, ``seq_len``, ``batch_size`` as text, ...)."""
+    sources: dict[str, str]
+    """CLI parameter name -> the file key it was read from."""
+    unmodelled: tuple[str, ...]
+    """Keys that change memory or speed in ways not modelled yet (DeepSpeed, FSDP, DoRA, ...), with why."""
+    ignored: tuple[str, ...]
+    """Keys with no effect on a single GPU's memory or speed (learning rate, datasets, logging, ...)."""
+    notes: tuple[str, ...]
+    """Remarks about how values were read (tool defaults applied, values planned differently)."""
+
+    @property
+    def format_name(self) -> str:
+        return FORMAT_NAMES[self.format]
+
+    def describe(self, overridden: tuple[str, ...] = ()) -> list[str]:
+        """Human lines for ``notes``: what was read, what the command line overrode, what was ignored."""
+        read = ", ".join(
+            f"{key} -> {_flag(param, self.values[param])}"
+            for param, key in self.sources.items()
+            if param not in overridden
+        )
+        lines = [f"config: {self.path} read as {self.format_name}: {read or 'nothing used'}"]
+        if overridden:
+            lines.append(
+                "config: the command line overrode " + ", ".join(f"--{p.replace('_', '-')}" for p in overridden)
+            )
+        lines += [f"config: {n}" for n in self.notes]
+        if self.unmodelled:
+            lines.append("config: not modelled yet, ignored: " + "; ".join(self.unmodelled))
+        if self.ignored:
+            lines.append("config: ignored (no effect on memory or speed): " + ", ".join(self.ignored))
+        return lines
+
+
+def _flag(param: str, value: Any) -> str:
+    """How the user would type this setting: ``--grad-ckpt``, ``--no-double-quant``, ``--epochs 3``."""
+    name = param.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    if isinstance(value, float):
+        return f"--{name} {value:g}"
+    return f"--{name} {value}"
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read ``path`` and map its keys; raises LoraBudgetError (one line naming file and key) on bad input."""
+    data, fmt = read_file(path)
+    reader = Reader(path=Path(path), data=data, fmt=fmt)
+    MAPPERS[fmt](reader)
+    unmodelled, ignored = reader.ignored()
+    return LoadedConfig(
+        path=str(path),
+        format=fmt,
+        values=dict(reader.values),
+        sources=dict(reader.sources),
+        unmodelled=tuple(unmodelled),
+        ignored=tuple(ignored),
+        notes=tuple(reader.notes),
+    )
+
+
+__all__ = ["LoadedConfig", "load_config"]

@@ -1,0 +1,255 @@
+"""Key mappings of each tool's config onto lora-budget's spec options (CLI parameter names).
+
+Key names and defaults are those each tool documents:
+
+- axolotl: ``base_model``, ``adapter: lora|qlora``, ``load_in_4bit``/``load_in_8bit``, ``lora_r``,
+  ``lora_alpha``, ``lora_target_modules``/``lora_target_linear``, ``sequence_len``,
+  ``micro_batch_size``, ``gradient_accumulation_steps``, ``optimizer``, ``bf16``/``fp16``,
+  ``gradient_checkpointing``, ``flash_attention``/``sdp_attention``, ``num_epochs``. No ``adapter``
+  means full fine-tuning.
+- LLaMA-Factory: ``model_name_or_path``, ``finetuning_type`` (default lora), ``lora_rank``,
+  ``lora_alpha``, ``lora_target`` (``all`` or a comma list), ``quantization_bit`` (4/8),
+  ``quantization_type``, ``double_quantization`` (default true), ``cutoff_len``,
+  ``per_device_train_batch_size``, ``optim``, ``flash_attn`` (auto/disabled/sdpa/fa2),
+  ``disable_gradient_checkpointing`` (default false: LLaMA-Factory checkpoints by default).
+- TRL (``SFTConfig`` = transformers ``TrainingArguments`` + SFT keys, and ``ModelConfig``):
+  ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``max_length`` (older:
+  ``max_seq_length``), ``gradient_checkpointing``, ``bf16``/``fp16``, ``optim``,
+  ``num_train_epochs``; ``model_name_or_path``, ``use_peft``, ``lora_r``, ``lora_alpha``,
+  ``lora_target_modules``, ``load_in_4bit``/``load_in_8bit``, ``bnb_4bit_quant_type``,
+  ``use_bnb_nested_quant`` (default false), ``attn_implementation``, ``dtype``/``torch_dtype``.
+- PEFT ``adapter_config.json``: ``peft_type: LORA``, ``r``, ``lora_alpha``, ``target_modules``,
+  ``base_model_name_or_path``.
+- ``config.json`` of a model: the model itself (``--model`` = the file).
+"""
+
+from __future__ import annotations
+
+from lora_budget.configs.values import Reader
+
+_DTYPE_NAMES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "float32": "fp32",
+    "fp32": "fp32",
+}
+
+
+def _alpha(r: Reader, key: str) -> None:
+    value = r.positive_number(key)
+    if value is not None:
+        r.set("alpha", max(1, round(value)), key)
+
+
+def _dropout(r: Reader, key: str) -> None:
+    if r.has(key):
+        v = r.raw(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
+            raise r.fail(key, f"must be a probability in [0, 1), got {v!r}")
+        if v > 0:
+            r.notes.append(f"{key}: {v} not modelled (planned with LoRA dropout 0, which saves less for backward)")
+    r.used.add(key)
+
+
+def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16") -> None:
+    b, f = r.flag(bf16), r.flag(fp16)
+    if b and f:
+        raise r.fail(bf16, f"{bf16} and {fp16} are both true; choose one")
+    if b:
+        r.set("dtype", "bf16", bf16)
+    elif f:
+        r.set("dtype", "fp16", fp16)
+    elif b is False and f is False:
+        r.set("dtype", "fp32", bf16)
+
+
+def axolotl(r: Reader) -> None:
+    if (model := r.text("base_model")) is not None:
+        r.set("model", model, "base_model")
+    adapter = r.text("adapter")
+    four, eight = r.flag("load_in_4bit"), r.flag("load_in_8bit")
+    if four and eight:
+        raise r.fail("load_in_4bit", "load_in_4bit and load_in_8bit are both true; choose one")
+    if adapter is None:
+        if four or eight:
+            raise r.fail("load_in_4bit" if four else "load_in_8bit", "a quantized base needs adapter: lora or qlora")
+        r.set("method", "full", "adapter")
+    elif adapter.lower() == "qlora" or (adapter.lower() == "lora" and four):
+        r.set("method", "qlora", "adapter")
+    elif adapter.lower() == "lora":
+        r.set("method", "lora8bit" if eight else "lora", "adapter")
+    else:
+        raise r.fail("adapter", f"{adapter!r} is not modelled; use lora or qlora")
+    if (rank := r.positive_int("lora_r")) is not None:
+        r.set("rank", rank, "lora_r")
+    _alpha(r, "lora_alpha")
+    _dropout(r, "lora_dropout")
+    if r.flag("lora_target_linear"):
+        r.set("targets", "all-linear", "lora_target_linear")
+        r.used.add("lora_target_modules")
+    else:
+        r.targets("lora_target_modules")
+    if (seq := r.positive_int("sequence_len")) is not None:
+        r.set("seq_len", seq, "sequence_len")
+    if (b := r.positive_int("micro_batch_size")) is not None:
+        r.set("batch_size", str(b), "micro_batch_size")
+    if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
+        r.set("grad_accum", acc, "gradient_accumulation_steps")
+    r.optimizer("optimizer")
+    _precision(r)
+    if (ckpt := r.flag("gradient_checkpointing")) is not None:
+        r.set("grad_ckpt", ckpt, "gradient_checkpointing")
+    for key, attn in (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager")):
+        if r.flag(key):
+            r.set("attn", attn, key)
+    if r.flag("xformers_attention"):
+        r.set("attn", "sdpa", "xformers_attention")
+        r.notes.append("xformers_attention: planned as sdpa (both keep no s x s scores)")
+    if (epochs := r.positive_number("num_epochs")) is not None:
+        r.set("epochs", epochs, "num_epochs")
+
+
+def llamafactory(r: Reader) -> None:
+    if (model := r.text("model_name_or_path")) is not None:
+        r.set("model", model, "model_name_or_path")
+    stage = r.text("stage") or "sft"
+    if stage not in ("sft", "pt"):
+        r.notes.append(f"stage: {stage} planned as one supervised step (reference/reward models not counted)")
+    given = r.text("finetuning_type")
+    kind = (given or "lora").lower()
+    bits = r.positive_int("quantization_bit")
+    if bits not in (None, 4, 8):
+        raise r.fail("quantization_bit", f"must be 4 or 8, got {bits}")
+    qmethod = (r.text("quantization_method") or "bnb").lower()
+    if bits and qmethod not in ("bnb", "bitsandbytes"):
+        raise r.fail("quantization_method", f"{qmethod!r} is not modelled; only bitsandbytes (bnb)")
+    if kind == "full":
+        if bits:
+            raise r.fail("quantization_bit", "full fine-tuning of a quantized model is not possible")
+        r.set("method", "full", "finetuning_type")
+    elif kind == "lora":
+        r.set(
+            "method", {None: "lora", 4: "qlora", 8: "lora8bit"}[bits], "quantization_bit" if bits else "finetuning_type"
+        )
+    else:
+        raise r.fail("finetuning_type", f"{kind!r} is not modelled; use full or lora")
+    if (rank := r.positive_int("lora_rank")) is not None:
+        r.set("rank", rank, "lora_rank")
+    _alpha(r, "lora_alpha")
+    _dropout(r, "lora_dropout")
+    r.targets("lora_target")
+    if (qtype := r.text("quantization_type")) is not None:
+        if qtype.lower() not in ("nf4", "fp4"):
+            raise r.fail("quantization_type", f"must be nf4 or fp4, got {qtype!r}")
+        r.set("quant", qtype.lower(), "quantization_type")
+    if (dq := r.flag("double_quantization")) is not None:
+        r.set("double_quant", dq, "double_quantization")
+    if (seq := r.positive_int("cutoff_len")) is not None:
+        r.set("seq_len", seq, "cutoff_len")
+    _trainer_args(r)
+    if r.flag("pure_bf16"):
+        r.set("dtype", "bf16", "pure_bf16")
+    disabled = r.flag("disable_gradient_checkpointing")
+    key = "disable_gradient_checkpointing"
+    r.set("grad_ckpt", not disabled, key if disabled is not None else f"{key} (default false)")
+    if (attn := r.text("flash_attn")) is not None:
+        mapped = {"auto": None, "disabled": "eager", "sdpa": "sdpa", "fa2": "flash", "fa3": "flash"}.get(
+            attn.lower(), "?"
+        )
+        if mapped == "?":
+            raise r.fail("flash_attn", f"must be auto, disabled, sdpa or fa2, got {attn!r}")
+        if mapped:
+            r.set("attn", mapped, "flash_attn")
+
+
+def _trainer_args(r: Reader) -> None:
+    """transformers TrainingArguments keys shared by LLaMA-Factory and TRL."""
+    if (b := r.positive_int("per_device_train_batch_size")) is not None:
+        r.set("batch_size", str(b), "per_device_train_batch_size")
+    if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
+        r.set("grad_accum", acc, "gradient_accumulation_steps")
+    r.optimizer("optim")
+    _precision(r)
+    if (ckpt := r.flag("gradient_checkpointing")) is not None:
+        r.set("grad_ckpt", ckpt, "gradient_checkpointing")
+    if (epochs := r.positive_number("num_train_epochs")) is not None:
+        r.set("epochs", epochs, "num_train_epochs")
+
+
+def trl(r: Reader) -> None:
+    if (model := r.text("model_name_or_path")) is not None:
+        r.set("model", model, "model_name_or_path")
+    _trainer_args(r)
+    for key in ("max_length", "max_seq_length"):
+        if (seq := r.positive_int(key)) is not None:
+            r.set("seq_len", seq, key)
+    peft = r.flag("use_peft")
+    four, eight = r.flag("load_in_4bit"), r.flag("load_in_8bit")
+    if four and eight:
+        raise r.fail("load_in_4bit", "load_in_4bit and load_in_8bit are both true; choose one")
+    if peft is False and (four or eight):
+        raise r.fail("use_peft", "a 4-/8-bit base model needs use_peft: true (adapters)")
+    if peft or four or eight:
+        r.set(
+            "method",
+            "qlora" if four else "lora8bit" if eight else "lora",
+            "use_peft" if peft else "load_in_4bit" if four else "load_in_8bit",
+        )
+    elif peft is False:
+        r.set("method", "full", "use_peft")
+    else:
+        r.notes.append("no use_peft key: the file does not say full or LoRA, so --method decides")
+    if (rank := r.positive_int("lora_r")) is not None:
+        r.set("rank", rank, "lora_r")
+    _alpha(r, "lora_alpha")
+    _dropout(r, "lora_dropout")
+    r.targets("lora_target_modules")
+    if (qtype := r.text("bnb_4bit_quant_type")) is not None:
+        if qtype.lower() not in ("nf4", "fp4"):
+            raise r.fail("bnb_4bit_quant_type", f"must be nf4 or fp4, got {qtype!r}")
+        r.set("quant", qtype.lower(), "bnb_4bit_quant_type")
+    nested = r.flag("use_bnb_nested_quant")
+    if four:
+        r.set("double_quant", bool(nested), "use_bnb_nested_quant")  # TRL's default is false
+    for key in ("dtype", "torch_dtype"):
+        if (name := r.text(key)) is not None and name != "auto":
+            if name not in _DTYPE_NAMES:
+                raise r.fail(key, f"must be bfloat16, float16, float32 or auto, got {name!r}")
+            r.set("dtype", _DTYPE_NAMES[name], key)
+    if (impl := r.text("attn_implementation")) is not None:
+        low = impl.lower()
+        attn = "eager" if low == "eager" else "sdpa" if low == "sdpa" else "flash" if "flash" in low else None
+        if attn is None:
+            raise r.fail("attn_implementation", f"{impl!r} is not modelled; use eager, sdpa or flash_attention_2")
+        r.set("attn", attn, "attn_implementation")
+
+
+def peft(r: Reader) -> None:
+    kind = r.text("peft_type")
+    if kind is None or kind.upper() != "LORA":
+        raise r.fail("peft_type", f"only LORA adapters are modelled, got {kind!r}")
+    if (model := r.text("base_model_name_or_path")) is not None:
+        r.set("model", model, "base_model_name_or_path")
+    if (rank := r.positive_int("r")) is not None:
+        r.set("rank", rank, "r")
+    _alpha(r, "lora_alpha")
+    _dropout(r, "lora_dropout")
+    r.targets("target_modules")
+    r.set("method", "lora", "peft_type")
+    r.notes.append(
+        "an adapter_config.json does not say whether the base was quantized: planned as LoRA "
+        "(pass --method qlora for a 4-bit base)"
+    )
+
+
+def hf_config(r: Reader) -> None:
+    r.set("model", str(r.path), "model_type")
+    r.used.update(r.data)  # every key of a config.json describes the model itself
+    quant = r.data.get("quantization_config")
+    if isinstance(quant, dict) and (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+        r.set("method", "qlora" if quant.get("load_in_4bit") else "lora8bit", "quantization_config")
+
+
+MAPPERS = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl, "peft": peft, "hf_config": hf_config}

@@ -1,0 +1,89 @@
+"""Reading a training config file and telling which tool wrote it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+
+FORMATS = ("axolotl", "llamafactory", "trl", "peft", "hf_config")
+FORMAT_NAMES = {
+    "axolotl": "axolotl YAML",
+    "llamafactory": "LLaMA-Factory YAML",
+    "trl": "TRL / transformers training arguments",
+    "peft": "PEFT adapter_config.json",
+    "hf_config": "Hugging Face config.json",
+}
+
+# keys only one tool uses, checked in this order
+_LLAMAFACTORY_KEYS = ("finetuning_type", "cutoff_len", "lora_target", "quantization_bit", "template", "stage")
+_AXOLOTL_KEYS = ("base_model", "micro_batch_size", "sequence_len", "adapter", "lora_target_linear", "num_epochs")
+_TRL_KEYS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "max_seq_length",
+    "optim",
+    "output_dir",
+    "use_peft",
+    "model_name_or_path",
+)
+
+
+def read_file(path: str | Path) -> tuple[dict[str, Any], str]:
+    """(the file's top-level mapping, its format). Raises a one-line LoraBudgetError otherwise."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise LoraBudgetError(f"{p}: no such config file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoraBudgetError(f"{p}: cannot read it ({exc})") from None
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LoraBudgetError(f"{p}: not valid JSON ({exc})") from None
+    elif suffix in (".yaml", ".yml"):
+        data = _yaml(text, p)
+    else:
+        raise LoraBudgetError(
+            f"{p}: unsupported config format {suffix or '(no extension)'}; give an axolotl or LLaMA-Factory "
+            ".yaml, a TRL training-arguments .json/.yaml, a PEFT adapter_config.json or a config.json"
+        )
+    if not isinstance(data, dict):
+        raise LoraBudgetError(f"{p}: expected a mapping of keys to values at the top level")
+    return data, detect(data, p, yaml=suffix != ".json")
+
+
+def _yaml(text: str, p: Path) -> Any:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a core dependency
+        raise LoraBudgetError(f"{p}: reading YAML needs PyYAML: pip install pyyaml") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoraBudgetError(f"{p}: not valid YAML ({first})") from None
+
+
+def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:
+    if not yaml:
+        if "peft_type" in data:
+            return "peft"
+        if "model_type" in data and ("architectures" in data or "hidden_size" in data or "n_embd" in data):
+            return "hf_config"
+    if any(k in data for k in _LLAMAFACTORY_KEYS) and "base_model" not in data:
+        return "llamafactory"
+    if yaml and any(k in data for k in _AXOLOTL_KEYS):
+        return "axolotl"
+    if any(k in data for k in _TRL_KEYS):
+        return "trl"
+    raise LoraBudgetError(
+        f"{p}: unsupported config format: none of the keys of an axolotl or LLaMA-Factory YAML, TRL training "
+        "arguments, a PEFT adapter_config.json (peft_type) or a model config.json (model_type)"
+    )

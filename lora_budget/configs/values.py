@@ -1,0 +1,170 @@
+"""Reading one key of a config file into a spec value; a bad value is a one-line error naming key and file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import OPTIMIZERS
+
+# transformers' OptimizerNames (training_args.py) and axolotl's optimizer names -> ours.
+OPTIMIZER_NAMES: dict[str, str] = {
+    "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw",
+    "adamw_hf": "adamw",
+    "adamw_apex_fused": "adamw",
+    "adamw": "adamw",
+    "adam": "adamw",
+    "adamw_bnb_8bit": "adamw8bit",
+    "adamw_8bit": "adamw8bit",
+    "adam_bnb_8bit": "adamw8bit",
+    "paged_adamw_32bit": "paged_adamw",
+    "paged_adamw": "paged_adamw",
+    "paged_adamw_8bit": "paged_adamw8bit",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+    **{name: name for name in OPTIMIZERS},
+}
+
+# Keys whose effect on memory or speed lora-budget does not model yet: reported apart from the rest.
+UNMODELLED = {
+    "deepspeed": "DeepSpeed (single-GPU plan; sharding not modelled yet)",
+    "fsdp": "FSDP (single-GPU plan; sharding not modelled yet)",
+    "fsdp_config": "FSDP (single-GPU plan; sharding not modelled yet)",
+    "use_dora": "DoRA (planned as plain LoRA)",
+    "modules_to_save": "modules_to_save (their trained copies are not counted)",
+    "use_unsloth": "Unsloth kernels (planned as the transformers path)",
+    "unsloth_lora_mlp": "Unsloth kernels (planned as the transformers path)",
+    "liger_kernel": "Liger kernels (planned as the transformers path)",
+    "enable_liger_kernel": "Liger kernels (planned as the transformers path)",
+    "use_liger_kernel": "Liger kernels (planned as the transformers path)",
+    "plugins": "axolotl plugins (planned as the transformers path)",
+    "gradient_checkpointing_kwargs": "gradient checkpointing options (planned as the non-reentrant default)",
+    "use_reentrant_gc": "reentrant checkpointing (planned as non-reentrant)",
+    "sequence_parallel_degree": "sequence parallelism (single-GPU plan)",
+    "tensor_parallel_size": "tensor parallelism (single-GPU plan)",
+}
+
+
+@dataclass
+class Reader:
+    """One file's keys: which were used, which were ignored, what was mapped to what."""
+
+    path: Path
+    data: dict[str, Any]
+    fmt: str
+    values: dict[str, Any] = field(default_factory=dict)
+    """CLI parameter name -> value."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """CLI parameter name -> the file key it came from."""
+    used: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def fail(self, key: str, why: str) -> LoraBudgetError:
+        return LoraBudgetError(f"{self.path}: {key}: {why}")
+
+    def set(self, param: str, value: Any, key: str) -> None:
+        self.values[param] = value
+        self.sources[param] = key
+
+    def positive_int(self, key: str) -> int | None:
+        if not self.has(key):
+            self.used.add(key)
+            return None
+        v = self.raw(key)
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise self.fail(key, f"must be a positive integer, got {v!r}")
+        return v
+
+    def positive_number(self, key: str) -> float | None:
+        if not self.has(key):
+            self.used.add(key)
+            return None
+        v = self.raw(key)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise self.fail(key, f"must be a positive number, got {v!r}") from None
+        if isinstance(v, bool) or not f > 0:
+            raise self.fail(key, f"must be a positive number, got {v!r}")
+        return f
+
+    def flag(self, key: str) -> bool | None:
+        """A boolean key; ``auto`` (axolotl's bf16: auto) counts as true; absent is None."""
+        if not self.has(key):
+            self.used.add(key)
+            return None
+        v = self.raw(key)
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "auto"):
+            return True
+        if isinstance(v, str) and v.strip().lower() in ("false", "no", "0"):
+            return False
+        if isinstance(v, int) and v in (0, 1):
+            return bool(v)
+        raise self.fail(key, f"must be true or false, got {v!r}")
+
+    def text(self, key: str) -> str | None:
+        if not self.has(key):
+            self.used.add(key)
+            return None
+        v = self.raw(key)
+        if not isinstance(v, str) or not v.strip():
+            raise self.fail(key, f"must be a non-empty string, got {v!r}")
+        return v.strip()
+
+    def optimizer(self, key: str) -> None:
+        name = self.text(key)
+        if name is None:
+            return
+        ours = OPTIMIZER_NAMES.get(name.lower())
+        if ours is None:
+            known = ", ".join(sorted(OPTIMIZER_NAMES))
+            raise self.fail(key, f"optimizer {name!r} is not modelled; supported: {known}")
+        self.set("optimizer", ours, key)
+
+    def targets(self, key: str, all_names: tuple[str, ...] = ("all-linear", "all")) -> None:
+        if not self.has(key):
+            self.used.add(key)
+            return
+        v = self.raw(key)
+        if isinstance(v, str):
+            names = [n.strip() for n in v.split(",") if n.strip()]
+        elif isinstance(v, list) and all(isinstance(n, str) for n in v):
+            names = [n.strip() for n in v if n.strip()]
+        else:
+            raise self.fail(key, f"must be a module name, a list of names or all-linear, got {v!r}")
+        if not names:
+            raise self.fail(key, "is empty")
+        if len(names) == 1 and names[0].lower() in all_names:
+            self.set("targets", "all-linear", key)
+            return
+        if any(set(n) & set("*()[]|\\^$") or "." in n for n in names):
+            raise self.fail(key, f"regular expressions and module paths are not supported ({v!r}); use --targets")
+        self.set("targets", ",".join(names), key)
+
+    def ignored(self) -> tuple[list[str], list[str]]:
+        """(keys not modelled yet, with why; keys with no effect on memory or speed)."""
+        unmodelled, rest = [], []
+        for key, value in self.data.items():
+            if key in self.used:
+                continue
+            if key in UNMODELLED and value not in (None, False, "", [], {}):
+                unmodelled.append(f"{key} ({UNMODELLED[key]})")
+            else:
+                rest.append(key)
+        return unmodelled, rest

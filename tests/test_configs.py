@@ -1,0 +1,237 @@
+"""plan --config: each tool's keys land on the right spec option; flags win; bad files fail in one line.
+
+Expected values are read off the example files in tests/data/configs/ by hand (see each file).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lora_budget.cli import main
+from lora_budget.configs import load_config
+from lora_budget.errors import LoraBudgetError
+
+DATA = Path(__file__).parent / "data" / "configs"
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "expected"),
+    [
+        (
+            "axolotl_qlora.yml",
+            "axolotl",
+            {
+                "model": "NousResearch/Llama-2-7b-hf",
+                "method": "qlora",  # adapter: qlora + load_in_4bit: true
+                "rank": 32,
+                "alpha": 16,
+                "targets": "all-linear",  # lora_target_linear: true
+                "seq_len": 4096,
+                "batch_size": "1",
+                "grad_accum": 4,
+                "optimizer": "paged_adamw",  # paged_adamw_32bit
+                "dtype": "bf16",  # bf16: auto
+                "grad_ckpt": True,
+                "attn": "flash",
+                "epochs": 4.0,
+            },
+        ),
+        (
+            "llamafactory_lora_sft.yaml",
+            "llamafactory",
+            {
+                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                "method": "lora",
+                "rank": 8,
+                "targets": "all-linear",  # lora_target: all
+                "seq_len": 2048,
+                "batch_size": "1",
+                "grad_accum": 8,
+                "dtype": "bf16",
+                "grad_ckpt": True,  # LLaMA-Factory checkpoints unless disable_gradient_checkpointing
+                "epochs": 3.0,
+            },
+        ),
+        (
+            "llamafactory_qlora_ds.yaml",
+            "llamafactory",
+            {
+                "model": "Qwen/Qwen2.5-7B-Instruct",
+                "method": "qlora",  # quantization_bit: 4
+                "rank": 16,
+                "alpha": 32,
+                "targets": "q_proj,v_proj",
+                "seq_len": 1024,
+                "batch_size": "2",
+                "grad_accum": 4,
+                "optimizer": "paged_adamw8bit",
+                "attn": "flash",  # fa2
+                "dtype": "bf16",
+                "grad_ckpt": False,
+                "epochs": 1.0,
+            },
+        ),
+        (
+            "trl_sft_config.json",
+            "trl",
+            {
+                "model": "Qwen/Qwen2.5-0.5B",
+                "method": "lora",  # use_peft: true
+                "rank": 32,
+                "alpha": 16,
+                "targets": "q_proj,k_proj,v_proj,o_proj",
+                "seq_len": 1024,  # max_length
+                "batch_size": "4",
+                "grad_accum": 8,
+                "optimizer": "adamw",  # adamw_torch_fused
+                "dtype": "bf16",
+                "grad_ckpt": True,
+                "attn": "sdpa",
+                "epochs": 1.0,
+            },
+        ),
+        (
+            "adapter_config.json",
+            "peft",
+            {
+                "model": "meta-llama/Llama-3.1-8B",
+                "method": "lora",
+                "rank": 16,
+                "alpha": 32,
+                "targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            },
+        ),
+        ("config.json", "hf_config", {"model": str(DATA / "config.json")}),
+    ],
+)
+def test_examples_map_to_spec(name, fmt, expected):
+    loaded = load_config(DATA / name)
+    assert loaded.format == fmt
+    assert loaded.values == expected
+
+
+def test_ignored_and_unmodelled_keys_are_reported():
+    axo = load_config(DATA / "axolotl_qlora.yml")
+    assert "learning_rate" in axo.ignored and "datasets" in axo.ignored
+    assert any("lora_dropout" in n for n in axo.notes)
+    lf = load_config(DATA / "llamafactory_qlora_ds.yaml")
+    assert [u.split()[0] for u in lf.unmodelled] == ["deepspeed"]
+    r = run("plan", "--config", str(DATA / "llamafactory_qlora_ds.yaml"), "-g", "a100-80gb", "--json")
+    assert r.exit_code == 0, r.output
+    notes = json.loads(r.output)["notes"]
+    assert any("deepspeed" in n and "not modelled" in n for n in notes)
+    assert any("ignored (no effect on memory or speed)" in n and "template" in n for n in notes)
+
+
+def test_file_values_reach_the_plan():
+    r = run("plan", "--config", str(DATA / "axolotl_qlora.yml"), "-g", "a100-80gb", "--json")
+    data = json.loads(r.output)
+    assert data["model"]["name"] == "Llama-2-7B"
+    (m,) = data["methods"]
+    spec = m["spec"]
+    assert (m["method"], spec["seq_len"], spec["grad_accum"], spec["rank"], spec["optimizer"]) == (
+        "qlora",
+        4096,
+        4,
+        32,
+        "paged_adamw",
+    )
+    assert spec["grad_ckpt"] is True and spec["attn"] == "flash"
+
+
+def test_command_line_flags_win():
+    r = run(
+        "plan",
+        "--config",
+        str(DATA / "axolotl_qlora.yml"),
+        "--seq-len",
+        "1024",
+        "--method",
+        "lora",
+        "--no-grad-ckpt",
+        "--json",
+    )
+    data = json.loads(r.output)
+    (m,) = data["methods"]
+    assert m["method"] == "lora" and m["spec"]["seq_len"] == 1024 and m["spec"]["grad_ckpt"] is False
+    assert m["spec"]["rank"] == 32  # still from the file
+    assert any("overrode --method, --seq-len, --grad-ckpt" in n for n in data["notes"])
+
+
+def test_config_epochs_feed_dataset_tokens():
+    # num_train_epochs: 3.0 in the file; 20M tokens per epoch -> 60M tokens
+    r = run("plan", "--config", str(DATA / "llamafactory_lora_sft.yaml"), "-g", "h100", "--dataset-tokens", "20M")
+    assert r.exit_code == 0 and "60,000,000 tokens in" in r.output
+    # with --tokens, the file's epochs are not an error
+    r = run("plan", "--config", str(DATA / "llamafactory_lora_sft.yaml"), "-g", "h100", "--tokens", "1M")
+    assert r.exit_code == 0 and "1,000,000 tokens in" in r.output
+
+
+def test_model_override_skips_the_files_model(tmp_path):
+    bad = tmp_path / "lf.yaml"
+    bad.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: lora\ncutoff_len: 512\n")
+    r = run("plan", "--config", str(bad))
+    assert r.exit_code == 2 and f"{bad}: model_name_or_path: unknown model" in r.output
+    r = run("plan", "--config", str(bad), "--model", "8b", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["methods"][0]["spec"]["seq_len"] == 512
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "message"),
+    [
+        ("base_model: 7b\nadapter: lora\noptimizer: lion_8bit\n", ".yml", "optimizer: optimizer 'lion_8bit' is not"),
+        ("base_model: 7b\nadapter: lora\nmicro_batch_size: 0\n", ".yml", "micro_batch_size: must be a positive"),
+        ("base_model: 7b\nadapter: lora\nsequence_len: long\n", ".yml", "sequence_len: must be a positive integer"),
+        ("base_model: 7b\nadapter: ia3\n", ".yml", "adapter: 'ia3' is not modelled"),
+        ("base_model: 7b\nadapter: lora\nbf16: true\nfp16: true\n", ".yml", "bf16: bf16 and fp16 are both true"),
+        ("base_model: 7b\nadapter: lora\nlora_target_modules: '.*q_proj'\n", ".yml", "regular expressions"),
+        ("model_name_or_path: 7b\nfinetuning_type: freeze\n", ".yaml", "finetuning_type: 'freeze' is not modelled"),
+        ("model_name_or_path: 7b\nquantization_bit: 3\n", ".yaml", "quantization_bit: must be 4 or 8"),
+        ('{"per_device_train_batch_size": 2, "optim": "galore_adamw"}', ".json", "optim: optimizer 'galore_adamw'"),
+        ('{"peft_type": "IA3", "target_modules": ["k_proj"]}', ".json", "peft_type: only LORA"),
+        ('{"hello": 1}', ".json", "unsupported config format"),
+        ("[training]\nmicro_batch_size = 1\n", ".toml", "unsupported config format .toml"),
+        ("base_model: [unclosed\n", ".yml", "not valid YAML"),
+        ("- a\n- b\n", ".yml", "expected a mapping"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2(tmp_path, text, suffix, message):
+    path = tmp_path / f"cfg{suffix}"
+    path.write_text(text)
+    with pytest.raises(LoraBudgetError, match="cfg"):
+        load_config(path)
+    r = run("plan", "--config", str(path))
+    assert r.exit_code == 2
+    error = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and message in error[0] and str(path) in error[0]
+
+
+def test_spec_error_names_the_file(tmp_path):
+    path = tmp_path / "adapter_config.json"
+    path.write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["c_fc"], "base_model_name_or_path": "7b"}')
+    r = run("plan", "--config", str(path))
+    assert r.exit_code == 2 and "does not exist" in r.output and f"settings read from {path}" in r.output
+
+
+def test_missing_file():
+    r = run("plan", "--config", "nope.yml")
+    assert r.exit_code == 2 and "nope.yml" in r.output
+
+
+def test_config_keeps_plan_torch_free():
+    code = (
+        "import sys; from click.testing import CliRunner; from lora_budget.cli import main\n"
+        f"r = CliRunner().invoke(main, ['plan', '--config', {str(DATA / 'axolotl_qlora.yml')!r}, '-g', 'h100'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print([m for m in ('torch', 'transformers', 'pandas', 'matplotlib', 'peft', 'numpy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
