@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from lora_budget.cli.errors import user_errors
-from lora_budget.cli.options import spec_kwargs, spec_options
+from lora_budget.cli.options import config_notes, spec_kwargs, spec_options
 from lora_budget.errors import LoraBudgetError
 
 
@@ -72,6 +72,8 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
         raise click.BadParameter(f"{kw['batch_size']!r} is not a positive integer", param_hint="--batch-size") from None
     if steps < 1:
         raise click.BadParameter("must be at least 1", param_hint="--steps")
+    for note in config_notes():
+        click.echo(f"note: {note}", err=True)
     ref = resolve_model(kw["model"])
     methods = MAIN_METHODS if kw["method"] == "all" else tuple(m.strip() for m in kw["method"].split(","))
     options = spec_kwargs(kw)
