@@ -7,6 +7,7 @@ import click
 from lora_budget import __version__
 from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
 from lora_budget.cli.plan_cmd import plan_cmd
+from lora_budget.cli.report_cmd import report_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +20,7 @@ def main() -> None:
       lora-budget plan --model 7b --gpu 24GB
       lora-budget plan --model Llama-3.1-8B --gpu rtx4090 --method qlora --batch-size auto
       lora-budget plan --model ./my-model/config.json --gpu 80GiB --json
+      lora-budget report --model 7b --gpu 24GB --format png,svg,pdf
       lora-budget models
       lora-budget gpus
     """
@@ -27,3 +29,4 @@ def main() -> None:
 main.add_command(plan_cmd)
 main.add_command(models_cmd)
 main.add_command(gpus_cmd)
+main.add_command(report_cmd)
