@@ -179,9 +179,7 @@ def load_baseline(path: str | Path) -> Baseline:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else f"lacks or mangles {exc}"
             raise _bad(path, f"entry {i}: {why}") from None
-    return Baseline(
-        engine=engine, entries=tuple(entries), tool_version=str(raw.get("tool_version", "")), schema=SCHEMA
-    )
+    return Baseline(engine=engine, entries=tuple(entries), tool_version=str(raw.get("tool_version", "")), schema=SCHEMA)
 
 
 def write_baseline(path: str | Path, baseline: Baseline) -> None:

@@ -120,7 +120,9 @@ class MemoryBudget:
             if m.breakdown:
                 parts = [f"{k} {_fmt(v)}" for k, v in sorted(m.breakdown.items(), key=lambda kv: -kv[1]) if v]
                 lines.append("  at the peak: " + ", ".join(parts))
-            lines.append("  fix: shrink the step (batch, sequence, checkpointing) or raise the budget if the growth is intended")
+            lines.append(
+                "  fix: shrink the step (batch, sequence, checkpointing) or raise the budget if the growth is intended"
+            )
             pytest.fail("\n".join(lines), pytrace=False)
 
 

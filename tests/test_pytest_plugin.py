@@ -101,7 +101,10 @@ def test_missing_budget_is_a_usage_error(pytester):
 
 
 def test_plugin_import_is_light():
-    code = "import sys, lora_budget.pytest_plugin; print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))"
+    code = (
+        "import sys, lora_budget.pytest_plugin; "
+        "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

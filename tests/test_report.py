@@ -165,7 +165,10 @@ def test_profiles_files_feed_the_report(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{", "cannot read it as JSON"), ('{"method": "lora", "predicted_bytes": 1.5, "measured_bytes": 2}', "positive integer")],
+    [
+        ("{", "cannot read it as JSON"),
+        ('{"method": "lora", "predicted_bytes": 1.5, "measured_bytes": 2}', "positive integer"),
+    ],
 )
 def test_bad_profiles_are_one_line_errors(tmp_path, content, message):
     (tmp_path / "p.json").write_text(content)
@@ -177,7 +180,9 @@ def test_labels_do_not_overlap(tmp_path):
     """Every text on the breakdown and scaling figures lies inside the figure and overlaps no other text."""
     data = gather("7b", "24GB")
     figs = [
-        F.breakdown_figure(data.breakdown, data.capacity_bytes, "22.35 GiB", "Peak memory by category: " + data.settings),
+        F.breakdown_figure(
+            data.breakdown, data.capacity_bytes, "22.35 GiB", "Peak memory by category: " + data.settings
+        ),
         F.scaling_figure(data.scaling, data.crossings, data.capacity_bytes, "22.35 GiB", "seq_len", "Peak vs seq"),
         F.error_figure(SYNTHETIC, "Error by method"),
     ]
@@ -226,4 +231,6 @@ def test_timeline_from_a_tiny_trace(tmp_path):
     written = write_report(data, tmp_path, ("png", "svg"))
     for path in written.figures["timeline"]:
         assert_valid(path)
-    assert int(max(rows(tmp_path / "timeline.csv"), key=lambda r: int(r["live_bytes"]))["live_bytes"]) == result.peak_bytes
+    assert (
+        int(max(rows(tmp_path / "timeline.csv"), key=lambda r: int(r["live_bytes"]))["live_bytes"]) == result.peak_bytes
+    )

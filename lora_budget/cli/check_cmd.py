@@ -102,7 +102,9 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
             }
             for c in comparisons
         ]
-        click.echo(json.dumps({"status": "fail" if failed else "pass", "tolerance_pct": tolerance, "checks": rows}, indent=2))
+        click.echo(
+            json.dumps({"status": "fail" if failed else "pass", "tolerance_pct": tolerance, "checks": rows}, indent=2)
+        )
     else:
         click.echo(f"check {ref.name} against {baseline} (engine {engine}, tolerance {tolerance:g} %)")
         for c in comparisons:

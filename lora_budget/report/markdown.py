@@ -69,10 +69,10 @@ def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_fi
     for r in rows:
         seq = next(c for c in data.crossings if c.method == r.method and c.axis == "seq_len")
         bat = next(c for c in data.crossings if c.method == r.method and c.axis == "batch_size")
-        out.append(
-            f"| {method_label(r.method)} | {seq.max_fitting or 'none'} | {_gib(seq.peak_bytes) if seq.max_fitting else '-'}"
-            f" | {bat.max_fitting or 'none'} | {_gib(bat.peak_bytes) if bat.max_fitting else '-'} |"
-        )
+        cells = [
+            str(c.max_fitting or "none") + " | " + (_gib(c.peak_bytes) if c.max_fitting else "-") for c in (seq, bat)
+        ]
+        out.append(f"| {method_label(r.method)} | {cells[0]} | {cells[1]} |")
     n = 4
     if data.timeline is not None:
         t = data.timeline
