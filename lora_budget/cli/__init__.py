@@ -6,7 +6,9 @@ import click
 
 from lora_budget import __version__
 from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
+from lora_budget.cli.check_cmd import check_cmd
 from lora_budget.cli.plan_cmd import plan_cmd
+from lora_budget.cli.report_cmd import report_cmd
 from lora_budget.cli.trace_cmd import trace_cmd
 
 
@@ -21,6 +23,8 @@ def main() -> None:
       lora-budget plan --model Llama-3.1-8B --gpu rtx4090 --method qlora --batch-size auto
       lora-budget plan --model ./my-model/config.json --gpu 80GiB --json
       lora-budget trace --model 7b --method qlora --batch-size 4
+      lora-budget report --model 7b --gpu 24GB --format png,svg,pdf
+      lora-budget check --baseline memory.json --model 7b --method lora
       lora-budget models
       lora-budget gpus
     """
@@ -30,3 +34,5 @@ main.add_command(plan_cmd)
 main.add_command(trace_cmd)
 main.add_command(models_cmd)
 main.add_command(gpus_cmd)
+main.add_command(report_cmd)
+main.add_command(check_cmd)

@@ -1,0 +1,230 @@
+"""The memory-regression gate behind ``lora-budget check``: measure, compare with a baseline, write one.
+
+A baseline is a small JSON file meant to be committed and reviewed in diffs::
+
+    {
+      "schema": 1,
+      "tool": "lora-budget", "tool_version": "0.1.0", "engine": "plan",
+      "entries": [
+        {"method": "lora",
+         "spec": {"model": "Llama-2-7B", "method": "lora", "seq_len": 2048, ...},
+         "peak_bytes": 32734281728, "phase": "backward",
+         "categories": {"weights": 13476839424, ..., "overhead": 0}}
+      ]
+    }
+
+The categories of an entry sum to its ``peak_bytes`` (checked on load). Memory regresses when a
+peak exceeds its baseline by more than the tolerance (percent of the baseline peak).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_budget import __version__
+from lora_budget.breakdown import CATEGORIES
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
+
+SCHEMA = 1
+ENGINES = ("plan", "trace")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    method: str
+    spec: dict[str, Any]
+    """The spec's settings (model by name), so a diff of the baseline shows what changed."""
+    categories: dict[str, int]
+    peak_bytes: int
+    phase: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Baseline:
+    engine: str
+    entries: tuple[Entry, ...]
+    tool_version: str = __version__
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "tool": "lora-budget",
+            "tool_version": self.tool_version,
+            "engine": self.engine,
+            "entries": [dataclasses.asdict(e) for e in self.entries],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comparison:
+    method: str
+    baseline_bytes: int
+    current_bytes: int
+    tolerance_pct: float
+    category_deltas: dict[str, int]
+    """Current minus baseline bytes, per category (non-zero ones only)."""
+    spec_changes: tuple[tuple[str, Any, Any], ...]
+    """(setting, baseline value, current value) for every spec setting that differs."""
+
+    @property
+    def delta_bytes(self) -> int:
+        return self.current_bytes - self.baseline_bytes
+
+    @property
+    def delta_pct(self) -> float:
+        return 100.0 * self.delta_bytes / self.baseline_bytes if self.baseline_bytes else float("inf")
+
+    @property
+    def regressed(self) -> bool:
+        # integer comparison: current > baseline * (1 + tol/100), without float rounding at the edge
+        return self.current_bytes * 10000 > self.baseline_bytes * round(10000 + 100 * self.tolerance_pct)
+
+    @property
+    def status(self) -> str:
+        if self.regressed:
+            return "REGRESSION"
+        return "smaller" if self.delta_bytes < 0 else "ok"
+
+
+def spec_settings(spec: TrainSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": spec.model.name}
+    for f in dataclasses.fields(spec):
+        if f.name not in ("model", "warnings"):
+            out[f.name] = getattr(spec, f.name)
+    if spec.method == "full":
+        for key in ("adapter_dtype", "rank", "alpha", "targets"):
+            out.pop(key)
+    if spec.method != "qlora":
+        for key in ("quant", "quant_blocksize", "double_quant"):
+            out.pop(key)
+    return out
+
+
+def measure(specs: list[TrainSpec], engine: str) -> Baseline:
+    """Peak breakdown of each spec by ``engine`` (plan: analytical; trace: fake-tensor dry run)."""
+    if engine not in ENGINES:
+        raise LoraBudgetError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+    entries = []
+    for spec in specs:
+        if engine == "plan":
+            from lora_budget.core.peak import estimate
+
+            breakdown = estimate(spec)
+        else:
+            from lora_budget.trace.engine import trace
+
+            breakdown = trace(spec).breakdown
+        entries.append(
+            Entry(
+                method=spec.method,
+                spec=spec_settings(spec),
+                categories=breakdown.as_dict(),
+                peak_bytes=breakdown.peak_bytes,
+                phase=breakdown.phase,
+            )
+        )
+    return Baseline(engine=engine, entries=tuple(entries))
+
+
+def _bad(path: Path, why: str) -> LoraBudgetError:
+    return LoraBudgetError(
+        f"baseline {path} {why}; restore it from version control, or recreate it with --update-baseline"
+    )
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    path = Path(path)
+    if not path.exists():
+        raise LoraBudgetError(f"baseline {path} does not exist; create it with --update-baseline")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(path, f"cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise _bad(path, f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+        raise _bad(path, f"has schema {got!r}, this version reads schema {SCHEMA}")
+    engine = raw.get("engine")
+    if engine not in ENGINES:
+        raise _bad(path, f"names engine {engine!r}, not one of {', '.join(ENGINES)}")
+    items = raw.get("entries")
+    if not isinstance(items, list) or not items:
+        raise _bad(path, "has no `entries` list")
+    entries = []
+    for i, item in enumerate(items, start=1):
+        try:
+            cats = item["categories"]
+            if set(cats) != set(CATEGORIES) or not all(type(v) is int and v >= 0 for v in cats.values()):
+                raise ValueError(f"categories must be exactly {', '.join(CATEGORIES)}, as non-negative ints")
+            peak = item["peak_bytes"]
+            if type(peak) is not int or peak != sum(cats.values()):
+                raise ValueError(f"peak_bytes {peak!r} is not the sum of its categories ({sum(cats.values())})")
+            entries.append(
+                Entry(
+                    method=str(item["method"]),
+                    spec=dict(item["spec"]),
+                    categories={c: cats[c] for c in CATEGORIES},
+                    peak_bytes=peak,
+                    phase=str(item.get("phase", "")),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else f"lacks or mangles {exc}"
+            raise _bad(path, f"entry {i}: {why}") from None
+    return Baseline(engine=engine, entries=tuple(entries), tool_version=str(raw.get("tool_version", "")), schema=SCHEMA)
+
+
+def write_baseline(path: str | Path, baseline: Baseline) -> None:
+    """Write atomically: a temp file in the same folder, then os.replace (never a half-written file)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise LoraBudgetError(f"cannot write baseline {path}: folder {path.parent} does not exist")
+    text = json.dumps(baseline.to_dict(), indent=2) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: str | Path) -> list[Comparison]:
+    """One comparison per current entry; bad input (engine or method missing) raises LoraBudgetError."""
+    if tolerance_pct < 0:
+        raise LoraBudgetError(f"--tolerance must be at least 0 percent, got {tolerance_pct}")
+    if baseline.engine != current.engine:
+        raise LoraBudgetError(
+            f"baseline {path} was measured by the {baseline.engine} engine, this check uses {current.engine}; "
+            f"pass --engine {baseline.engine}, or rewrite the baseline with --update-baseline"
+        )
+    by_method = {e.method: e for e in baseline.entries}
+    out = []
+    for entry in current.entries:
+        base = by_method.get(entry.method)
+        if base is None:
+            raise LoraBudgetError(
+                f"baseline {path} has no entry for {entry.method} (it has {', '.join(by_method)}); "
+                "add it with --update-baseline, or check only those methods with --method"
+            )
+        deltas = {c: entry.categories[c] - base.categories[c] for c in CATEGORIES}
+        keys = list(dict.fromkeys([*base.spec, *entry.spec]))
+        changes = tuple((k, base.spec.get(k), entry.spec.get(k)) for k in keys if base.spec.get(k) != entry.spec.get(k))
+        out.append(
+            Comparison(
+                method=entry.method,
+                baseline_bytes=base.peak_bytes,
+                current_bytes=entry.peak_bytes,
+                tolerance_pct=tolerance_pct,
+                category_deltas={c: d for c, d in deltas.items() if d},
+                spec_changes=changes,
+            )
+        )
+    return out
