@@ -1,0 +1,336 @@
+"""One published measurement (a row of data/published-memory.csv) as a TrainSpec, or why it cannot be one.
+
+The mapping reads only what the row states. Where the source ran something the spec cannot express
+(torch.compile, chunked cross-entropy, activation offloading, the optimizer step inside backward,
+LoRA on the output projection), the row keeps its spec and gets a caveat; a caveat is *material*
+when it changes the peak by more than the comparison could tolerate, and such rows stay out of the
+summary statistics. Nothing here is fitted to the published figures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
+from lora_budget.units import GiB, MiB
+
+UNIT_BYTES: dict[str, int] = {"GB(1e9)": 10**9, "GiB": GiB, "MiB": MiB}
+"""Bytes per published unit: GB is decimal (torchtune's older logs divide by 1e9), GiB/MiB binary."""
+
+SAME_SHAPE: dict[str, tuple[str, str]] = {
+    "meta-llama/Meta-Llama-3-8B": (
+        "Llama-3.1-8B",
+        "Meta-Llama-3-8B planned as Llama-3.1-8B: identical tensor shapes (only RoPE scaling and max positions differ)",
+    ),
+}
+"""Published models absent from the catalog whose every tensor shape equals a catalog entry's."""
+
+TORCHTUNE_LINEARS: dict[str, tuple[str, ...]] = {
+    "q_proj": ("q_proj",),
+    "k_proj": ("k_proj",),
+    "v_proj": ("v_proj",),
+    "output_proj": ("o_proj",),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+"""torchtune's LoRA module names -> the transformers Llama module names the spec uses
+(torchtune's MLP w1/w3/w2 are gate_proj/up_proj/down_proj)."""
+
+COMPILE_NOTE = "torch.compile: fused kernels keep fewer activations (rows 150 -> 151, same config: 60.0 -> 51.0 GiB)"
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """What the row says, as the planner's input, plus what the spec cannot say."""
+
+    spec: TrainSpec | None
+    reasons: tuple[str, ...]
+    """Why the row cannot be planned; empty when ``spec`` is set."""
+    caveats: tuple[str, ...]
+    """Differences between the published run and the spec, each with its effect."""
+    material: bool
+    """A caveat changes the peak materially: keep the row out of the summary."""
+
+
+def null(value: str | None) -> bool:
+    return value is None or value.strip() in ("", "null")
+
+
+def published_bytes(row: dict[str, str]) -> int | None:
+    """The published figure in bytes, from ``memory_value`` and ``memory_unit`` (never from ``memory_gib``)."""
+    if null(row["memory_value"]):
+        return None
+    unit = row["memory_unit"].strip()
+    if unit not in UNIT_BYTES:
+        raise LoraBudgetError(f"row {row['id']}: unknown memory unit {unit!r}")
+    return round(float(row["memory_value"]) * UNIT_BYTES[unit])
+
+
+def metric_kind(row: dict[str, str]) -> str:
+    """``allocated`` (max_memory_allocated, peak active), ``reserved``, ``nvidia-smi`` or ``unstated``.
+
+    torchtune's memory stats report active, allocated and reserved peaks; several of its tables do
+    not say which one they quote, and those rows are ``unstated``.
+    """
+    text = row["memory_metric"].lower()
+    if "nvidia-smi" in text:
+        return "nvidia-smi"
+    if any(marker in text for marker in ("not say", "not stated", "unspecified")):
+        return "unstated"
+    if "reserved" in text:
+        return "reserved"
+    if "max_memory_allocated" in text or "active" in text:
+        return "allocated"
+    return "unstated"
+
+
+def _reasons(row: dict[str, str]) -> list[str]:
+    """Why a row cannot be planned at all (architecture, sharding, missing configuration)."""
+    out = []
+    notes = row["notes"].lower()
+    if "seq2seq" in notes:
+        out.append("seq2seq (T5/mT0) architecture not supported")
+    if "bert" in row["hf_model_id"].lower():
+        out.append("encoder-only BERT (sequence classification) not supported")
+    gpus = int(row["num_gpus"]) if not null(row["num_gpus"]) else 1
+    parallel = row["parallelism"]
+    if gpus > 1:
+        out.append(f"multi-GPU ({gpus} GPUs, {parallel}): sharded per-GPU memory not modelled")
+    elif any(word in parallel + row["other_memory_settings"] for word in ("DeepSpeed", "ZeRO", "offload_param")):
+        out.append("DeepSpeed ZeRO-3 with CPU offload not modelled")
+    if null(row["seq_len"]):
+        out.append(f"dynamic sequence length without a stated maximum ({row['seq_len_kind']})")
+    if row["optimizer"].lower().startswith("not stated"):
+        out.append("configuration not documented (optimizer not stated)")
+    if null(row["batch_size_per_gpu"]):
+        out.append("micro-batch not stated")
+    return out
+
+
+def _model(row: dict[str, str]) -> tuple[Any, str | None]:
+    from lora_budget.catalog.models import resolve_model
+
+    hf = row["hf_model_id"].strip()
+    if hf in SAME_SHAPE:
+        name, note = SAME_SHAPE[hf]
+        return resolve_model(name), note
+    return resolve_model(hf), None
+
+
+def _dtype(row: dict[str, str]) -> tuple[str, bool]:
+    """(dtype, master_weights) from ``compute_precision``: pure bf16, fp32, or fp16 mixed precision."""
+    text = row["compute_precision"].lower()
+    if text.startswith("bf16"):
+        return "bf16", False
+    if text.startswith("fp16"):
+        return "fp16", "master" in row["trainable_precision"].lower()
+    if text.startswith("fp32"):
+        return "fp32", False
+    raise LoraBudgetError(f"row {row['id']}: cannot read compute precision {row['compute_precision']!r}")
+
+
+def _adapter_dtype(row: dict[str, str]) -> str:
+    """torchtune trains LoRA A/B in the model dtype (``trainable_precision`` bf16); PEFT keeps them fp32."""
+    text = row["trainable_precision"].lower()
+    return "bf16" if text.startswith("bf16") else "fp32"
+
+
+def optimizer_name(text: str) -> str:
+    """The spec's optimizer for a published optimizer description."""
+    t = text.lower()
+    if "pagedadamw8bit" in t or ("8-bit" in t and "paged" in t):
+        return "paged_adamw8bit"
+    if "pagedadamw" in t:
+        return "paged_adamw"
+    if "adam8bit" in t or "8-bit adamw" in t:
+        return "adamw8bit"
+    if "adafactor" in t:
+        return "adafactor"
+    if "adamw" in t:
+        return "adamw"
+    raise LoraBudgetError(f"cannot map optimizer {text!r}")
+
+
+def lora_targets(text: str) -> tuple[tuple[str, ...], bool]:
+    """(transformers module names, output projection adapted) for a published target list.
+
+    Parentheticals such as ``(w1,w2,w3)`` or ``(default config)`` and a trailing ``; not lm_head``
+    only comment on the list; ``MLP`` is torchtune's ``apply_lora_to_mlp``, ``output`` its
+    ``apply_lora_to_output`` (the lm_head).
+    """
+    t = re.sub(r"\([^)]*\)", "", text)
+    t = t.split(";")[0]
+    names: list[str] = []
+    output = False
+    for token in re.split(r"[,+]", t):
+        key = token.strip().lower()
+        if not key:
+            continue
+        if key == "output":
+            output = True
+            continue
+        if key not in TORCHTUNE_LINEARS:
+            raise LoraBudgetError(f"cannot map LoRA target {token.strip()!r}")
+        names.extend(TORCHTUNE_LINEARS[key])
+    return tuple(dict.fromkeys(names)), output
+
+
+def map_row(row: dict[str, str]) -> Mapped:
+    """The row's spec (or the reasons it has none) and the caveats of the mapping."""
+    reasons = _reasons(row)
+    try:
+        model, model_note = _model(row)
+    except LoraBudgetError:
+        model, model_note = None, None
+        if not any(r.startswith(("seq2seq", "encoder-only")) for r in reasons):
+            reasons.insert(0, f"model not in the catalog ({row['hf_model_id']}) and no config.json shipped")
+    if reasons or model is None:
+        return Mapped(spec=None, reasons=tuple(reasons), caveats=(), material=False)
+
+    method = row["method"].strip()
+    dtype, master = _dtype(row)
+    kwargs: dict[str, Any] = dict(
+        model=model,
+        method=method,
+        dtype=dtype,
+        master_weights=master,
+        optimizer=optimizer_name(row["optimizer"]),
+        batch_size=int(row["batch_size_per_gpu"]),
+        seq_len=int(row["seq_len"]),
+        grad_accum=1 if null(row["grad_accum"]) else int(row["grad_accum"]),
+        grad_ckpt=row["gradient_checkpointing"].strip().lower().startswith("true"),
+        attn="sdpa" if "sdpa" in row["attention_impl"].lower() else "eager",
+    )
+    caveats: list[str] = [model_note] if model_note else []
+    output_lora = False
+    if method != "full":
+        names, output_lora = lora_targets(row["lora_targets"])
+        kwargs.update(rank=int(row["lora_rank"]), alpha=int(row["lora_alpha"]), adapter_dtype=_adapter_dtype(row))
+        kwargs["targets"] = ",".join(names)
+    spec = TrainSpec(**kwargs)
+    if method != "full":
+        from lora_budget.core.params import linear_names
+
+        if set(names) == set(linear_names(model.shape)):
+            spec = _replace(spec, targets="all-linear")
+    material = False
+    for caveat, is_material in _caveats(row, spec, output_lora):
+        caveats.append(caveat)
+        material = material or is_material
+    return Mapped(spec=spec, reasons=(), caveats=tuple(caveats), material=material)
+
+
+def _replace(spec: TrainSpec, **changes: Any) -> TrainSpec:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tuple[str, bool]]:
+    """(caveat, material) for everything the published run did that the spec does not."""
+    out: list[tuple[str, bool]] = []
+    settings = row["other_memory_settings"] + " " + row["method_detail"]
+    optimizer = row["optimizer"]
+    if "compile" in settings.lower():
+        out.append((COMPILE_NOTE, True))
+    if "CEWithChunkedOutputLoss" in settings:
+        out.append(("chunked cross-entropy: the fp32 logits are never whole (planner: transformers' loss)", True))
+    if "activation offloading" in settings:
+        out.append(("activation offloading to CPU: saved activations leave the GPU", True))
+    if "optimizer_in_bwd" in settings + optimizer:
+        out.append(("optimizer step inside backward: the full set of gradients never lives at once", True))
+    if spec.optimizer.startswith("paged"):
+        out.append(("bitsandbytes paged state sits outside torch's allocator: compared without it", False))
+    if row["reliability"].strip() == "low":
+        out.append((f"reliability low: {row['notes'].strip()}", True))
+    if row["seq_len_kind"].lower().startswith("max"):
+        out.append(_seq_bound(spec, published_bytes(row)))
+    if spec.method == "qlora":
+        out.extend(_qlora_caveats(spec, row))
+    if output_lora:
+        logits_lora = alloc_gib(spec.tokens * spec.model.shape.vocab * 2)
+        out.append(
+            (
+                f"LoRA on the output projection not expressible; planned without it (its b*s*V bf16 branch "
+                f"output alone is {logits_lora:.2f} GiB)",
+                False,
+            )
+        )
+    if spec.method == "full" and spec.optimizer == "adamw":
+        out.append(_foreach_adamw(spec))
+    return out
+
+
+SEQ_SENSITIVE = 0.05
+"""A truncation-bound row is material when the plan at half the bound is lower by more than this
+share of the published figure: the unknown real length could then explain the error."""
+
+
+def _seq_bound(spec: TrainSpec, published: int | None) -> tuple[str, bool]:
+    """Dynamic padding to a truncation bound: the real batches may have been shorter. The plan at
+    half the bound shows how much that uncertainty is worth for this row."""
+    from lora_budget.core.peak import peak_model
+
+    model = peak_model(spec)
+    full = model.fit_bytes(spec.batch_size, spec.seq_len)  # allocator-visible: paged state excluded
+    half = model.fit_bytes(spec.batch_size, max(1, spec.seq_len // 2))
+    drop = full - half
+    material = published is not None and drop > SEQ_SENSITIVE * published
+    return (
+        f"seq {spec.seq_len} is a truncation bound with dynamic padding, so the plan is an upper bound "
+        f"(plan at seq {spec.seq_len // 2}: {alloc_gib(half):.2f} GiB)",
+        material,
+    )
+
+
+def alloc_gib(nbytes: int) -> float:
+    return nbytes / GiB
+
+
+def _qlora_caveats(spec: TrainSpec, row: dict[str, str]) -> list[tuple[str, bool]]:
+    """torchtune quantizes with torchao NF4 only the linears it wraps in LoRA; the spec quantizes every linear."""
+    from lora_budget.core.lora import resolve_targets
+    from lora_budget.core.params import inventory
+
+    out = [("torchao NF4 (block 64, 8-bit scales) taken as bitsandbytes NF4 with double quantization", False)]
+    chosen = set(resolve_targets(spec.model.shape, spec.targets, spec.rank))
+    unwrapped = [t for t in inventory(spec.model.shape) if t.role == "linear" and t.name not in chosen]
+    if unwrapped:
+        numel = sum(t.total_numel for t in unwrapped)
+        # bf16 (2 bytes) in torchtune vs NF4 + double-quant state (4.127 bits) in the plan
+        extra = numel * (2 - 4.127 / 8)
+        published = published_bytes(row) or 1
+        names = ", ".join(sorted({t.name for t in unwrapped}))
+        out.append(
+            (
+                f"{names} not LoRA-wrapped, so torchtune keeps it bf16 where the plan has NF4: "
+                f"+{alloc_gib(int(extra)):.2f} GiB in the published run",
+                extra > 0.01 * published,
+            )
+        )
+    return out
+
+
+def _foreach_adamw(spec: TrainSpec) -> tuple[str, bool]:
+    """torch.optim.AdamW without ``fused=True`` runs the foreach path on CUDA, whose step builds
+    ``torch._foreach_sqrt(exp_avg_sqs)``: one transient copy of the second moment (state dtype).
+    The row does not say which path ran; material if that copy would move the peak to the step."""
+    from lora_budget.core.peak import peak_model
+    from lora_budget.core.static import alloc
+
+    model = peak_model(spec)
+    st = model.static
+    state_bytes = 4 if spec.master_weights else spec.compute_bytes
+    copy = alloc(st.trainable_params * state_bytes)
+    base = st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer
+    step_total = base + st.gradients + st.optimizer_step_temp + copy
+    peak = model.peak_bytes(spec.batch_size, spec.seq_len)
+    moves = step_total > peak
+    where = f"the step would peak at {alloc_gib(step_total):.2f} GiB" + (" (above the plan peak)" if moves else "")
+    return (
+        f"if torchtune's AdamW ran unfused (foreach), its step holds one more copy of the second moment "
+        f"({alloc_gib(copy):.2f} GiB): {where}",
+        moves,
+    )
