@@ -10,6 +10,7 @@ from lora_budget.cli.check_cmd import check_cmd
 from lora_budget.cli.plan_cmd import plan_cmd
 from lora_budget.cli.report_cmd import report_cmd
 from lora_budget.cli.trace_cmd import trace_cmd
+from lora_budget.cli.validate_cmd import validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +33,7 @@ def main() -> None:
 
 main.add_command(plan_cmd)
 main.add_command(trace_cmd)
+main.add_command(validate_cmd)
 main.add_command(models_cmd)
 main.add_command(gpus_cmd)
 main.add_command(report_cmd)

@@ -14,7 +14,8 @@ backward (start)   activations + log_softmax output, its incoming gradient and t
                    the fp32 logits: 12 bytes per vocabulary entry per token
 backward (last)    activations + lm_head/final-norm gradients + the first layer's backward
                    working set (with checkpointing: checkpoints + one recomputed layer)
-backward (first)   first layer's activations + every gradient + working set
+backward (first)   first layer's activations + every gradient but the embeddings' + working set
+backward (embed)   every gradient + the embedding output's gradient (full fine-tuning)
 optimizer          every gradient + optimizer state + the step's temporaries
 =================  ==========================================================================
 
@@ -96,12 +97,17 @@ class PeakModel:
         fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes + fwd_temp
         bwd_transient = T * a.backward_transient.at(seq_len) + a.dequant_bytes
         head_grads = st.gradients if accum else st.head_gradients
+        layer_grads = st.gradients if accum else st.gradients - st.embedding_gradients
+        # the embedding backward: every gradient, the incoming gradient of the embedding output
+        # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
+        embed_temp = T * s.hidden * c + st.embedding_grad_temp if spec.method == "full" else 0
         return [
             ("forward", g_fwd, int(all_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
-            ("backward", st.gradients, int(acts_first), 0, int(bwd_transient)),
+            ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
+            ("backward", st.gradients, 0, 0, int(embed_temp)),
             ("optimizer", st.gradients, 0, 0, st.optimizer_step_temp),
         ]
 

@@ -50,6 +50,10 @@ class StaticMemory:
     trainable_params: int
     head_gradients: int
     """Gradients produced before the first decoder layer's backward (lm_head, final norm)."""
+    embedding_gradients: int
+    """Gradients the embedding backward produces last (untied token and position embeddings)."""
+    embedding_grad_temp: int
+    """A tied embedding's second gradient and the sum AccumulateGrad makes of the two."""
     dequant_bytes: int
     """Largest quantized weight dequantized to the compute dtype."""
 
@@ -59,20 +63,23 @@ def _quant4_state(numel: int, blocksize: int, double_quant: bool) -> int:
 
     absmax: one value per ``blocksize`` weights; fp32, or with double quantization uint8 plus
     an fp32 absmax per 256 of those and an fp32 offset scalar. Each QuantState also holds its own
-    16-entry fp32 code table (``get_4bit_type`` builds a new tensor per call); the 256-entry
-    nested code table is cached per device and counted once per model, not here.
+    16-entry fp32 code table (``get_4bit_type`` builds a new tensor per call), and with double
+    quantization its nested state holds a private copy of the 256-entry fp32 dynamic map
+    (``quantize_blockwise`` stores ``code.to(device, copy=True)``, bitsandbytes 0.50). The trace
+    found that copy: an earlier version of this planner counted the map once per device.
     """
     blocks = -(-numel // blocksize)
     code = alloc(16 * 4)
     if not double_quant:
         return alloc(4 * blocks) + code
-    return alloc(blocks) + alloc(4 * -(-blocks // 256)) + alloc(4) + code
+    nested_code = alloc(256 * 4)
+    return alloc(blocks) + alloc(4 * -(-blocks // 256)) + alloc(4) + code + nested_code
 
 
 def static_memory(spec: TrainSpec) -> StaticMemory:
     s = spec.model.shape
     w = DTYPE_BYTES[spec.dtype]
-    weights = quant = adapter = master = grads = head_grads = 0
+    weights = quant = adapter = master = grads = head_grads = embed_grads = embed_temp = 0
     trainable: list[tuple[int, int, tuple[int, ...]]] = []  # (numel, count, shape) of trainable tensors
     dequant = 0
     quantized_linears = spec.method in ("qlora", "lora8bit")
@@ -91,10 +98,18 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
             trainable.append((t.numel, t.count, t.shape))
             if t.role in ("lm_head",) or (t.role == "norm" and t.name == "final_norm"):
                 head_grads += alloc(t.numel * w) * t.count
+            if t.role == "embedding":
+                if t.name == "embed_tokens" and s.tied_embeddings:
+                    # lm_head's backward makes it first; the embedding backward makes a second one
+                    # and AccumulateGrad adds them out of place: two more V x h tensors (trace)
+                    head_grads += alloc(t.numel * w)
+                    embed_temp = 2 * alloc(t.numel * w)
+                else:
+                    embed_grads += alloc(t.numel * w) * t.count
             if spec.master_weights:
                 master += alloc(t.numel * 4) * t.count
     if spec.method == "qlora" and spec.double_quant:
-        quant += alloc(256 * 4)  # nested dynamic code table, one per device
+        quant += alloc(256 * 4)  # bitsandbytes' cached dynamic map, the source of the per-weight copies
     grad_bytes = w
     if spec.method != "full":
         a = DTYPE_BYTES[spec.adapter_dtype]
@@ -118,6 +133,8 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         optimizer_step_temp=step_temp,
         trainable_params=sum(n * c for n, c, _ in trainable),
         head_gradients=head_grads,
+        embedding_gradients=embed_grads,
+        embedding_grad_temp=embed_temp,
         dequant_bytes=dequant,
     )
 

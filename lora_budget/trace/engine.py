@@ -61,6 +61,10 @@ class TraceResult:
     """(event, live bytes, phase, step) for every op and phase marker."""
     real: bool = False
     """True when real tensors were traced (the fake-vs-real check)."""
+    state_bytes: dict[str, int] = field(default_factory=dict)
+    """Whole-step sizes, independent of the peak's phase: every gradient at the end of the last
+    backward, every optimizer-state tensor after the last step, and the registered weights,
+    quantization state and adapters."""
 
     @property
     def peak_bytes(self) -> int:
@@ -79,6 +83,7 @@ class TraceResult:
             "step_peak_bytes": {str(k): v for k, v in self.step_peaks.items()},
             "ops": self.ops,
             "wall_s": round(self.wall_s, 3),
+            "state_bytes": dict(self.state_bytes),
         }
 
 
@@ -113,6 +118,11 @@ def trace(
     tracker = Tracker(vocab=spec.model.shape.vocab)
     for tensor, category in built.static:
         tracker.register(tensor, category)
+    if spec.method == "qlora" and spec.double_quant:
+        from bitsandbytes import functional
+
+        # the cached dynamic map each nested state copied; on a GPU it lives on the device too
+        tracker.register(functional.name2qmap["dynamic"], "quant_state")
     optimizer = make_optimizer(spec, built.trainable, paged=False)
     paged = spec.optimizer.startswith("paged")
     hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress)
@@ -163,6 +173,7 @@ def trace(
         step_peaks=step_peaks,
         timeline=timeline,
         real=not fake,
+        state_bytes=_state_bytes(tracker, hooks),
     )
 
 
@@ -230,6 +241,16 @@ def _unpacked_batch() -> Any:
         yield
 
 
+def _state_bytes(tracker: Any, hooks: _Hooks) -> dict[str, int]:
+    out = dict.fromkeys(("weights", "quant_state", "adapter"), 0)
+    for block in tracker.blocks:
+        if block.born < 0 and block.category in out:
+            out[block.category] += block.size
+    out["gradients"] = hooks.gradient_bytes
+    out["optimizer"] = hooks.optimizer_bytes
+    return out
+
+
 def _timeline(tracker: Any) -> list[tuple[int, int, str, int]]:
     markers = list(tracker.markers)
     out = []
@@ -265,6 +286,8 @@ class _Hooks:
         self.fake = fake
         self._ops_per_step = 0
         self._fwd_ops = 0
+        self.gradient_bytes = 0
+        self.optimizer_bytes = 0
         self._last_report = 0
 
     @contextlib.contextmanager
@@ -307,14 +330,24 @@ class _Hooks:
         self._report(force=True)
 
     def after_backward(self, _step: int) -> None:
+        blocks = {}
         for p in self.built.trainable:
             if p.grad is not None:
                 self.tracker.tag(p.grad, "gradients")
+                block = self.tracker.block_of(p.grad)
+                if block is not None:
+                    blocks[id(block)] = block.size
+        self.gradient_bytes = sum(blocks.values())
 
     def after_step(self, _step: int) -> None:
+        blocks = {}
         for key, t in optimizer_state_tensors(self.optimizer):
             paged = self.paged and key in ("state1", "state2") and t.numel() >= PAGE_MIN_NUMEL
             self.tracker.tag(t, "optimizer", pageable=paged)
+            block = self.tracker.block_of(t)
+            if block is not None:
+                blocks[id(block)] = block.size
+        self.optimizer_bytes = sum(blocks.values())
 
     def _report(self, force: bool = False) -> None:
         if self.progress is None:

@@ -32,10 +32,15 @@ POINTS = ((1, 1024), (4, 512), (2, 2048))
 QUICK = (("GPT-2", (2, 256)), ("Qwen2.5-0.5B", (1, 512)))
 """The small grid CI runs on every change."""
 
+STATE = ("weights", "quant_state", "adapter", "gradients", "optimizer")
+"""Categories whose whole-step size does not depend on where the peak falls."""
+
 FIELDS = (
     ["model", "method", "grad_ckpt", "batch_size", "seq_len", "attn", "trace_peak_bytes", "plan_peak_bytes"]
     + [f"trace_{c}_bytes" for c in CATEGORIES]
     + [f"plan_{c}_bytes" for c in CATEGORIES]
+    + [f"trace_state_{c}_bytes" for c in STATE]
+    + [f"plan_state_{c}_bytes" for c in STATE]
     + ["trace_phase", "plan_phase", "trace_s", "error"]
 )
 
@@ -78,12 +83,13 @@ def spec_for(config: Config) -> TrainSpec:
 
 def compare(config: Config) -> dict[str, Any]:
     """Trace and plan one configuration; the CSV row."""
-    from lora_budget.core.peak import estimate
+    from lora_budget.core.peak import peak_model
     from lora_budget.trace.engine import trace
 
     spec = spec_for(config)
     traced = trace(spec)
-    planned = estimate(spec)
+    model = peak_model(spec)
+    planned = model.breakdown(spec.batch_size, spec.seq_len)
     row: dict[str, Any] = {
         "model": config.model,
         "method": config.method,
@@ -101,6 +107,9 @@ def compare(config: Config) -> dict[str, Any]:
     for c in CATEGORIES:
         row[f"trace_{c}_bytes"] = getattr(traced.breakdown, c)
         row[f"plan_{c}_bytes"] = getattr(planned, c)
+    for c in STATE:
+        row[f"trace_state_{c}_bytes"] = traced.state_bytes[c]
+        row[f"plan_state_{c}_bytes"] = getattr(model.static, c)
     return row
 
 

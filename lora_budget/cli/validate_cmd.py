@@ -1,0 +1,118 @@
+"""``lora-budget validate``: the planner against the trace over the validation grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lora_budget.cli.errors import user_errors
+from lora_budget.errors import LoraBudgetError
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise LoraBudgetError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+@click.command("validate")
+@click.option("--quick", is_flag=True, help="The small grid CI runs (GPT-2 and Qwen2.5-0.5B, one point each).")
+@click.option("--models", help="Comma list of grid architectures (default: all of them).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="reports",
+    show_default=True,
+    help="Folder for accuracy.md and accuracy.csv.",
+)
+@click.option(
+    "--fresh", is_flag=True, help="Trace every configuration again (default: keep rows already in the CSV)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@user_errors
+def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json: bool) -> None:
+    """Trace and plan every configuration of the validation grid; write the error table.
+
+    Rows are appended to OUT/accuracy.csv as each trace finishes, so an interrupted run keeps its
+    work and the next run resumes. Exits 1 when the accuracy targets are not met.
+
+    \b
+    Examples:
+      lora-budget validate                       # the whole grid, about 20 minutes on 2 cores
+      lora-budget validate --quick --out /tmp/v  # what CI runs
+      lora-budget validate --models GPT-2,Gemma-2-2B
+    """
+    from lora_budget.validation.grid import ARCHITECTURES, grid, run
+    from lora_budget.validation.report import KNOWN_GAPS, accuracy_markdown, meets_targets, total_stats
+
+    chosen = None
+    if models:
+        chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in ARCHITECTURES]
+        if unknown:
+            raise LoraBudgetError(f"{unknown[0]!r} is not in the grid; choose from {', '.join(ARCHITECTURES)}")
+    configs = grid(quick=quick, models=chosen)
+    folder = Path(out)
+    csv_path = folder / "accuracy.csv"
+
+    def progress(i: int, n: int, config: Any, row: dict[str, Any] | None) -> None:
+        if row is None:
+            click.echo(
+                f"[{i + 1}/{n}] {config.model} {config.method} ckpt={'on' if config.grad_ckpt else 'off'} "
+                f"b={config.batch_size} s={config.seq_len} ...",
+                err=True,
+                nl=False,
+            )
+        else:
+            click.echo(f" {row['error']:+.2%} ({row['trace_s']} s)", err=True)
+
+    try:
+        rows = run(configs, csv_path, resume=not fresh, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; finished rows are kept in {csv_path}", err=True)
+        sys.exit(130)
+    ok, lines = meets_targets(rows)
+    _write_atomic(folder / "accuracy.md", accuracy_markdown(rows, _versions(), list(KNOWN_GAPS)))
+    if as_json:
+        summary = {
+            "configs": len(rows),
+            "targets_met": ok,
+            "by_method": [
+                {"method": s.label, "configs": s.n, "median_abs_error": s.median_abs, "worst_error": s.worst}
+                for s in total_stats(rows)
+            ],
+            "report": str(folder / "accuracy.md"),
+        }
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for s in total_stats(rows):
+            click.echo(f"{s.label:<6} {s.n:>4} configs  median |error| {s.median_abs:6.2%}  worst {s.worst:+7.2%}")
+        for line in lines:
+            click.echo(line)
+        click.echo(f"wrote {folder / 'accuracy.md'} and {csv_path}")
+    if not ok:
+        sys.exit(1)
