@@ -7,6 +7,7 @@ import click
 from lora_budget import __version__
 from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
 from lora_budget.cli.plan_cmd import plan_cmd
+from lora_budget.cli.profile_cmd import calibrate_cmd, profile_cmd, profiles_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,9 +22,15 @@ def main() -> None:
       lora-budget plan --model ./my-model/config.json --gpu 80GiB --json
       lora-budget models
       lora-budget gpus
+      lora-budget profile --model 8b --methods full,lora,qlora --seq-len 512,2048 --batch-size 1,4
+      lora-budget profiles
+      lora-budget calibrate
     """
 
 
 main.add_command(plan_cmd)
 main.add_command(models_cmd)
 main.add_command(gpus_cmd)
+main.add_command(profile_cmd)
+main.add_command(profiles_cmd)
+main.add_command(calibrate_cmd)
