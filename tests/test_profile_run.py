@@ -176,3 +176,28 @@ def test_cuda_counters(tmp_path):
     assert m.peak_reserved_bytes >= m.peak_active_bytes >= m.peak_allocated_bytes > 0
     assert m.ooms == 0 and all(b < a for a, b in zip(m.losses, m.losses[1:], strict=False))
     assert (tmp_path / "snap.pickle").stat().st_size > 0
+
+
+def test_local_weights_replace_random_ones(tmp_path):
+    from safetensors.torch import save_file
+
+    from lora_budget.runtime.build import build
+
+    spec = _spec("full")
+    source = build(spec, seed=1).model
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    loaded = build(spec, seed=0, weights=str(tmp_path)).model
+    fresh = build(spec, seed=0).model
+    for (name, a), b in zip(loaded.named_parameters(), source.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert not all(torch.equal(a, c) for a, c in zip(loaded.parameters(), fresh.parameters(), strict=True))
+    m = measure(spec, Settings(device="cpu", steps=1, warmup=1, weights=str(tmp_path)))
+    assert m.status == "ok" and m.losses[1] < m.losses[0]
+
+
+def test_weights_folder_without_safetensors(tmp_path):
+    from lora_budget.errors import LoraBudgetError
+    from lora_budget.runtime.build import build
+
+    with pytest.raises(LoraBudgetError, match="no \\*.safetensors files there"):
+        build(_spec("full"), weights=str(tmp_path))

@@ -113,3 +113,15 @@ def test_profiles_command_lists_good_and_names_bad(tmp_path):
 def test_profiles_missing_path_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["profiles", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such file or folder" in result.stderr and "Traceback" not in result.output
+
+
+def test_saved_file_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = save(_sample(), tmp_path / "p.json")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # 0666 less the umask 022, not mkstemp's 0600

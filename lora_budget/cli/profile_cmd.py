@@ -104,6 +104,11 @@ def _progress(index: int, total: int, label: str, row: dict[str, Any] | None, st
     show_default=True,
     help="Store folder (file goes to <out>/<device>/<model>-<time>.json) or a new .json path.",
 )
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Local model folder with *.safetensors to load instead of random weights (also the default --model).",
+)
 @click.option("--data", type=click.Path(path_type=Path), help="Text file to train on instead of synthetic tokens.")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Local tokenizer folder for --data (else bytes).")
 @click.option("--snapshot", is_flag=True, help="CUDA: save a memory snapshot of one measured step per configuration.")
@@ -130,11 +135,14 @@ def profile_cmd(model: str | None, list_only: bool, as_json: bool, **kw: Any) ->
       lora-budget profile -m 8b --methods lora,qlora --seq-len 512,2048 --batch-size 1,4
       lora-budget profile -m 7b --grad-ckpt both --snapshot
       lora-budget profile -m tests/data/tiny-llama/config.json --device cpu -s 64 -b 1,2
+      lora-budget profile --weights ./my-model --data train.txt -s 1024 -b 1,2
       lora-budget profile --list
     """
     if list_only:
         _list([DEFAULT_ROOT] if kw["out"] == DEFAULT_ROOT else [kw["out"]], as_json=as_json, show_rows=False)
         return
+    if not model and kw["weights"] is not None:
+        model = str(kw["weights"])
     if not model:
         raise click.UsageError("give --model (a catalog name, config.json path or model folder)")
     _profile(model, as_json, **kw)
@@ -151,7 +159,16 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
     from lora_budget.profile.sweep import environment_of, grid, run_sweep
 
     ref = resolve_model(model)
-    settings = Settings(device=kw["device"], steps=kw["steps"], warmup=kw["warmup"], lr=kw["lr"])
+    weights = kw["weights"]
+    if weights is not None and not weights.is_dir():
+        raise LoraBudgetError(f"--weights {weights}: no such folder")
+    settings = Settings(
+        device=kw["device"],
+        steps=kw["steps"],
+        warmup=kw["warmup"],
+        lr=kw["lr"],
+        weights=str(weights.resolve()) if weights is not None else None,
+    )
     ckpts = {"off": [False], "on": [True], "both": [False, True]}[kw["grad_ckpt"]]
     specs = grid(
         ref,
@@ -170,7 +187,14 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
     if out.suffix == ".json" and out.exists():
         raise LoraBudgetError(f"{out} already exists; profiles are never overwritten (choose another --out)")
     count = max(s.batch_size * s.seq_len for s in specs)
-    tokens, data_how = _tokens(kw["data"], kw["tokenizer"], count, ref.shape.vocab)
+    tokenizer = kw["tokenizer"]
+    if (
+        tokenizer is None
+        and weights is not None
+        and any((weights / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    ):
+        tokenizer = weights
+    tokens, data_how = _tokens(kw["data"], tokenizer, count, ref.shape.vocab)
     click.echo(f"reading the {settings.device} environment ...", err=True)
     env = environment_of(settings.device)
     if settings.device == "cuda" and not env.get("gpu_name"):

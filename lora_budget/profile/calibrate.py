@@ -167,6 +167,7 @@ def write(entries: list[Entry], path: Path = calibration.PATH) -> tuple[int, int
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the calibration ships with the package
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(data, indent=2) + "\n")
             fh.flush()

@@ -1,9 +1,11 @@
 """Measure one configuration in this process: real training steps of a spec.
 
-The model is built by ``runtime.build.build`` (random weights from the config, real peft and
-bitsandbytes layers) and trained by ``runtime.loop.run_steps`` on one fixed batch, so the step is
-the same step the planner and the trace describe. ``warmup`` steps run first (they create the
-optimizer state and warm the allocator and kernels); then ``steps`` measured steps.
+The model is built by ``runtime.build.build`` (random weights from the config, or local
+safetensors weights; real peft and bitsandbytes layers) and trained by ``runtime.loop.run_steps``
+on one fixed batch, so the step is the same step the planner and the trace describe. ``warmup``
+steps run first (they create the optimizer state and warm the allocator and kernels); then
+``steps`` measured steps. On CUDA the allocator's cache is emptied after the build, so blocks
+freed while building (dense weights before quantization) do not count as reserved.
 
 Memory counters:
 
@@ -52,6 +54,8 @@ class Settings:
     seed: int = 0
     snapshot: str | None = None
     """CUDA only: write a memory snapshot of the last measured step to this path (.pickle)."""
+    weights: str | None = None
+    """A local folder of safetensors weights to load instead of random ones."""
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -113,7 +117,7 @@ def measure(spec: TrainSpec, settings: Settings, tokens: list[int] | None = None
         )
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    built = build(spec, device=settings.device, seed=settings.seed)
+    built = build(spec, device=settings.device, seed=settings.seed, weights=settings.weights)
     optimizer = make_optimizer(spec, built.trainable, paged=cuda, lr=settings.lr)
     count = spec.batch_size * spec.seq_len
     ids = tokens or synthetic_tokens(spec.model.shape.vocab, count)
@@ -220,6 +224,8 @@ def _run_cuda(
     """CUDA: the caching allocator's statistics over the measured steps."""
     from lora_budget.runtime.loop import run_steps
 
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
     clock.on_measure_start = torch.cuda.reset_peak_memory_stats
     snapshot_path = settings.snapshot
     if snapshot_path:

@@ -142,6 +142,7 @@ def save(profile: Profile, path: Path, *, unique: bool = False) -> Path:
     text = json.dumps(profile.to_dict(), indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a profile is shared data
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -158,6 +159,12 @@ def save(profile: Profile, path: Path, *, unique: bool = False) -> Path:
                 candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     finally:
         os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check(value: Any, types: tuple[type, ...], what: str) -> None:

@@ -145,28 +145,27 @@ def run_sweep(
         raise LoraBudgetError("nothing to profile: the sweep is empty")
     model = model_to_dict(specs[0].model)
     result = SweepResult(planned=len(specs))
-    for index, spec in enumerate(specs):
-        name = label(spec)
-        if progress:
-            progress(index, len(specs), name, None)
-        run_settings = settings
-        if snapshot_dir is not None and settings.device == "cuda":
-            run_settings = dataclasses.replace(settings, snapshot=str(snapshot_dir / f"{slug(spec)}.pickle"))
-        job = {
-            "model": model,
-            "spec": spec_to_dict(spec),
-            "settings": dataclasses.asdict(run_settings),
-            "tokens": tokens,
-        }
-        try:
+    try:
+        for index, spec in enumerate(specs):
+            name = label(spec)
+            if progress:
+                progress(index, len(specs), name, None)
+            run_settings = settings
+            if snapshot_dir is not None and settings.device == "cuda":
+                run_settings = dataclasses.replace(settings, snapshot=str(snapshot_dir / f"{slug(spec)}.pickle"))
+            job = {
+                "model": model,
+                "spec": spec_to_dict(spec),
+                "settings": dataclasses.asdict(run_settings),
+                "tokens": tokens,
+            }
             answer = runner(job)
-        except KeyboardInterrupt:
-            result.interrupted = True
-            break
-        if result.environment is None and answer.get("environment"):
-            result.environment = answer["environment"]
-        row = {"spec": spec_to_dict(spec), **answer["measurement"], **prediction(spec)}
-        result.rows.append(row)
-        if progress:
-            progress(index, len(specs), name, row)
+            if result.environment is None and answer.get("environment"):
+                result.environment = answer["environment"]
+            row = {"spec": spec_to_dict(spec), **answer["measurement"], **prediction(spec)}
+            result.rows.append(row)
+            if progress:
+                progress(index, len(specs), name, row)
+    except KeyboardInterrupt:
+        result.interrupted = True
     return result
