@@ -201,3 +201,44 @@ def test_weights_folder_without_safetensors(tmp_path):
 
     with pytest.raises(LoraBudgetError, match="no \\*.safetensors files there"):
         build(_spec("full"), weights=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_saves_finished_rows(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal sends) while the second
+    configuration runs: the first row is saved, the command exits 130 promptly."""
+    import os
+    import selectors
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).parents[1]
+    args = _profile_args(tmp_path)[1:]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lora_budget", "profile", *args, "--methods", "full,lora,qlora"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job
+    )
+    err, deadline = "", time.monotonic() + 240
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    while "[2/3] lora" not in err and time.monotonic() < deadline and proc.poll() is None:
+        if selector.select(timeout=1):
+            err += proc.stderr.readline()
+    assert "[2/3] lora" in err, err
+    time.sleep(2)  # inside the second worker
+    os.killpg(proc.pid, signal.SIGINT)
+    out, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err + rest
+    (saved,) = tmp_path.rglob("*.json")
+    profile = load_profile(saved)
+    assert profile.interrupted and [r["spec"]["method"] for r in profile.rows] == ["full"]
+    assert "interrupted after 1 of 3 configurations" in out
