@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES, Breakdown
+from lora_budget.catalog.calibration import CalibratedOverhead, calibrated_overhead
 from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
 from lora_budget.catalog.models import resolve_model
 from lora_budget.core.fit import max_batch_size, max_seq_len
@@ -119,9 +120,11 @@ class PlanResult:
     gpu: GPU
     methods: tuple[MethodPlan, ...]
     notes: tuple[str, ...] = field(default=())
+    calibration: CalibratedOverhead | None = None
+    """The calibrated overhead included in every peak (None: no calibration for this GPU was used)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": 1,
             "model": {
                 "name": self.model.name,
@@ -138,6 +141,9 @@ class PlanResult:
             "methods": [m.to_dict() for m in self.methods],
             "notes": list(self.notes),
         }
+        if self.calibration is not None:
+            out["calibration"] = dataclasses.asdict(self.calibration)
+        return out
 
     def to_frame(self) -> Any:
         """One row per method, a column per category (bytes); needs pandas."""
@@ -269,6 +275,9 @@ def plan(
         raise LoraBudgetError(f"the token count must be positive, got {total_tokens!r}")
     if price_usd_per_h is not None and not price_usd_per_h > 0:
         raise LoraBudgetError(f"the price must be a positive USD per GPU-hour, got {price_usd_per_h!r}")
+    calibration = None if overhead_bytes or card.from_size else calibrated_overhead(card.name)
+    if calibration is not None:
+        overhead_bytes = calibration.overhead_bytes
     auto = batch_size == "auto"
     if not auto and not isinstance(batch_size, int):
         raise LoraBudgetError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")
@@ -298,12 +307,18 @@ def plan(
             f"--gpu {card.name} taken as {card.memory_bytes:,} bytes ({fmt_gib(card.memory_bytes)}): GB is decimal, "
             "GiB binary; a card sold as 24 GB has 24 GiB, so use --gpu 24GiB or a card name such as --gpu rtx4090"
         )
-    if overhead_bytes == 0:
+    if calibration is not None:
+        notes.append(
+            f"peaks include {fmt_gib(calibration.overhead_bytes)} of calibrated overhead (CUDA context, allocator "
+            f"reserve) from {calibration.rows} profiled configurations ({calibration.label}); "
+            f"error bar: +/- {fmt_gib(calibration.error_bytes)}"
+        )
+    elif overhead_bytes == 0:
         notes.append(
             "peaks are the bytes PyTorch allocates for tensors; the CUDA context and allocator "
             "fragmentation come on top (no calibration for this GPU yet: pass --overhead SIZE to include them)"
         )
-    return PlanResult(model=ref, gpu=card, methods=tuple(plans), notes=tuple(notes))
+    return PlanResult(model=ref, gpu=card, methods=tuple(plans), notes=tuple(notes), calibration=calibration)
 
 
 __all__ = ["CATEGORIES", "MethodPlan", "PlanResult", "Suggestion", "plan", "plan_spec"]

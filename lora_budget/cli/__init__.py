@@ -11,6 +11,7 @@ from lora_budget.cli.plan_cmd import plan_cmd
 from lora_budget.cli.report_cmd import report_cmd
 from lora_budget.cli.trace_cmd import trace_cmd
 from lora_budget.cli.validate_cmd import validate_cmd
+from lora_budget.cli.profile_cmd import calibrate_cmd, profile_cmd, profiles_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +29,9 @@ def main() -> None:
       lora-budget check --baseline memory.json --model 7b --method lora
       lora-budget models
       lora-budget gpus
+      lora-budget profile --model 8b --methods full,lora,qlora --seq-len 512,2048 --batch-size 1,4
+      lora-budget profiles
+      lora-budget calibrate
     """
 
 
@@ -38,3 +42,6 @@ main.add_command(models_cmd)
 main.add_command(gpus_cmd)
 main.add_command(report_cmd)
 main.add_command(check_cmd)
+main.add_command(profile_cmd)
+main.add_command(profiles_cmd)
+main.add_command(calibrate_cmd)

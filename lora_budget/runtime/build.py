@@ -86,8 +86,14 @@ def hf_config(spec: TrainSpec) -> Any:
     return config
 
 
-def build(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: int = 0) -> Built:
-    """The reference model of ``spec`` on ``device``; with ``fake_mode``, every tensor is fake."""
+def build(
+    spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: int = 0, weights: str | None = None
+) -> Built:
+    """The reference model of ``spec`` on ``device``; with ``fake_mode``, every tensor is fake.
+
+    ``weights``: a local folder of ``*.safetensors`` files to load instead of random weights
+    (real tensors only; loaded before quantization, so QLoRA quantizes the real weights).
+    """
     torch, transformers, _, _ = import_stack(need_bnb=spec.method in ("qlora", "lora8bit"))
     if spec.attn == "flash":
         raise LoraBudgetError("the trace and profile engines run sdpa or eager attention; flash is plan-only")
@@ -101,6 +107,10 @@ def build(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: 
     torch.manual_seed(seed)
     with torch.device("meta" if fake_mode is not None else device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if weights is not None:
+        if fake_mode is not None:
+            raise LoraBudgetError("local weights apply to real runs only, not to the fake-tensor trace")
+        load_weights(model, weights)
     if spec.method in ("qlora", "lora8bit"):
         _replace_linears(model, spec, real_device=None if fake_mode is not None else device)
     if spec.grad_ckpt:
@@ -115,6 +125,32 @@ def build(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: 
     head = model.get_output_embeddings()
     trainable = [p for p in model.parameters() if p.requires_grad]
     return Built(model=model, static=static_tensors(model), trainable=trainable, output_head=head)
+
+
+def load_weights(model: Any, folder: str) -> None:
+    """Copy the tensors of every ``*.safetensors`` file in ``folder`` into ``model`` (shard by shard).
+
+    Every parameter of the model must be found (tied weights count once); nothing is downloaded.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise LoraBudgetError(f"--weights {folder}: no *.safetensors files there")
+    expected = {name for name, _ in model.named_parameters()}
+    loaded: set[str] = set()
+    for path in files:
+        shard = load_file(str(path), device="cpu")  # copied into the model's tensors, no device scratch
+        result = model.load_state_dict(shard, strict=False, assign=False)
+        loaded |= set(shard) - set(result.unexpected_keys)
+        del shard
+    missing = sorted(expected - loaded)
+    if missing:
+        raise LoraBudgetError(
+            f"--weights {folder}: {len(missing)} parameters not found in its safetensors files (first: {missing[0]})"
+        )
 
 
 def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> None:

@@ -21,7 +21,7 @@ PAGED_FALLBACK = {"paged_adamw": "adamw32bit", "paged_adamw8bit": "adamw8bit"}
 state they would page is reported as pageable."""
 
 
-def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True) -> Any:
+def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True, lr: float | None = None) -> Any:
     """The optimizer ``spec.optimizer`` names, over ``params``.
 
     - adamw: ``torch.optim.AdamW(fused=True)``, the transformers Trainer default (``adamw_torch_fused``).
@@ -29,18 +29,21 @@ def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True) ->
       / ``PagedAdamW`` (32-bit state); with ``paged=False`` the unpaged equivalent.
     - sgd / sgd_momentum (0.9) / adafactor: torch, with the multi-tensor (``foreach``) code path
       that torch picks by default for CUDA tensors, set explicitly so CPU runs take it too.
+
+    ``lr``: the learning rate (default ``LEARNING_RATE``, Adafactor 1e-2); it changes no memory.
     """
     import torch
 
     name = spec.optimizer
+    rate = LEARNING_RATE if lr is None else lr
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, fused=True)
+        return torch.optim.AdamW(params, lr=rate, fused=True)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=LEARNING_RATE, foreach=True)
+        return torch.optim.SGD(params, lr=rate, foreach=True)
     if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, foreach=True)
+        return torch.optim.SGD(params, lr=rate, momentum=0.9, foreach=True)
     if name == "adafactor":
-        return torch.optim.Adafactor(params, lr=1e-2, foreach=True)
+        return torch.optim.Adafactor(params, lr=1e-2 if lr is None else lr, foreach=True)
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -53,7 +56,7 @@ def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True) ->
         "paged_adamw8bit": bnb.optim.PagedAdamW8bit,
         "paged_adamw": bnb.optim.PagedAdamW,
     }[name]
-    return cls(params, lr=LEARNING_RATE)
+    return cls(params, lr=rate)
 
 
 def optimizer_state_tensors(optimizer: Any) -> list[tuple[str, Any]]:

@@ -1,0 +1,68 @@
+"""Calibrated overhead per GPU, read from calibration.json (written by ``lora-budget calibrate``).
+
+Pure Python and cheap: ``plan`` asks ``calibrated_overhead(card_name)`` and gets None when no
+profile of that card has been calibrated, in which case the plan is exactly the uncalibrated one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+
+PATH = Path(__file__).with_name("calibration.json")
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibratedOverhead:
+    overhead_bytes: int
+    """Bytes to add to the planned peak (CUDA context, allocator reserve, what the plan misses)."""
+    error_bytes: int
+    """Largest absolute residual of the calibration fit: the plan's error bar on this card."""
+    rows: int
+    """Profiled configurations the fit used."""
+    label: str
+    """GPU, torch and CUDA versions the profiles were measured with."""
+
+
+def read(path: Path = PATH) -> dict[str, Any]:
+    """The calibration file; an empty one when it does not exist."""
+    if not path.exists():
+        return {"schema_version": SCHEMA_VERSION, "entries": []}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoraBudgetError(f"{path}: not a readable calibration file ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise LoraBudgetError(f"{path}: not a calibration file of schema version {SCHEMA_VERSION}")
+    if not isinstance(data.get("entries"), list):
+        raise LoraBudgetError(f"{path}: 'entries' must be a list")
+    return data
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> tuple[dict[str, Any], ...]:
+    return tuple(read()["entries"])
+
+
+def calibrated_overhead(gpu_name: str, entries: tuple[dict[str, Any], ...] | None = None) -> CalibratedOverhead | None:
+    """The calibration for a catalog card (or a device name as CUDA reports it), or None.
+
+    Several software versions of one card: the entry fitted on the most configurations wins.
+    """
+    rows = _shipped() if entries is None else entries
+    matches = [e for e in rows if gpu_name in (e.get("catalog_gpu"), e.get("gpu_name"))]
+    if not matches:
+        return None
+    best = max(matches, key=lambda e: (e["rows"], e.get("torch") or ""))
+    return CalibratedOverhead(
+        overhead_bytes=max(0, int(best["overhead_bytes"])),  # a plan above the measurement adds nothing
+        error_bytes=int(best["error_bytes"]),
+        rows=int(best["rows"]),
+        label=f"{best['gpu_name']}, torch {best.get('torch')}, CUDA {best.get('cuda')}",
+    )
