@@ -190,19 +190,18 @@ class _Clock:
 def _run_tracked(built: Any, optimizer: Any, spec: TrainSpec, batch: Any, settings: Settings, clock: _Clock) -> dict:
     """CPU: count the real tensors' storages with the trace engine's tracker."""
     from lora_budget.runtime.loop import run_steps
-    from lora_budget.trace.engine import _timeline
+    from lora_budget.trace.engine import cuda_kernels, register_static, timeline_rows
     from lora_budget.trace.tracker import Tracker
 
     tracker = Tracker(vocab=spec.model.shape.vocab)
-    for tensor, category in built.static:
-        tracker.register(tensor, category)
+    register_static(tracker, built, spec)
     tracker.register(batch, "activations")
 
     def on_phase(phase: str, step: int) -> None:
         clock.on_phase(phase, step)
         tracker.set_phase(phase, step)
 
-    with tracker:
+    with cuda_kernels(), tracker:
         run_steps(
             built.model,
             optimizer,
@@ -213,7 +212,7 @@ def _run_tracked(built: Any, optimizer: Any, spec: TrainSpec, batch: Any, settin
             on_loss=clock.on_loss,
             after_step=clock.after_step,
         )
-    measured = [(live, phase) for _, live, phase, step in _timeline(tracker) if step > settings.warmup]
+    measured = [(live, phase) for _, live, phase, step in timeline_rows(tracker) if step > settings.warmup]
     peak, phase = max(measured, key=lambda row: row[0])
     return {"counter": "tracker", "peak_allocated_bytes": int(peak), "peak_phase": phase}
 

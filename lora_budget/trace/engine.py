@@ -116,13 +116,7 @@ def trace(
         warnings.simplefilter("ignore", FutureWarning)
         built = build(spec, device="cpu", fake_mode=fake_mode)
     tracker = Tracker(vocab=spec.model.shape.vocab)
-    for tensor, category in built.static:
-        tracker.register(tensor, category)
-    if spec.method == "qlora" and spec.double_quant:
-        from bitsandbytes import functional
-
-        # the cached dynamic map each nested state copied; on a GPU it lives on the device too
-        tracker.register(functional.name2qmap["dynamic"], "quant_state")
+    register_static(tracker, built, spec)
     optimizer = make_optimizer(spec, built.trainable, paged=False)
     paged = spec.optimizer.startswith("paged")
     hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress)
@@ -155,7 +149,7 @@ def trace(
         ) from None
     wall_s = time.perf_counter() - started
     breakdown, paged_bytes = attribute(tracker, spec.grad_accum)
-    full = _timeline(tracker)
+    full = timeline_rows(tracker)
     step_peaks: dict[int, int] = {}
     for _, live, _, step in full:
         if step and live > step_peaks.get(step, 0):
@@ -241,6 +235,17 @@ def _unpacked_batch() -> Any:
         yield
 
 
+def register_static(tracker: Any, built: Built, spec: TrainSpec) -> None:
+    """Give the tracker every tensor that exists before the step, with its category."""
+    for tensor, category in built.static:
+        tracker.register(tensor, category)
+    if spec.method == "qlora" and spec.double_quant:
+        from bitsandbytes import functional
+
+        # the cached dynamic map each nested state copied; on a GPU it lives on the device too
+        tracker.register(functional.name2qmap["dynamic"], "quant_state")
+
+
 def _state_bytes(tracker: Any, hooks: _Hooks) -> dict[str, int]:
     out = dict.fromkeys(("weights", "quant_state", "adapter"), 0)
     for block in tracker.blocks:
@@ -251,7 +256,7 @@ def _state_bytes(tracker: Any, hooks: _Hooks) -> dict[str, int]:
     return out
 
 
-def _timeline(tracker: Any) -> list[tuple[int, int, str, int]]:
+def timeline_rows(tracker: Any) -> list[tuple[int, int, str, int]]:
     markers = list(tracker.markers)
     out = []
     phase, step, m = "setup", 0, 0
