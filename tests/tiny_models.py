@@ -25,11 +25,20 @@ TINY = {
     "phi3": dict(model_type="phi3", **{**_BASE, "num_key_value_heads": 4}),
     "olmo2": dict(model_type="olmo2", **_BASE),
     "gpt2": dict(
-        model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128, bos_token_id=1, eos_token_id=2
+        model_type="gpt2",
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        vocab_size=256,
+        n_positions=128,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
 }
 
 
 def tiny_ref(arch: str) -> ModelRef:
     cfg = TINY[arch]
-    return ModelRef(name=f"tiny-{arch}", hf_id="", source="tests/tiny_models.py", shape=shape_from_config(cfg), config=cfg)
+    return ModelRef(
+        name=f"tiny-{arch}", hf_id="", source="tests/tiny_models.py", shape=shape_from_config(cfg), config=cfg
+    )

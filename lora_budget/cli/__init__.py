@@ -8,10 +8,10 @@ from lora_budget import __version__
 from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
 from lora_budget.cli.check_cmd import check_cmd
 from lora_budget.cli.plan_cmd import plan_cmd
+from lora_budget.cli.profile_cmd import calibrate_cmd, profile_cmd, profiles_cmd
 from lora_budget.cli.report_cmd import report_cmd
 from lora_budget.cli.trace_cmd import trace_cmd
 from lora_budget.cli.validate_cmd import validate_cmd
-from lora_budget.cli.profile_cmd import calibrate_cmd, profile_cmd, profiles_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,7 +22,9 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
     """rows: (TraceResult, planned Breakdown) per method."""
     n = param_count(ref.shape)
     lines = [
-        f"Model  {ref.name} ({n / 1e9:.2f}B parameters)" if n >= 1e9 else f"Model  {ref.name} ({n / 1e6:.1f}M parameters)",
+        f"Model  {ref.name} ({n / 1e9:.2f}B parameters)"
+        if n >= 1e9
+        else f"Model  {ref.name} ({n / 1e6:.1f}M parameters)",
         f"Step   {_step_line(rows[0][0].spec)}",
         "",
     ]
@@ -37,7 +39,9 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
             continue
         lines.append(f"{cat:<14}" + "".join(f"{a / GiB:>{w + 4}.3f}{b / GiB:>{w}.3f}" for a, b in pairs))
     lines.append("-" * len(head))
-    lines.append(f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{p.peak_bytes / GiB:>{w}.3f}" for r, p in rows))
+    lines.append(
+        f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{p.peak_bytes / GiB:>{w}.3f}" for r, p in rows)
+    )
     lines.append(
         f"{'plan error':<14}"
         + "".join(f"{'':>{w + 4}}{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%" for r, p in rows)

@@ -65,7 +65,9 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
     from lora_budget.spec import TrainSpec
 
     if kw["batch_size"].strip().lower() == "auto":
-        raise click.BadParameter("trace needs a number (use plan --batch-size auto to search)", param_hint="--batch-size")
+        raise click.BadParameter(
+            "trace needs a number (use plan --batch-size auto to search)", param_hint="--batch-size"
+        )
     try:
         batch = int(kw["batch_size"])
     except ValueError:

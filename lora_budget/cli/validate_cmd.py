@@ -49,9 +49,7 @@ def _versions() -> dict[str, str]:
     show_default=True,
     help="Folder for accuracy.md and accuracy.csv.",
 )
-@click.option(
-    "--fresh", is_flag=True, help="Trace every configuration again (default: keep rows already in the CSV)."
-)
+@click.option("--fresh", is_flag=True, help="Trace every configuration again (default: keep rows already in the CSV).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors
 def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json: bool) -> None:

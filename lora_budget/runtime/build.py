@@ -157,7 +157,6 @@ def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> No
     """Swap every decoder ``nn.Linear`` for its bitsandbytes layer (lm_head stays 16-bit)."""
     import bitsandbytes as bnb
     import torch
-
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings()

@@ -137,8 +137,9 @@ def trace(
             )
             del batch
     except UnsupportedOperatorException as exc:
+        where = tracker.module_stack[-1] if tracker.module_stack else "the step"
         raise LoraBudgetError(
-            f"the trace hit an op with no fake-tensor kernel ({exc.func}) in {tracker.module_stack[-1:] or 'the step'}; "
+            f"the trace hit an op with no fake-tensor kernel ({exc.func}) in {where}; "
             "`lora-budget plan` still answers for this spec"
         ) from None
     except torch._subclasses.fake_tensor.DataDependentOutputException as exc:

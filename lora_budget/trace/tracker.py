@@ -19,8 +19,8 @@ release times can be compared after the run, when the peak is attributed (``attr
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lora_budget.core.static import alloc as round_block
-
 
 _SCALAR = torch.ops.aten._local_scalar_dense.default
 _NOT_OPS = frozenset({torch.ops.prim.device.default})

@@ -149,7 +149,11 @@ def run(
             if progress:
                 progress(i + 1, len(todo), config, row)
     wanted = {c.key for c in configs}
-    return [r for r in read_rows(csv_path) if tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) in wanted]
+    return [
+        r
+        for r in read_rows(csv_path)
+        if tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) in wanted
+    ]
 
 
 def iter_errors(rows: list[dict[str, str]], category: str | None = None) -> Iterator[float]:

@@ -77,10 +77,11 @@ def meets_targets(rows: list[dict[str, str]]) -> tuple[bool, list[str]]:
         f"total peak: median |error| {total.median_abs:.2%} (target <= {TOTAL_MEDIAN:.0%}), "
         f"worst {total.worst:+.2%} (target within {TOTAL_WORST:.0%})"
     ]
-    ok = total.median_abs <= TOTAL_MEDIAN and total.worst_abs <= TOTAL_WORST
+    eps = 1e-9  # errors are ratios of integers; do not fail a target on float rounding
+    ok = total.median_abs <= TOTAL_MEDIAN + eps and total.worst_abs <= TOTAL_WORST + eps
     for s in state_stats(rows):
         if s.n:
-            good = s.worst_abs <= STATE_WORST
+            good = s.worst_abs <= STATE_WORST + eps
             ok = ok and good
             lines.append(f"{s.label}: worst {s.worst:+.3%} (target within {STATE_WORST:.1%})")
     return ok, lines
