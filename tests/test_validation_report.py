@@ -65,3 +65,46 @@ def test_grid_size_meets_the_issue():
     assert len(archs) >= 6 and len(points) >= 3
     assert len(configs) == len(archs) * len(points) * 3 * 2
     assert set(CATEGORIES) >= set(STATE)
+
+
+def test_validate_cli_resumes_from_the_csv(tmp_path):
+    """Rows already in the CSV are not traced again; the report and exit code follow the targets."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from lora_budget.cli import main
+
+    configs = grid(quick=True)
+    path = tmp_path / "accuracy.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        for c in configs:
+            r = row(c.model, c.method, 1000, 1010)  # +1 % everywhere: targets met
+            r.update(grad_ckpt=str(c.grad_ckpt), batch_size=str(c.batch_size), seq_len=str(c.seq_len))
+            writer.writerow(r)
+    result = CliRunner().invoke(main, ["validate", "--quick", "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "accuracy.md").read_text()
+    assert "Targets met" in text and "Published measurements" in text
+    assert (tmp_path / "published.csv").exists()
+    # one row 6 % off: the worst-case target fails and the command says so with exit 1
+    rows = list(csv.DictReader(path.open()))
+    rows[0]["plan_peak_bytes"] = "1060"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = CliRunner().invoke(main, ["validate", "--quick", "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "NOT met" in (tmp_path / "accuracy.md").read_text()
+
+
+def test_validate_rejects_an_unknown_model():
+    from click.testing import CliRunner
+
+    from lora_budget.cli import main
+
+    result = CliRunner().invoke(main, ["validate", "--models", "GPT-3"])
+    assert result.exit_code == 2 and "not in the grid" in result.output

@@ -55,6 +55,9 @@ def _versions() -> dict[str, str]:
 def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json: bool) -> None:
     """Trace and plan every configuration of the validation grid; write the error table.
 
+    OUT/accuracy.md also carries the comparison with 54 published measurements
+    (OUT/published.csv), which needs no trace.
+
     Rows are appended to OUT/accuracy.csv as each trace finishes, so an interrupted run keeps its
     work and the next run resumes. Exits 1 when the accuracy targets are not met.
 
@@ -93,8 +96,13 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; finished rows are kept in {csv_path}", err=True)
         sys.exit(130)
+    from lora_budget.validation.published import compare_published, published_csv, published_markdown
+
     ok, lines = meets_targets(rows)
-    _write_atomic(folder / "accuracy.md", accuracy_markdown(rows, _versions(), list(KNOWN_GAPS)))
+    published = compare_published()
+    text = accuracy_markdown(rows, _versions(), list(KNOWN_GAPS)) + "\n" + published_markdown(published)
+    _write_atomic(folder / "accuracy.md", text)
+    _write_atomic(folder / "published.csv", published_csv(published))
     if as_json:
         summary = {
             "configs": len(rows),
@@ -111,6 +119,6 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json
             click.echo(f"{s.label:<6} {s.n:>4} configs  median |error| {s.median_abs:6.2%}  worst {s.worst:+7.2%}")
         for line in lines:
             click.echo(line)
-        click.echo(f"wrote {folder / 'accuracy.md'} and {csv_path}")
+        click.echo(f"wrote {folder / 'accuracy.md'}, {csv_path} and {folder / 'published.csv'}")
     if not ok:
         sys.exit(1)
