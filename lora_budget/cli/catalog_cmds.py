@@ -36,9 +36,10 @@ def models_cmd(as_json: bool) -> None:
         ]
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{'name':<20}{'parameters':>18}  {'family':<9}{'aliases':<26}hf id")
+    width = max(len(", ".join(e["aliases"])) for e, _ in rows) + 2
+    click.echo(f"{'name':<20}{'parameters':>18}  {'family':<9}{'aliases':<{width}}hf id")
     for e, n in rows:
-        click.echo(f"{e['name']:<20}{n:>18,}  {e['family']:<9}{', '.join(e['aliases']):<26}{e['hf_id']}")
+        click.echo(f"{e['name']:<20}{n:>18,}  {e['family']:<9}{', '.join(e['aliases']):<{width}}{e['hf_id']}")
     click.echo(f"\n{len(rows)} models; configs copied from each model's config.json (source in --json).")
 
 
