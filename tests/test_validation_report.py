@@ -108,3 +108,25 @@ def test_validate_rejects_an_unknown_model():
 
     result = CliRunner().invoke(main, ["validate", "--models", "GPT-3"])
     assert result.exit_code == 2 and "not in the grid" in result.output
+
+
+def test_replan_rescores_stored_traces_without_tracing(tmp_path):
+    import csv
+
+    from lora_budget.core.peak import estimate
+    from lora_budget.validation.grid import Config, replan, spec_for
+
+    config = Config("GPT-2", "lora", False, 2, 256)
+    path = tmp_path / "accuracy.csv"
+    stale = row("GPT-2", "lora", 10**9, 1)  # a plan column from some older planner
+    stale.update(batch_size="2", seq_len="256")
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerow(stale)
+    (fresh,) = replan(path)
+    planned = estimate(spec_for(config)).peak_bytes
+    assert int(fresh["plan_peak_bytes"]) == planned
+    assert fresh["trace_peak_bytes"] == str(10**9)  # the trace is kept
+    assert float(fresh["error"]) == pytest.approx(planned / 10**9 - 1, abs=1e-6)
+    assert list(csv.DictReader(path.open()))[0]["plan_peak_bytes"] == str(planned)

@@ -50,9 +50,10 @@ def _versions() -> dict[str, str]:
     help="Folder for accuracy.md and accuracy.csv.",
 )
 @click.option("--fresh", is_flag=True, help="Trace every configuration again (default: keep rows already in the CSV).")
+@click.option("--replan", is_flag=True, help="Keep the stored traces, plan every row again (after a planner change).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors
-def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json: bool) -> None:
+def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, replan: bool, as_json: bool) -> None:
     """Trace and plan every configuration of the validation grid; write the error table.
 
     OUT/accuracy.md also carries the comparison with 54 published measurements
@@ -66,8 +67,10 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json
       lora-budget validate                       # the whole grid, about 20 minutes on 2 cores
       lora-budget validate --quick --out /tmp/v  # what CI runs
       lora-budget validate --models GPT-2,Gemma-2-2B
+      lora-budget validate --replan              # re-score stored traces after a planner change
     """
     from lora_budget.validation.grid import ARCHITECTURES, grid, run
+    from lora_budget.validation.grid import replan as replan_rows
     from lora_budget.validation.report import KNOWN_GAPS, accuracy_markdown, meets_targets, total_stats
 
     chosen = None
@@ -91,6 +94,10 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, as_json
         else:
             click.echo(f" {row['error']:+.2%} ({row['trace_s']} s)", err=True)
 
+    if replan and fresh:
+        raise click.UsageError("--replan keeps the stored traces; --fresh discards them: choose one")
+    if replan and csv_path.exists():
+        replan_rows(csv_path)
     try:
         rows = run(configs, csv_path, resume=not fresh, progress=progress)
     except KeyboardInterrupt:

@@ -97,7 +97,11 @@ class PeakModel:
         fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes + fwd_temp
         bwd_transient = T * a.backward_transient.at(seq_len) + a.dequant_bytes
         head_grads = st.gradients if accum else st.head_gradients
-        layer_grads = st.gradients if accum else st.gradients - st.embedding_gradients
+        # layer 0's backward starts with every gradient but its own and the embeddings'; as it
+        # proceeds its activations give way to its gradients, and the embedding phase below
+        # (every gradient) covers its end
+        before_first = st.gradients - st.embedding_gradients - st.layer_gradients
+        layer_grads = st.gradients if accum else before_first
         # the embedding backward: every gradient, the incoming gradient of the embedding output
         # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
         embed_temp = T * s.hidden * c + st.embedding_grad_temp if spec.method == "full" else 0

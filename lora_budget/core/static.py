@@ -52,6 +52,8 @@ class StaticMemory:
     """Gradients produced before the first decoder layer's backward (lm_head, final norm)."""
     embedding_gradients: int
     """Gradients the embedding backward produces last (untied token and position embeddings)."""
+    layer_gradients: int
+    """Gradients of one decoder layer's trainable tensors."""
     embedding_grad_temp: int
     """A tied embedding's second gradient and the sum AccumulateGrad makes of the two."""
     dequant_bytes: int
@@ -118,8 +120,11 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         for numel, count, shape in adapter_tensors(s, chosen, spec.rank):
             adapter += alloc(numel * a) * count
             trainable.append((numel, count, shape))
+    layer_grads = 0
     for numel, count, _ in trainable:
         grads += alloc(numel * grad_bytes) * count
+        if count % s.layers == 0:  # one (or more) per decoder layer
+            layer_grads += alloc(numel * grad_bytes) * (count // s.layers)
     state_bytes = 4 if spec.master_weights else grad_bytes
     optimizer, pageable, step_temp = _optimizer(spec.optimizer, trainable, state_bytes)
     return StaticMemory(
@@ -134,6 +139,7 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         trainable_params=sum(n * c for n, c, _ in trainable),
         head_gradients=head_grads,
         embedding_gradients=embed_grads,
+        layer_gradients=layer_grads,
         embedding_grad_temp=embed_temp,
         dequant_bytes=dequant,
     )

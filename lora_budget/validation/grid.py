@@ -81,6 +81,39 @@ def spec_for(config: Config) -> TrainSpec:
     )
 
 
+def plan_columns(config: Config) -> dict[str, Any]:
+    """The planner's columns of a row (cheap: no trace)."""
+    from lora_budget.core.peak import peak_model
+
+    spec = spec_for(config)
+    model = peak_model(spec)
+    planned = model.breakdown(spec.batch_size, spec.seq_len)
+    out: dict[str, Any] = {"plan_peak_bytes": planned.peak_bytes, "plan_phase": planned.phase}
+    for c in CATEGORIES:
+        out[f"plan_{c}_bytes"] = getattr(planned, c)
+    for c in STATE:
+        out[f"plan_state_{c}_bytes"] = getattr(model.static, c)
+    return out
+
+
+def replan(csv_path: Path) -> list[dict[str, str]]:
+    """Plan every stored row again with the current planner (traces are kept); rewrite the CSV."""
+    import tempfile
+
+    rows = read_rows(csv_path)
+    for r in rows:
+        config = Config(r["model"], r["method"], r["grad_ckpt"] == "True", int(r["batch_size"]), int(r["seq_len"]))
+        r.update({k: str(v) for k, v in plan_columns(config).items()})
+        r["error"] = str(round(int(r["plan_peak_bytes"]) / int(r["trace_peak_bytes"]) - 1, 6))
+    fd, tmp = tempfile.mkstemp(prefix=".accuracy-", suffix=".csv", dir=csv_path.parent)
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    return rows
+
+
 def compare(config: Config) -> dict[str, Any]:
     """Trace and plan one configuration; the CSV row."""
     from lora_budget.core.peak import peak_model
