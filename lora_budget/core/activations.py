@@ -226,6 +226,10 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
             # sdpa keeps its output; flash's output is already (b, s, heads, d) in memory, so
             # transpose(1, 2).contiguous() is a no-op and o_proj reads the same storage
             w.save(out, w.new("lse", 4 * a, False))
+        if s.model_type == "phi3":
+            # Phi-3's rotary ends in torch.cat, so q is laid out heads-major; the flash output
+            # follows q's layout and transpose(1, 2).contiguous() copies it (found by the trace)
+            out = w.new("attn_out_copy", c * qw, rg)
         # flash backward: dq, dk, dv, an fp32 dq accumulator
         bwd_t = Coeff(c * (qw + 2 * kw) + c * qw + 4 * qw, 0)
     o = _linear(w, st, names["o"], out, qw, s.hidden)
