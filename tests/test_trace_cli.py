@@ -78,3 +78,25 @@ def test_plan_agrees_with_trace_on_gpt2(method, ckpt):
     assert planned.peak_bytes == pytest.approx(traced.peak_bytes, rel=0.02)
     for category in ("weights", "quant_state", "adapter", "gradients", "optimizer"):
         assert getattr(model.static, category) == pytest.approx(traced.state_bytes[category], rel=0.005, abs=4096)
+
+
+def test_a_failing_op_names_the_module_and_points_to_plan(monkeypatch):
+    """An op that fails inside the model becomes one line naming where, not a traceback."""
+    import torch
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no kernel for this op on this device")
+
+    monkeypatch.setattr(torch.nn.functional, "silu", broken)
+    r = CliRunner().invoke(main, ["trace", "-m", TINY, "--method", "lora", "-s", "16", "-b", "2"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "mlp.act_fn" in r.output and "no kernel for this op" in r.output and "plan" in r.output
+
+
+def test_a_config_transformers_cannot_build(tmp_path):
+    cfg = json.loads(Path(TINY).read_text())
+    cfg["num_attention_heads"] = 5  # hidden 64 is not divisible by 5 heads
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["trace", "-m", str(path), "--method", "full", "-s", "16"])
+    assert r.exit_code == 2 and "Traceback" not in r.output

@@ -32,7 +32,10 @@ class _Bar:
         click.echo(text, err=True, nl=False)
 
     def close(self, message: str) -> None:
-        click.echo(("\r" if self.tty else "") + f"{message:<80}", err=True)
+        if message:
+            click.echo(("\r" if self.tty else "") + f"{message:<80}", err=True)
+        elif self.tty:
+            click.echo("\r" + " " * 80 + "\r", err=True, nl=False)
 
 
 @click.command("trace")

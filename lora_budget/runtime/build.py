@@ -79,8 +79,9 @@ def hf_config(spec: TrainSpec) -> Any:
     raw.pop("quantization_config", None)
     try:
         config = transformers.AutoConfig.for_model(model_type, **raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LoraBudgetError(f"transformers cannot build a {model_type!r} config: {exc}") from None
+    except Exception as exc:  # transformers' config validators raise their own error classes
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise LoraBudgetError(f"transformers cannot build a {model_type!r} config: {first}") from None
     config._attn_implementation = {"flash": "flash_attention_2"}.get(spec.attn, spec.attn)
     config.use_cache = False
     return config
@@ -105,8 +106,14 @@ def build(
     config = hf_config(spec)
     dtype = torch_dtype(spec.dtype)
     torch.manual_seed(seed)
-    with torch.device("meta" if fake_mode is not None else device):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        with torch.device("meta" if fake_mode is not None else device):
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        raise LoraBudgetError(
+            f"transformers cannot build {spec.model.name} ({config.model_type}): {exc}; "
+            "`lora-budget plan` still answers for it"
+        ) from None
     if weights is not None:
         if fake_mode is not None:
             raise LoraBudgetError("local weights apply to real runs only, not to the fake-tensor trace")

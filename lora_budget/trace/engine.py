@@ -137,15 +137,22 @@ def trace(
             )
             del batch
     except UnsupportedOperatorException as exc:
-        where = tracker.module_stack[-1] if tracker.module_stack else "the step"
+        where = tracker.last_module or "the step"
         raise LoraBudgetError(
             f"the trace hit an op with no fake-tensor kernel ({exc.func}) in {where}; "
             "`lora-budget plan` still answers for this spec"
         ) from None
     except torch._subclasses.fake_tensor.DataDependentOutputException as exc:
-        where = tracker.module_stack[-1] if tracker.module_stack else "the step"
+        where = tracker.last_module or "the step"
         raise LoraBudgetError(
             f"the trace hit a data-dependent op ({exc.func}) in {where}; fake tensors cannot follow it, "
+            "`lora-budget plan` still answers for this spec"
+        ) from None
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        where = tracker.last_module or "the step"  # the stack has unwound by now
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoraBudgetError(
+            f"the trace failed in {where} (last op {tracker._op}): {first_line}; "
             "`lora-budget plan` still answers for this spec"
         ) from None
     wall_s = time.perf_counter() - started
@@ -313,7 +320,9 @@ class _Hooks:
                 h.remove()
 
     def _pre(self, module: Any, _args: Any) -> None:
-        self.tracker.module_stack.append(self.names.get(id(module), type(module).__name__))
+        name = self.names.get(id(module), type(module).__name__)
+        self.tracker.module_stack.append(name)
+        self.tracker.last_module = name
         self._report()
 
     def _post(self, _module: Any, _args: Any, _out: Any) -> None:

@@ -86,6 +86,8 @@ class Tracker(TorchDispatchMode):
         self.event = 0
         self.ops = 0
         self.module_stack: list[str] = []
+        self.last_module = ""
+        """The module entered most recently (where an exception came from)."""
         self._refs: dict[int, tuple[Any, Block]] = {}
         self._op: Any = ""
         self.stub_scalars = False
