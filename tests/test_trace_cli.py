@@ -100,3 +100,16 @@ def test_a_config_transformers_cannot_build(tmp_path):
     path.write_text(json.dumps(cfg))
     r = CliRunner().invoke(main, ["trace", "-m", str(path), "--method", "full", "-s", "16"])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_plan_agrees_with_trace_on_llama2_7b(method):
+    """The large-model check (`pytest -m slow`): Llama-2-7B with checkpointing, the grid's hardest case."""
+    spec = TrainSpec(model=resolve_model("7b"), method=method, grad_ckpt=True, batch_size=1, seq_len=1024)
+    traced = trace(spec)
+    assert estimate_peak(spec) == pytest.approx(traced.peak_bytes, rel=0.02)
+
+
+def estimate_peak(spec):
+    return peak_model(spec).peak_bytes(spec.batch_size, spec.seq_len)
