@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from lora_budget import __version__
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.errors import LoraBudgetError
+from lora_budget.fsio import write_atomic
 from lora_budget.spec import TrainSpec
 
 SCHEMA = 1
@@ -187,13 +187,7 @@ def write_baseline(path: str | Path, baseline: Baseline) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise LoraBudgetError(f"cannot write baseline {path}: folder {path.parent} does not exist")
-    text = json.dumps(baseline.to_dict(), indent=2) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(baseline.to_dict(), indent=2) + "\n")
 
 
 def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: str | Path) -> list[Comparison]:

@@ -117,21 +117,19 @@ def _run(spec: Any, steps: int, keep_timeline: bool) -> Any:
 
 def _write_timeline(path: str, rows: list[tuple[Any, Any]]) -> None:
     import csv
-    import os
-    import tempfile
+    import io
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".timeline-", suffix=".csv", dir=directory)
+    from lora_budget.fsio import write_atomic
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["event", "method", "live_bytes", "phase", "step"])
+    for result, _ in rows:
+        for event, live, phase, step in result.timeline:
+            writer.writerow([event, result.spec.method, live, phase, step])
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["event", "method", "live_bytes", "phase", "step"])
-            for result, _ in rows:
-                for event, live, phase, step in result.timeline:
-                    writer.writerow([event, result.spec.method, live, phase, step])
-        os.replace(tmp, path)
+        write_atomic(path, buf.getvalue())
     except OSError as exc:
-        os.unlink(tmp)
         raise LoraBudgetError(f"cannot write timeline {path}: {exc.strerror}") from None
 
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lora_budget.catalog import calibration
 from lora_budget.errors import LoraBudgetError
+from lora_budget.fsio import write_atomic
 from lora_budget.profile.store import Profile
 
 
@@ -165,15 +164,5 @@ def write(entries: list[Entry], path: Path = calibration.PATH) -> tuple[int, int
     replaced = len(data["entries"]) - len(kept)
     data["entries"] = kept + list(new.values())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the calibration ships with the package
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
     return replaced, len(new) - replaced

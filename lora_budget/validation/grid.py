@@ -8,6 +8,7 @@ CSV as soon as it is traced, so an interrupted run keeps what it finished and ``
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES
+from lora_budget.fsio import write_atomic
 from lora_budget.spec import TrainSpec
 
 ARCHITECTURES: dict[str, str] = {
@@ -98,19 +100,16 @@ def plan_columns(config: Config) -> dict[str, Any]:
 
 def replan(csv_path: Path) -> list[dict[str, str]]:
     """Plan every stored row again with the current planner (traces are kept); rewrite the CSV."""
-    import tempfile
-
     rows = read_rows(csv_path)
     for r in rows:
         config = Config(r["model"], r["method"], r["grad_ckpt"] == "True", int(r["batch_size"]), int(r["seq_len"]))
         r.update({k: str(v) for k, v in plan_columns(config).items()})
         r["error"] = str(round(int(r["plan_peak_bytes"]) / int(r["trace_peak_bytes"]) - 1, 6))
-    fd, tmp = tempfile.mkstemp(prefix=".accuracy-", suffix=".csv", dir=csv_path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(csv_path, buf.getvalue())
     return rows
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import statistics
 import sys
 from collections import Counter
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.fsio import write_atomic
 from lora_budget.spec import TrainSpec
 from lora_budget.validation.published_map import map_row, metric_kind, null, published_bytes
 
@@ -280,12 +280,7 @@ def published_markdown(rows: list[PublishedRow]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text)
 
 
 def write(rows: list[PublishedRow], folder: Path, overwrite: bool = False) -> list[Path]:
