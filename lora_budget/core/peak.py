@@ -84,17 +84,17 @@ class PeakModel:
             all_acts = once + L * ckpt
             acts_last = all_acts + layer  # layer L-1 recomputed
             acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
-            fwd_temp = layer  # the layer being computed holds its tensors until it returns
+            # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
+            # is saved: the layer being computed holds only its working set (the trace shows it)
         else:
             first = T * a.first_layer.at(seq_len)
             all_acts = once + first + (L - 1) * layer
             acts_last = all_acts
             acts_first = once + first
-            fwd_temp = 0
         softcap = c * V if s.final_softcap else 0
         loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
         loss_bwd = T * (12 * V + softcap)
-        fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes + fwd_temp
+        fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes
         bwd_transient = T * a.backward_transient.at(seq_len) + a.dequant_bytes
         head_grads = st.gradients if accum else st.head_gradients
         # layer 0's backward starts with every gradient but its own and the embeddings'; as it
