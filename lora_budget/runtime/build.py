@@ -303,6 +303,8 @@ def _materialize(model: Any, spec: TrainSpec, device: str) -> None:
 
     dense_dtype = torch_dtype(spec.dtype)
     done: dict[int, Any] = {}
+    quantized: dict[tuple[int, int], Any] = {}
+    """The first 4-bit weight of each shape, quantized by bitsandbytes; later ones copy its layout."""
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
@@ -313,7 +315,12 @@ def _materialize(model: Any, spec: TrainSpec, device: str) -> None:
             kind = type(p).__name__
             if kind in ("Params4bit", "Int8Params"):
                 shape = (module.out_features, module.in_features)
-                _quantize_into(module, spec, torch.empty(shape, dtype=dense_dtype, device=device), device, fake=True)
+                if spec.method == "qlora" and shape in quantized:
+                    _like_quantized(module, quantized[shape])
+                else:
+                    dense = torch.empty(shape, dtype=dense_dtype, device=device)
+                    _quantize_into(module, spec, dense, device, fake=True)
+                    quantized[shape] = module.weight
                 new = module.weight
             else:
                 new = torch.nn.Parameter(
@@ -327,6 +334,36 @@ def _materialize(model: Any, spec: TrainSpec, device: str) -> None:
             if id(b) not in done:
                 done[id(b)] = torch.empty(b.shape, dtype=b.dtype, device=device)
             module._buffers[name] = done[id(b)]
+
+
+def _like_quantized(module: Any, template: Any) -> None:
+    """Give ``module`` a 4-bit weight laid out like ``template``: new fake tensors of the same
+    shapes and dtypes for the packed data and every quantization-state tensor (absmax, code,
+    offset, nested absmax and code), exactly what ``quantize_4bit`` returns for that shape.
+    On fake tensors only the layout exists, so quantizing each weight again would add nothing
+    but time (about 10 ms per weight)."""
+    import copy
+
+    import torch
+
+    def fresh(state: Any) -> Any:
+        state = copy.copy(state)
+        for key in ("absmax", "code", "offset"):
+            value = getattr(state, key, None)
+            if isinstance(value, torch.Tensor):
+                setattr(state, key, torch.empty_like(value))
+        if getattr(state, "state2", None) is not None:
+            state.state2 = fresh(state.state2)
+        return state
+
+    state = fresh(template.quant_state)
+    weight = torch.nn.Parameter(torch.empty_like(template), requires_grad=False)
+    for key in ("blocksize", "compress_statistics", "quant_type", "quant_storage", "bnb_quantized"):
+        setattr(weight, key, getattr(template, key))
+    weight.quant_state = state
+    weight.module = module
+    module.weight = weight
+    module.quant_state = state
 
 
 def static_tensors(model: Any) -> list[tuple[Any, str]]:
