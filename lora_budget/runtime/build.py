@@ -87,9 +87,18 @@ def hf_config(spec: TrainSpec) -> Any:
 
 
 def build(
-    spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: int = 0, weights: str | None = None
+    spec: TrainSpec,
+    *,
+    device: str = "cpu",
+    fake_mode: Any = None,
+    seed: int = 0,
+    weights: str | None = None,
+    mesh: Any = None,
 ) -> Built:
     """The reference model of ``spec`` on ``device``; with ``fake_mode``, every tensor is fake.
+
+    ``mesh``: for ``spec.gpus > 1`` (fake tensors only), the device mesh of a fake world
+    (``runtime.fsdp.fake_world``); the model is sharded with FSDP2 after materialisation.
 
     ``weights``: a local folder of ``*.safetensors`` files to load instead of random weights
     (real tensors only; loaded before quantization, so QLoRA quantizes the real weights).
@@ -121,6 +130,14 @@ def build(
             _prime_bnb_tables(device)
         with fake_mode:
             _materialize(model, spec, device)
+            if spec.gpus > 1:
+                from lora_budget.runtime.fsdp import shard
+
+                if mesh is None:
+                    raise LoraBudgetError("a sharded build needs the mesh of a (fake) process group")
+                shard(model, spec, mesh)
+    elif spec.gpus > 1:
+        raise LoraBudgetError("multi-GPU specs are traced on fake tensors only (one rank of a fake world)")
     model.train()
     head = model.get_output_embeddings()
     trainable = [p for p in model.parameters() if p.requires_grad]
