@@ -70,8 +70,6 @@ from lora_budget.core.peak import PeakModel
 from lora_budget.core.static import StaticMemory, alloc
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
-DDP_BUCKET_CAP_MB = 25
-"""torch DDP ``bucket_cap_mb`` default: buckets split the gradients, their total is all of them."""
 ZERO_REDUCE_BUCKET = 500_000_000
 """DeepSpeed ``zero_optimization.reduce_bucket_size`` default, in elements."""
 ZERO3_PREFETCH_BUCKET = 50_000_000
@@ -111,7 +109,7 @@ def _tensors(spec: TrainSpec) -> list[_Tensor]:
             out.append(_Tensor(t.shape, count, w, full, w, in_layer))
     if not full:
         a = DTYPE_BYTES[spec.adapter_dtype]
-        for numel, count, shape in adapter_tensors(s, resolve_targets(s, spec.targets, spec.rank), spec.rank):
+        for _numel, count, shape in adapter_tensors(s, resolve_targets(s, spec.targets, spec.rank), spec.rank):
             out.append(_Tensor(shape, count // s.layers, a, True, a, True, adapter=True))
     return out
 
@@ -203,10 +201,12 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
         weights = shards(lambda t: not t.adapter, lambda t: t.nbytes)
         adapter = shards(lambda t: t.adapter, lambda t: t.nbytes)
         grads = shards(lambda t: t.trainable, lambda t: t.grad_bytes)
+        layer_shards = shards(lambda t: t.trainable and t.layer, lambda t: t.grad_bytes)
     else:
         weights = part(st.weights) if shard_params else st.weights
         adapter = part(st.adapter) if shard_params else st.adapter
         grads = part(st.gradients) if shard_grads else st.gradients
+        layer_shards = grads
     optimizer = part(st.optimizer) if shard_state else st.optimizer
     pageable = part(st.optimizer_pageable) if shard_state else st.optimizer_pageable
     master = part(st.master_weights) if shard_state else st.master_weights
@@ -215,7 +215,7 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
     if offload != "none":
         optimizer = pageable = master = step_temp = 0
         if shard_grads:
-            resident_grads = 0  # reduced partitions go to CPU memory
+            resident_grads = layer_shards = 0  # reduced partitions go to CPU memory
     if offload == "params":
         weights = adapter = 0
     static = dataclasses.replace(
@@ -228,7 +228,7 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
         optimizer_step_temp=step_temp,
         gradients=resident_grads,
     )
-    scale, extra, comm = _comm(spec, st, layer, root, resident_grads)
+    scale, extra, comm = _comm(spec, st, layer, root, resident_grads, layer_shards)
     return ShardedPeakModel(
         spec=spec,
         static=static,
@@ -242,7 +242,7 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
 
 
 def _comm(
-    spec: TrainSpec, st: StaticMemory, layer: _Groups, root: _Groups, grads: int
+    spec: TrainSpec, st: StaticMemory, layer: _Groups, root: _Groups, grads: int, layer_shards: int
 ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...], tuple[int, ...]]:
     """(gradient scale, extra gradient bytes, communication bytes) for each of the seven phases."""
     strategy = spec.strategy
@@ -270,14 +270,16 @@ def _comm(
     accum = spec.grad_accum > 1
     head = st.head_gradients
     R, G, F = root.gathered, layer.gathered, layer.flat
-    fwd_grads = grads if accum else 0
+    # before the root's post-backward only the layers' gradients are sharded
+    before = grads if accum else 0
+    layers_done = grads if accum else layer_shards
     grads_phases = (
-        fwd_grads,
-        fwd_grads,
-        fwd_grads,
-        fwd_grads + (0 if accum else head),
-        grads + (0 if accum else head),
-        grads + root.grads_full,
+        before,
+        before,
+        before,
+        before + head,
+        layers_done + head,
+        layers_done + root.grads_full,
         grads,
     )
     comm = (

@@ -353,6 +353,11 @@ def static_tensors(model: Any) -> list[tuple[Any, str]]:
         scb = getattr(p, "SCB", None)
         if scb is not None:
             out.append((scb, "quant_state"))
+    for module in model.modules():
+        # a sharded (FSDP2) weight no longer carries its quantization state; the module still does
+        state = getattr(module, "quant_state", None)
+        if state is not None and hasattr(state, "absmax"):
+            out.extend((t, "quant_state") for t in _quant_state_tensors(state))
     out.extend((b, "weights") for b in model.buffers())
     return out
 

@@ -52,13 +52,16 @@ def decoder_layers(model: Any) -> list[Any]:
 def shard(model: Any, spec: TrainSpec, mesh: Any) -> None:
     """``fully_shard`` every decoder layer, then the root (FSDP2 defaults: reshard after forward,
     no mixed-precision policy, so parameters are gathered and gradients reduced in their own dtype)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     if spec.strategy != "fsdp":
         raise LoraBudgetError(f"the trace runs FSDP2 only; --strategy {spec.strategy} is plan-only")
+    if spec.offload != "none":
+        raise LoraBudgetError(
+            "the trace cannot run --offload: its fake device is the CPU, so CPU and GPU memory would be one; "
+            "`lora-budget plan` answers for it"
+        )
     kwargs: dict[str, Any] = {"mesh": mesh}
-    if spec.offload == "params":
-        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=False)
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
@@ -105,3 +108,28 @@ def gathered_tensors(model: Any) -> list[Any]:
             for fsdp_param in group.fsdp_params if group is not None else ():
                 out.extend(getattr(fsdp_param, "all_gather_outputs", ()) or ())
     return out
+
+
+@contextlib.contextmanager
+def quant_state_restored(spec: TrainSpec) -> Iterator[None]:
+    """Let bitsandbytes' 4-bit layers find their quantization state on FSDP2's gathered weight.
+
+    FSDP2 swaps a plain full-size parameter in for each gathered weight, which has lost the
+    ``quant_state`` attribute. bitsandbytes handles exactly this case (``Linear4bit.forward`` calls
+    ``fix_4bit_weight_quant_state_from_module``): it re-wraps the weight as ``Params4bit`` and puts
+    the module's ``quant_state`` back on it. ``Params4bit`` cannot wrap a fake tensor, so here only
+    the attribute is put back; the bytes are the same (the wrap is a view, no copy).
+    """
+    if spec.method != "qlora":
+        yield
+        return
+    from unittest import mock
+
+    from bitsandbytes.nn import modules
+
+    def restore(module: Any) -> None:
+        if getattr(module.weight, "quant_state", None) is None:
+            module.weight.quant_state = module.quant_state
+
+    with mock.patch.object(modules, "fix_4bit_weight_quant_state_from_module", restore):
+        yield

@@ -148,13 +148,21 @@ def _run(
     import torch
     from torch._subclasses.fake_tensor import UnsupportedOperatorException
 
-    sharded = contextlib.nullcontext()
+    sharded = contextlib.ExitStack()
     if hooks.sharded:
-        from lora_budget.runtime.fsdp import resizes_reported
+        from lora_budget.runtime.fsdp import quant_state_restored, resizes_reported
 
-        sharded = resizes_reported(tracker.storage_resized)
+        sharded.enter_context(resizes_reported(tracker.storage_resized))
+        sharded.enter_context(quant_state_restored(spec))
     try:
-        with hooks.installed(), _unpacked_batch(), cuda_kernels(), sharded, fake_mode or contextlib.nullcontext(), tracker:
+        with (
+            hooks.installed(),
+            _unpacked_batch(),
+            cuda_kernels(),
+            sharded,
+            fake_mode or contextlib.nullcontext(),
+            tracker,
+        ):
             batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
             tracker.register(batch, "activations")
             run_steps(
@@ -183,7 +191,9 @@ def _run(
         ) from None
 
 
-def _result(spec: TrainSpec, tracker: Any, hooks: _Hooks, wall_s: float, fake: bool, keep_timeline: bool) -> TraceResult:
+def _result(
+    spec: TrainSpec, tracker: Any, hooks: _Hooks, wall_s: float, fake: bool, keep_timeline: bool
+) -> TraceResult:
     from lora_budget.trace.attribute import attribute
 
     breakdown, paged_bytes = attribute(tracker, spec.grad_accum)
