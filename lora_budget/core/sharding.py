@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from lora_budget.core.lora import adapter_tensors, resolve_targets
 from lora_budget.core.params import inventory
 from lora_budget.core.peak import PeakModel
-from lora_budget.core.static import StaticMemory, alloc
+from lora_budget.core.static import StaticMemory, _optimizer, alloc
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 ZERO_REDUCE_BUCKET = 500_000_000
@@ -202,15 +202,24 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
         adapter = shards(lambda t: t.adapter, lambda t: t.nbytes)
         grads = shards(lambda t: t.trainable, lambda t: t.grad_bytes)
         layer_shards = shards(lambda t: t.trainable and t.layer, lambda t: t.grad_bytes)
+        # the optimizer sees each parameter's local shard (a DTensor): per-tensor state of the shard's shape
+        local = [
+            (_rows(t.shape, n), t.count * (L if t.layer else 1), (-(-t.shape[0] // n), *t.shape[1:]))
+            for t in tensors
+            if t.trainable
+        ]
+        state_bytes = 4 if spec.master_weights else next(t.grad_bytes for t in tensors if t.trainable)
+        optimizer, pageable, step_temp = _optimizer(spec.optimizer, local, state_bytes)
+        master = sum(alloc(numel * 4) * count for numel, count, _ in local) if spec.master_weights else 0
     else:
         weights = part(st.weights) if shard_params else st.weights
         adapter = part(st.adapter) if shard_params else st.adapter
         grads = part(st.gradients) if shard_grads else st.gradients
         layer_shards = grads
-    optimizer = part(st.optimizer) if shard_state else st.optimizer
-    pageable = part(st.optimizer_pageable) if shard_state else st.optimizer_pageable
-    master = part(st.master_weights) if shard_state else st.master_weights
-    step_temp = part(st.optimizer_step_temp) if shard_state else st.optimizer_step_temp
+        optimizer = part(st.optimizer) if shard_state else st.optimizer
+        pageable = part(st.optimizer_pageable) if shard_state else st.optimizer_pageable
+        master = part(st.master_weights) if shard_state else st.master_weights
+        step_temp = part(st.optimizer_step_temp) if shard_state else st.optimizer_step_temp
     resident_grads = grads
     if offload != "none":
         optimizer = pageable = master = step_temp = 0
