@@ -182,6 +182,16 @@ class TrainSpec:
                 f"--offload {self.offload} runs the optimizer step on the CPU; --optimizer {self.optimizer} is a "
                 "bitsandbytes GPU optimizer (use adamw)"
             )
+        if self.method == "qlora" and self.strategy == "zero3":
+            object.__setattr__(
+                self,
+                "warnings",
+                self.warnings
+                + (
+                    "DeepSpeed ZeRO-3 partitions floating-point parameters only: load the 4-bit model with "
+                    "bnb_4bit_quant_storage=torch.bfloat16 (the same bytes; FSDP2 also shards uint8 storage)",
+                ),
+            )
         if self.method == "lora8bit" and self.strategy in SHARDED_PARAMS:
             raise LoraBudgetError(
                 f"--strategy {self.strategy} cannot shard lora8bit weights: bitsandbytes' Linear8bitLt keeps its "

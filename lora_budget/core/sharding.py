@@ -165,12 +165,22 @@ class ShardedPeakModel(PeakModel):
     grad_scale: tuple[tuple[int, int], ...] = ()
     grad_extra: tuple[int, ...] = ()
     comm: tuple[int, ...] = ()
+    middle: tuple[int, int] = (0, 0)
+    """FSDP2 only, L >= 3: (gradient bytes added, communication bytes) of the second-to-last layer's
+    backward, which holds the last layer's reduce-scatter input and the next layer's prefetched
+    all-gather at once; its activations are the last layer's phase less one layer's saved bytes."""
 
     def _phases(self, batch_size: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
         out = []
         for i, (phase, grads, acts, logits, temp) in enumerate(self.single._phases(batch_size, seq_len)):
             num, den = self.grad_scale[i]
             out.append((phase, grads * num // den + self.grad_extra[i], acts, logits, temp + self.comm[i]))
+        if self.middle[1]:
+            _, grads, acts, _, temp = out[3]
+            a = self.acts
+            freed = batch_size * seq_len * (a.checkpoint if self.spec.grad_ckpt else a.layer).at(seq_len)
+            comm = self.middle[1] - self.comm[3]
+            out.append(("backward", grads + self.middle[0], int(acts - freed), 0, temp + comm))
         return out
 
 
@@ -238,6 +248,10 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
         gradients=resident_grads,
     )
     scale, extra, comm = _comm(spec, st, layer, root, resident_grads, layer_shards)
+    middle = (0, 0)
+    if strategy == "fsdp" and L >= 3:
+        one_layer = layer_shards // L if offload == "none" else 0
+        middle = (one_layer, root.gathered + layer.gathered + layer.flat + layer.reduce_input)
     return ShardedPeakModel(
         spec=spec,
         static=static,
@@ -247,6 +261,7 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
         grad_scale=scale,
         grad_extra=extra,
         comm=comm,
+        middle=middle,
     )
 
 
@@ -291,13 +306,16 @@ def _comm(
         layers_done + root.grads_full,
         grads,
     )
+    RS = layer.reduce_input
+    # with checkpointing the first layer's backward also holds the flat buffer of its recompute's all-gather
+    recompute = F if spec.grad_ckpt else 0
     comm = (
         R + G + F,  # the last layer's forward: its parameters and its own flat all-gather buffer
         R + F,  # loss: that buffer is freed only when backward starts
         R + F,  # backward start: the last layer gathered again (flat buffer, before its copy-out)
         R + G + F,  # the last layer's backward: its parameters and the next layer's prefetched all-gather
-        R + G + layer.reduce_input,  # the first layer's backward: the previous layer's reduce-scatter input
-        R + layer.reduce_input,  # the embedding backward, before the root reduces
+        R + G + RS + recompute,  # the first layer's backward: the previous layer's reduce-scatter input
+        R + RS,  # the embedding backward, before the root reduces
         0,
     )
     return ((0, 1),) * 7, grads_phases, comm
