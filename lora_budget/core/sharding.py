@@ -15,8 +15,8 @@ ddp       full         full        full         full        a bucket copy of eve
 zero1     full         full        / N          full        reduce bucket in backward
 zero2     full         / N         / N          full        reduce bucket + g_l in backward
 zero3     / N          / N         / N          / N         gathered layer + prefetch, reduce bucket
-fsdp      / N          / N         / N          / N         R + G + flat all-gather buffers, g_l and
-                                                            reduce-scatter inputs (FSDP2, traced)
+fsdp      / N          / N         / N          / N         R + G + F, and RS in backward (FSDP2,
+                                                            traced; symbols below)
 ========  ===========  ==========  ===========  ==========  ========================================
 
 Only trainable parameters have gradients and optimizer state, so LoRA shards only the adapters'
@@ -32,7 +32,8 @@ Sources and constants:
   torch docs, ``DistributedDataParallel(gradient_as_bucket_view=...)``: "When set to True,
   gradients will be views pointing to different offsets of allreduce communication buckets. This
   can reduce peak memory usage, where the saved memory size will be equal to the total gradients
-  size." We plan the default (False) and count the buckets as gradients.
+  size." (pytorch/pytorch#41954, which added it, measured ~1 GB less peak for a ~1 GB-parameter
+  model.) We plan the default (False) and count the buckets as gradients.
 - ZeRO (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
   Models", stages Pos / Pos+g / Pos+g+p): DeepSpeed's defaults ``reduce_bucket_size`` = 5e8
   elements, ``stage3_prefetch_bucket_size`` = 5e7 elements (deepspeed.ai/docs/config-json).
@@ -41,14 +42,15 @@ Sources and constants:
   gradient partition that ``--master-weights`` plans as master weights.
 - FSDP2 (``torch.distributed.fsdp.fully_shard`` on each decoder layer and the root, torch 2.13,
   checked by ``lora-budget trace`` on a fake process group): each parameter keeps its padded shard;
-  before a layer runs, one flat all-gather buffer of N shards is filled and copied out into one
-  full-size tensor per parameter. In the forward the flat buffer of a layer is freed only after
-  the next layer's copy-out (``wait_for_unshard``: overlap of copy-out and the next all-gather),
-  so the last layer's stays alive into backward. The root (embeddings, final norm, lm_head) is not
-  resharded after the forward. In the backward each layer prefetches the next layer's all-gather,
-  and its gradients are copied into a flat reduce-scatter input of N shards that lives until the
-  next layer's reduce-scatter; the root's gradients stay full-size until the root's post-backward,
-  at the very end.
+  before a layer runs, one flat all-gather buffer F of N shards is filled and copied out into one
+  full-size tensor per parameter (G per layer). In the forward a layer's F is freed only after the
+  next layer's copy-out (``wait_for_unshard``: overlap of copy-out and the next all-gather), so the
+  last layer's lives until backward starts. The root (embeddings, final norm, lm_head; R) is not
+  resharded after the forward. In the backward each layer prefetches the next layer's all-gather
+  (another F) and copies its gradients into a flat reduce-scatter input of N shards (RS) that
+  lives until the next layer's reduce-scatter, so a middle layer's backward holds R + G + F + RS;
+  with checkpointing the recompute's all-gather adds one more F to the first layer's backward.
+  The root's gradients stay full-size until the root's post-backward, at the very end.
 - Offload: ``optimizer`` moves optimizer state, master weights and the gradient partitions to CPU
   memory (DeepSpeed ZeRO-Offload); ``params`` moves the parameter shards too (zero3
   ``offload_param``; FSDP2 ``CPUOffloadPolicy`` keeps sharded parameters, gradients and optimizer
