@@ -108,6 +108,9 @@ class MethodPlan:
                     "grad_accum": spec.grad_accum,
                     "grad_ckpt": spec.grad_ckpt,
                     "attn": spec.attn,
+                    "gpus": spec.gpus,
+                    "strategy": spec.strategy,
+                    "offload": spec.offload,
                 },
             }
         )
@@ -180,6 +183,8 @@ def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) ->
         )
     if not spec.grad_ckpt and spec.optimizer == "adamw":
         candidates.append(("--grad-ckpt --optimizer adamw8bit", {"grad_ckpt": True, "optimizer": "adamw8bit"}))
+    if spec.gpus == 1:
+        candidates += _multi_gpu(spec, capacity, overhead)
     if spec.method in ("full", "lora", "lora8bit"):
         candidates.append(("--method qlora", {"method": "qlora", "master_weights": False}))
         if not spec.grad_ckpt:
@@ -202,6 +207,36 @@ def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) ->
     if 0 < seq < spec.seq_len:
         out.append(Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True))
     return tuple(out)
+
+
+GPU_COUNTS = (2, 4, 8, 16, 32, 64)
+"""World sizes the multi-GPU suggestion tries (nodes of 8 beyond 8)."""
+LIGHTEST_FIRST = ("zero1", "zero2", "fsdp")
+"""Strategies in order of the communication they add; ddp never lowers per-GPU memory."""
+
+
+def _multi_gpu(spec: TrainSpec, capacity: int, overhead: int) -> list[tuple[str, dict[str, Any]]]:
+    """The smallest GPU count whose per-GPU peak fits, with the lightest strategy at that count, adding
+    gradient checkpointing only where no strategy fits without it (at most one suggestion).
+
+    Activations do not shrink with data parallelism (each GPU runs its own micro-batch), so a
+    spec whose activations alone overflow one GPU needs checkpointing at any GPU count.
+    """
+    variants: list[dict[str, Any]] = [{}]
+    if not spec.grad_ckpt:
+        variants.append({"grad_ckpt": True})
+    for n in GPU_COUNTS:
+        for extra in variants:
+            for strategy in LIGHTEST_FIRST:
+                change = {**extra, "gpus": n, "strategy": strategy}
+                try:
+                    new = dataclasses.replace(spec, **change)
+                except LoraBudgetError:
+                    continue  # e.g. lora8bit cannot be sharded by fsdp
+                if peak_model(new, overhead).fit_bytes(new.batch_size, new.seq_len) <= capacity:
+                    label = ("--grad-ckpt " if extra else "") + f"--gpus {n} --strategy {strategy}"
+                    return [(label, change)]
+    return []
 
 
 def plan_spec(

@@ -14,6 +14,8 @@ DType = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"]
 Attention = Literal["eager", "sdpa", "flash"]
 Quant = Literal["nf4", "fp4"]
+Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
+Offload = Literal["none", "optimizer", "params"]
 
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
@@ -27,6 +29,10 @@ OPTIMIZERS: tuple[Optimizer, ...] = (
     "adafactor",
 )
 ATTENTIONS: tuple[Attention, ...] = ("eager", "sdpa", "flash")
+STRATEGIES: tuple[Strategy, ...] = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "params")
+SHARDED_PARAMS: tuple[Strategy, ...] = ("zero3", "fsdp")
+"""Strategies that shard the (frozen and trainable) parameters themselves."""
 TARGET_PRESETS = ("all-linear", "attn", "mlp")
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -87,6 +93,16 @@ class TrainSpec:
     """Gradient (activation) checkpointing of every decoder layer, transformers' non-reentrant default."""
     attn: Attention = "sdpa"
     """Attention implementation: eager keeps the s x s scores, sdpa and flash do not."""
+    gpus: int = 1
+    """Data-parallel world size N; every GPU runs its own micro-batch of ``batch_size``. Bytes are per GPU."""
+    strategy: Strategy = "ddp"
+    """How N > 1 GPUs share the state: ddp replicates everything (torch DDP); zero1 shards optimizer
+    state and master weights, zero2 also gradients (DeepSpeed ZeRO); zero3 and fsdp (FSDP2
+    ``fully_shard``) also the parameters. With one GPU only ddp (plain single-GPU training) applies."""
+    offload: Offload = "none"
+    """optimizer: optimizer state, master weights and gradient partitions live in CPU memory
+    (DeepSpeed ZeRO-Offload, zero1/2/3); params: parameters too (zero3 ``offload_param``, FSDP2
+    ``CPUOffloadPolicy``, which moves sharded parameters, gradients and optimizer state)."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
 
@@ -122,6 +138,7 @@ class TrainSpec:
             raise LoraBudgetError("master weights apply to full fine-tuning with 16-bit weights only")
         if self.method in ("qlora", "lora8bit") and self.dtype == "fp32":
             raise LoraBudgetError(f"{self.method} needs a 16-bit compute dtype (bf16 or fp16), not fp32")
+        self._check_parallel()
         if self.method != "full":
             from lora_budget.core.lora import resolve_targets
 
@@ -141,6 +158,45 @@ class TrainSpec:
                     f"sequence length {self.seq_len} exceeds the model's max_position_embeddings "
                     f"({shape.max_positions}); memory is still estimated",
                 ),
+            )
+
+    def _check_parallel(self) -> None:
+        """World size, strategy and offload: one message naming the option for each bad combination."""
+        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 1:
+            raise LoraBudgetError(f"--gpus must be a positive integer, got {self.gpus!r}")
+        if self.strategy not in STRATEGIES:
+            raise LoraBudgetError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.offload not in OFFLOADS:
+            raise LoraBudgetError(f"unknown --offload {self.offload!r}; choose one of {', '.join(OFFLOADS)}")
+        if self.gpus == 1 and self.strategy != "ddp":
+            raise LoraBudgetError(f"--strategy {self.strategy} shards state across GPUs and needs --gpus 2 or more")
+        if self.offload == "optimizer" and self.strategy not in ("zero1", "zero2", "zero3"):
+            raise LoraBudgetError(
+                f"--offload optimizer needs --strategy zero1, zero2 or zero3 (DeepSpeed ZeRO-Offload), not "
+                f"{self.strategy}" + ("; FSDP2 offloads with --offload params" if self.strategy == "fsdp" else "")
+            )
+        if self.offload == "params" and self.strategy not in SHARDED_PARAMS:
+            raise LoraBudgetError(f"--offload params needs --strategy zero3 or fsdp, not {self.strategy}")
+        if self.offload != "none" and self.optimizer not in ("adamw", "sgd", "sgd_momentum", "adafactor"):
+            raise LoraBudgetError(
+                f"--offload {self.offload} runs the optimizer step on the CPU; --optimizer {self.optimizer} is a "
+                "bitsandbytes GPU optimizer (use adamw)"
+            )
+        if self.method == "qlora" and self.strategy == "zero3":
+            object.__setattr__(
+                self,
+                "warnings",
+                self.warnings
+                + (
+                    "DeepSpeed ZeRO-3 partitions floating-point parameters only: load the 4-bit model with "
+                    "bnb_4bit_quant_storage=torch.bfloat16 (the same bytes; FSDP2 also shards uint8 storage)",
+                ),
+            )
+        if self.method == "lora8bit" and self.strategy in SHARDED_PARAMS:
+            raise LoraBudgetError(
+                f"--strategy {self.strategy} cannot shard lora8bit weights: bitsandbytes' Linear8bitLt keeps its "
+                "int8 scales (SCB) on the weight tensor, which sharding splits and regathers without them; "
+                "use --method qlora or --strategy ddp, zero1 or zero2"
             )
 
     @property

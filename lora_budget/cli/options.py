@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
+from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OFFLOADS, OPTIMIZERS, STRATEGIES
 
 MODEL_HELP = (
     "Catalog name, alias, HF repo id, config.json path or model directory. Aliases: 7b = Llama-2-7B, "
@@ -110,6 +110,28 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="LoRA weight dtype (peft keeps fp32 by default).",
         ),
+        click.option(
+            "--gpus",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Data-parallel GPUs, each running --batch-size sequences; memory figures are per GPU.",
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(STRATEGIES),
+            default="ddp",
+            show_default=True,
+            help="With --gpus > 1: ddp replicates; zero1 shards optimizer state, zero2 also gradients, "
+            "zero3 / fsdp (FSDP2) also parameters.",
+        ),
+        click.option(
+            "--offload",
+            type=click.Choice(OFFLOADS),
+            default="none",
+            show_default=True,
+            help="optimizer: state and master weights in CPU memory (zero1/2/3); params: parameters too (zero3, fsdp).",
+        ),
     ]
     for option in reversed(options):
         with_config = option(with_config)
@@ -167,6 +189,9 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "dtype",
         "master_weights",
         "adapter_dtype",
+        "gpus",
+        "strategy",
+        "offload",
     )
     return {k: kw[k] for k in keys}
 

@@ -52,6 +52,10 @@ def plan_cmd(
 ) -> None:
     """Per-method memory breakdown, fit verdict, largest batch / sequence, what to change, and speed.
 
+    With --gpus N every figure is per GPU (each runs its own --batch-size micro-batch) and
+    --strategy says what is sharded; a plan that does not fit on one GPU suggests the smallest
+    GPU count and strategy that does.
+
     Speed (tokens/s, step time) is estimated for catalog cards in bf16/fp16; --tokens (or
     --dataset-tokens with --epochs) adds wall time, and --price USD/h the cost. --config reads
     an axolotl / LLaMA-Factory YAML, TRL or PEFT JSON, or a config.json; flags override it.
@@ -64,6 +68,7 @@ def plan_cmd(
       lora-budget plan -m 70b -g h100 --json | jq '.methods[] | {method, fits, peak_bytes}'
       lora-budget plan -m 7b -g rtx4090 --method qlora --tokens 100M --price 0.40
       lora-budget plan --config axolotl.yml -g a100-80gb --dataset-tokens 30M --epochs 3
+      lora-budget plan -m 70b -g a100-80gb --method full --grad-ckpt --gpus 8 --strategy fsdp
     """
     from lora_budget.api import plan
 

@@ -43,6 +43,10 @@ def render_table(result: PlanResult) -> str:
         f"Model  {result.model.name} ({_params(param_count(result.model.shape))} parameters)",
         f"GPU    {gpu.name}: {fmt_gib(gpu.memory_bytes)} ({gpu.memory_bytes / 1e9:.1f} GB)",
     ]
+    setups = {(m.spec.gpus, m.spec.strategy, m.spec.offload) for m in methods if m.spec.gpus > 1}
+    for n, strategy, offload in sorted(setups):
+        off = f", {offload} offloaded to CPU" if offload != "none" else ""
+        lines.append(f"GPUs   {n} x {gpu.name}, {strategy}{off}: memory, verdict and headroom are per GPU")
     shared = {_settings(m).split(", r=")[0] for m in methods}
     if len(shared) == 1:
         lines.append(f"Step   {shared.pop()}")

@@ -28,6 +28,12 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         f"Step   {_step_line(rows[0][0].spec)}",
         "",
     ]
+    spec = rows[0][0].spec
+    if spec.gpus > 1:
+        lines.insert(
+            -1,
+            f"GPUs   rank 0 of {spec.gpus}, {spec.strategy} (FSDP2 on a fake process group): bytes are per GPU",
+        )
     w = 10
     head = f"{'memory (GiB)':<14}" + "".join(
         f"{LABELS[r.spec.method] + ' trace':>{w + 4}}{'plan':>{w}}" for r, _ in rows

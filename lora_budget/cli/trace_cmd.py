@@ -55,12 +55,15 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
     Builds the model from its config (random weights, nothing downloaded) on fake tensors: no GPU
     and almost no RAM. The optimizer state is created first (a warm start), then one full step is
     traced, so the peak is the steady-state step's. Prints the trace beside the plan.
+    With --gpus N --strategy fsdp it traces rank 0 of N under FSDP2 (fully_shard on every decoder
+    layer and the root) on a fake process group: the bytes are one GPU's.
 
     \b
     Examples:
       lora-budget trace --model 7b --method qlora --seq-len 2048 --batch-size 4
       lora-budget trace -m Qwen2.5-1.5B --method lora --grad-ckpt --json
       lora-budget trace -m 8b --method qlora --timeline step.csv
+      lora-budget trace -m 1b --method lora --gpus 8 --strategy fsdp
     """
     from lora_budget.api import MAIN_METHODS
     from lora_budget.catalog.models import resolve_model
@@ -143,6 +146,8 @@ def _to_json(ref: Any, rows: list[tuple[Any, Any]]) -> dict[str, Any]:
         methods.append(
             {
                 "method": result.spec.method,
+                "gpus": result.spec.gpus,
+                "strategy": result.spec.strategy,
                 "trace": result.to_dict(),
                 "plan": {"peak_bytes": planned.peak_bytes, **{f"{c}_bytes": getattr(planned, c) for c in CATEGORIES}},
                 "plan_error": round(err, 6),

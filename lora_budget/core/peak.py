@@ -149,7 +149,12 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         attn=spec.attn,
     )
     acts = activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
-    return PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
+    model = PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
+    if spec.gpus > 1:
+        from lora_budget.core.sharding import shard_peak_model
+
+        return shard_peak_model(model)  # per GPU
+    return model
 
 
 def estimate(spec: TrainSpec, overhead_bytes: int = 0) -> Breakdown:

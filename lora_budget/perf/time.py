@@ -6,8 +6,11 @@ One optimizer step runs ``grad_accum`` micro-batches of b x s tokens, then the o
     compute_s   = executed FLOPs of a micro-batch / (utilization * peak 16-bit FLOP/s)
     dequant_s   = dequantization bytes of a micro-batch / memory bandwidth      (QLoRA, 8-bit LoRA)
     optimizer_s = optimizer bytes / memory bandwidth
-    tokens_per_s = b * s * grad_accum / step_s
-    wall_s = total tokens / tokens_per_s,   cost_usd = wall_s / 3600 * price per GPU-hour
+    tokens_per_s = N * b * s * grad_accum / step_s              (N data-parallel GPUs, --gpus)
+    wall_s = total tokens / tokens_per_s,   cost_usd = N * wall_s / 3600 * price per GPU-hour
+
+With N > 1 each GPU's step time is the single-GPU one: gradient all-reduce / reduce-scatter and
+parameter all-gathers are assumed to overlap with compute (not modelled; a known optimism).
 
 FLOPs come from :mod:`lora_budget.perf.flops`, the utilization from
 :func:`lora_budget.perf.utilization.mfu_for`, peak FLOP/s and bandwidth from ``gpus.json``.
@@ -121,7 +124,7 @@ def estimate_time(
 ) -> TimeEstimate:
     """Step time, tokens/s and, given ``total_tokens`` (and a price), wall time and cost."""
     flops = step_flops(spec)
-    tokens_per_step = flops.tokens * spec.grad_accum
+    tokens_per_step = flops.tokens * spec.grad_accum * spec.gpus  # every GPU runs its own micro-batches
     opt_bytes = optimizer_bytes(spec)
     util, util_source = mfu_for(gpu.name, spec.method, calibration)
     peak, why = peak_flops_per_s(gpu, spec.dtype)
@@ -152,7 +155,12 @@ def estimate_time(
         price_usd_per_h, price_source = gpu.price_usd_per_hour, gpu.price_source
     else:
         price_source = "--price" if price_usd_per_h is not None else ""
-    cost = wall_s / 3600 * price_usd_per_h if (wall_s is not None and price_usd_per_h is not None) else None
+    cost = wall_s / 3600 * price_usd_per_h * spec.gpus if (wall_s is not None and price_usd_per_h is not None) else None
+    if spec.gpus > 1:
+        notes.append(
+            f"{spec.gpus} GPUs: tokens/s is {spec.gpus} x one GPU's and cost counts every GPU; "
+            "communication time is not modelled"
+        )
     if wall_s is not None and price_usd_per_h is None:
         notes.append(f"no price for {gpu.name} in the catalog: pass --price USD/h for a cost")
     return TimeEstimate(

@@ -88,9 +88,18 @@ def hf_config(spec: TrainSpec) -> Any:
 
 
 def build(
-    spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None, seed: int = 0, weights: str | None = None
+    spec: TrainSpec,
+    *,
+    device: str = "cpu",
+    fake_mode: Any = None,
+    seed: int = 0,
+    weights: str | None = None,
+    mesh: Any = None,
 ) -> Built:
     """The reference model of ``spec`` on ``device``; with ``fake_mode``, every tensor is fake.
+
+    ``mesh``: for ``spec.gpus > 1`` (fake tensors only), the device mesh of a fake world
+    (``runtime.fsdp.fake_world``); the model is sharded with FSDP2 after materialisation.
 
     ``weights``: a local folder of ``*.safetensors`` files to load instead of random weights
     (real tensors only; loaded before quantization, so QLoRA quantizes the real weights).
@@ -128,6 +137,14 @@ def build(
             _prime_bnb_tables(device)
         with fake_mode:
             _materialize(model, spec, device)
+            if spec.gpus > 1:
+                from lora_budget.runtime.fsdp import shard
+
+                if mesh is None:
+                    raise LoraBudgetError("a sharded build needs the mesh of a (fake) process group")
+                shard(model, spec, mesh)
+    elif spec.gpus > 1:
+        raise LoraBudgetError("multi-GPU specs are traced on fake tensors only (one rank of a fake world)")
     model.train()
     head = model.get_output_embeddings()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -380,6 +397,11 @@ def static_tensors(model: Any) -> list[tuple[Any, str]]:
         scb = getattr(p, "SCB", None)
         if scb is not None:
             out.append((scb, "quant_state"))
+    for module in model.modules():
+        # a sharded (FSDP2) weight no longer carries its quantization state; the module still does
+        state = getattr(module, "quant_state", None)
+        if state is not None and hasattr(state, "absmax"):
+            out.extend((t, "quant_state") for t in _quant_state_tensors(state))
     out.extend((b, "weights") for b in model.buffers())
     return out
 

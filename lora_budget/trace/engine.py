@@ -102,26 +102,67 @@ def trace(
     (``run_steps``), so the peak is the steady-state step's. ``warm_start=False, steps=2`` runs
     two full steps instead (twice the time, the same peak).
     """
-    torch, _, _, _ = import_stack(need_bnb=spec.method in ("qlora", "lora8bit") or "8bit" in spec.optimizer)
-    from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
+    import_stack(need_bnb=spec.method in ("qlora", "lora8bit") or "8bit" in spec.optimizer)
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from lora_budget.trace.attribute import attribute
     from lora_budget.trace.tracker import Tracker
 
     if steps < 1:
         raise LoraBudgetError("steps must be at least 1")
+    if spec.gpus > 1:
+        from lora_budget.runtime import fsdp
+
+        if not fake:
+            raise LoraBudgetError("multi-GPU specs are traced on fake tensors only (one rank of a fake world)")
+        if spec.strategy != "fsdp":
+            raise LoraBudgetError(f"the trace runs FSDP2 only; --strategy {spec.strategy} is plan-only")
+        world = fsdp.fake_world(spec.gpus)
+    else:
+        world = contextlib.nullcontext()
     started = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        built = build(spec, device="cpu", fake_mode=fake_mode)
-    tracker = Tracker(vocab=spec.model.shape.vocab)
-    register_static(tracker, built, spec)
-    optimizer = make_optimizer(spec, built.trainable, paged=False)
-    paged = spec.optimizer.startswith("paged")
-    hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress)
+    with world as mesh:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            built = build(spec, device="cpu", fake_mode=fake_mode, mesh=mesh)
+        tracker = Tracker(vocab=spec.model.shape.vocab)
+        register_static(tracker, built, spec)
+        optimizer = make_optimizer(spec, built.trainable, paged=False)
+        paged = spec.optimizer.startswith("paged")
+        hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress, sharded=mesh is not None)
+        _run(spec, built, tracker, optimizer, hooks, fake_mode, steps, warm_start)
+    wall_s = time.perf_counter() - started
+    return _result(spec, tracker, hooks, wall_s, fake, keep_timeline)
+
+
+def _run(
+    spec: TrainSpec,
+    built: Built,
+    tracker: Any,
+    optimizer: Any,
+    hooks: _Hooks,
+    fake_mode: Any,
+    steps: int,
+    warm_start: bool,
+) -> None:
+    import torch
+    from torch._subclasses.fake_tensor import UnsupportedOperatorException
+
+    sharded = contextlib.ExitStack()
+    if hooks.sharded:
+        from lora_budget.runtime.fsdp import quant_state_restored, resizes_reported
+
+        sharded.enter_context(resizes_reported(tracker.storage_resized))
+        sharded.enter_context(quant_state_restored(spec))
     try:
-        with hooks.installed(), _unpacked_batch(), cuda_kernels(), fake_mode or contextlib.nullcontext(), tracker:
+        with (
+            hooks.installed(),
+            _unpacked_batch(),
+            cuda_kernels(),
+            sharded,
+            fake_mode or contextlib.nullcontext(),
+            tracker,
+        ):
             batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
             tracker.register(batch, "activations")
             run_steps(
@@ -155,7 +196,13 @@ def trace(
             f"the trace failed in {where} (last op {tracker._op}): {first_line}; "
             "`lora-budget plan` still answers for this spec"
         ) from None
-    wall_s = time.perf_counter() - started
+
+
+def _result(
+    spec: TrainSpec, tracker: Any, hooks: _Hooks, wall_s: float, fake: bool, keep_timeline: bool
+) -> TraceResult:
+    from lora_budget.trace.attribute import attribute
+
     breakdown, paged_bytes = attribute(tracker, spec.grad_accum)
     full = timeline_rows(tracker)
     step_peaks: dict[int, int] = {}
@@ -288,7 +335,9 @@ class _Hooks:
         steps: int,
         fake: bool,
         progress: Progress | None,
+        sharded: bool = False,
     ):
+        self.sharded = sharded
         self.built = built
         self.tracker = tracker
         self.optimizer = optimizer
@@ -333,6 +382,13 @@ class _Hooks:
         t = self.tracker
         if phase == "forward" and step != t.step and t.step >= 1:
             self._ops_per_step = self._ops_per_step or t.ops
+        if phase == "backward" and self.sharded:
+            from lora_budget.runtime.fsdp import gathered_tensors
+
+            # parameters FSDP2 gathered in the forward and keeps for backward (the root's) are
+            # communication buffers, not activations
+            for tensor in gathered_tensors(self.built.model):
+                self.tracker.tag(tensor, "temporaries")
         if phase == "backward":
             # what the forward leaves alive is what backward needs: the activations
             for block in t.live_blocks():

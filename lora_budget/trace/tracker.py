@@ -35,6 +35,16 @@ _NOT_OPS = frozenset({torch.ops.prim.device.default})
 """Queries fake tensors answer through dispatch that allocate nothing and are no op on a real run."""
 
 
+def _local(tensor: Any) -> Any:
+    """The tensor whose storage this rank allocates: a DTensor's local shard, any other tensor itself.
+
+    A sharded (FSDP2) parameter is a ``DTensor`` wrapper whose own storage has the global size;
+    the memory one GPU holds is its ``_local_tensor``.
+    """
+    local = getattr(tensor, "_local_tensor", None)
+    return tensor if local is None else local
+
+
 @dataclass(slots=True)
 class Block:
     """One storage: when it was allocated and freed, and what the tracker knows about it."""
@@ -96,7 +106,7 @@ class Tracker(TorchDispatchMode):
 
     # -- registration -------------------------------------------------------------------------
     def block_of(self, tensor: Any) -> Block | None:
-        storage = tensor.untyped_storage()
+        storage = _local(tensor).untyped_storage()
         entry = self._refs.get(id(storage))
         return entry[1] if entry is not None and entry[0]() is storage else None
 
@@ -118,6 +128,7 @@ class Tracker(TorchDispatchMode):
             block.pageable = block.pageable or pageable
 
     def _track(self, tensor: Any, born: int) -> Block | None:
+        tensor = _local(tensor)
         storage = tensor.untyped_storage()
         key = id(storage)
         entry = self._refs.get(key)
@@ -141,6 +152,21 @@ class Tracker(TorchDispatchMode):
         self.blocks.append(block)
         self.live_bytes += size
         return block
+
+    def storage_resized(self, tensor: Any) -> None:
+        """A storage its owner resized in place (FSDP2 frees an unsharded parameter with
+        ``storage.resize_(0)`` and regathers into the same storage object): the old block dies
+        and, if the storage is not empty now, a new block of its new size is born."""
+        storage = _local(tensor).untyped_storage()
+        entry = self._refs.get(id(storage))
+        if entry is not None and entry[0]() is storage:
+            if entry[1].size == round_block(storage.nbytes()):
+                return
+            del self._refs[id(storage)]
+            entry[1].died = self.event
+            self.live_bytes -= entry[1].size
+        if storage.nbytes():
+            self._track(tensor, born=self.event)
 
     def _freed_callback(self, key: int) -> Callable[[Any], None]:
         def freed(_ref: Any) -> None:
