@@ -120,6 +120,10 @@ class ActivationModel:
     """Largest extra bytes alive inside a layer's forward (fp32 norm copies, eager scores, LoRA sums)."""
     backward_transient: Coeff
     """Largest gradient working set inside one layer's backward."""
+    backward_transient_dequant: Coeff
+    """Working set beside the largest dequantized weight: it lives only while its own linear's
+    backward runs (down_proj, first in the MLP backward), where the gradients alive are the
+    product's (c i) and the incoming and residual gradients (2 c h), not all three MLP ones."""
     dequant_bytes: int
     """Bytes of the largest quantized weight dequantized to the compute dtype (QLoRA/8-bit), 0 otherwise."""
 
@@ -350,5 +354,6 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         checkpoint=checkpoint,
         forward_transient=fwd_t,
         backward_transient=bwd_t,
+        backward_transient_dequant=Coeff(c * s.intermediate + 2 * c * h),
         dequant_bytes=dequant_bytes,
     )

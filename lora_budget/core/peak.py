@@ -95,7 +95,10 @@ class PeakModel:
         loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
         loss_bwd = T * (12 * V + softcap)
         fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes
-        bwd_transient = T * a.backward_transient.at(seq_len) + a.dequant_bytes
+        # QLoRA/8-bit: the dequantized weight and the layer's widest gradients are not alive at once
+        bwd_transient = max(
+            T * a.backward_transient.at(seq_len), a.dequant_bytes + T * a.backward_transient_dequant.at(seq_len)
+        )
         head_grads = st.gradients if accum else st.head_gradients
         # layer 0's backward starts with every gradient but its own and the embeddings'; as it
         # proceeds its activations give way to its gradients, and the embedding phase below
