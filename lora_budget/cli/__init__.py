@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from lora_budget import __version__
-from lora_budget.cli.catalog_cmds import gpus_cmd, models_cmd
-from lora_budget.cli.check_cmd import check_cmd
-from lora_budget.cli.plan_cmd import plan_cmd
-from lora_budget.cli.profile_cmd import calibrate_cmd, profile_cmd, profiles_cmd
-from lora_budget.cli.report_cmd import report_cmd
-from lora_budget.cli.trace_cmd import trace_cmd
-from lora_budget.cli.validate_cmd import validate_cmd
+
+COMMANDS: dict[str, str] = {
+    "plan": "lora_budget.cli.plan_cmd:plan_cmd",
+    "trace": "lora_budget.cli.trace_cmd:trace_cmd",
+    "validate": "lora_budget.cli.validate_cmd:validate_cmd",
+    "profile": "lora_budget.cli.profile_cmd:profile_cmd",
+    "profiles": "lora_budget.cli.profile_cmd:profiles_cmd",
+    "calibrate": "lora_budget.cli.profile_cmd:calibrate_cmd",
+    "report": "lora_budget.cli.report_cmd:report_cmd",
+    "check": "lora_budget.cli.check_cmd:check_cmd",
+    "models": "lora_budget.cli.catalog_cmds:models_cmd",
+    "gpus": "lora_budget.cli.catalog_cmds:gpus_cmd",
+}
+"""Command name -> where it lives; a command's module is imported only when that command runs
+(or when --help lists them all), so `plan` does not pay for the others' imports."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lora-budget")
 def main() -> None:
     """Will this fine-tuning job fit on this GPU?
@@ -35,13 +57,3 @@ def main() -> None:
     """
 
 
-main.add_command(plan_cmd)
-main.add_command(trace_cmd)
-main.add_command(validate_cmd)
-main.add_command(models_cmd)
-main.add_command(gpus_cmd)
-main.add_command(report_cmd)
-main.add_command(check_cmd)
-main.add_command(profile_cmd)
-main.add_command(profiles_cmd)
-main.add_command(calibrate_cmd)
