@@ -234,11 +234,15 @@ def test_real_ctrl_c_saves_finished_rows(tmp_path):
         if selector.select(timeout=1):
             err += proc.stderr.readline()
     assert "[2/3] lora" in err, err
-    time.sleep(2)  # inside the second worker
+    time.sleep(0.2)  # the second configuration has started
     os.killpg(proc.pid, signal.SIGINT)
     out, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, err + rest
     (saved,) = tmp_path.rglob("*.json")
     profile = load_profile(saved)
-    assert profile.interrupted and [r["spec"]["method"] for r in profile.rows] == ["full"]
-    assert "interrupted after 1 of 3 configurations" in out
+    # the rows that finished are kept, in order, and the third configuration never ran; whether
+    # the second one finishes before the signal lands depends on the machine's speed
+    methods = [r["spec"]["method"] for r in profile.rows]
+    assert profile.interrupted and methods in (["full"], ["full", "lora"])
+    assert all(r["status"] == "ok" for r in profile.rows)
+    assert f"interrupted after {len(methods)} of 3 configurations" in out

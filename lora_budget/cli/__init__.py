@@ -55,5 +55,3 @@ def main() -> None:
       lora-budget profiles
       lora-budget calibrate
     """
-
-

@@ -119,7 +119,18 @@ class ActivationModel:
     forward_transient: Coeff
     """Largest extra bytes alive inside a layer's forward (fp32 norm copies, eager scores, LoRA sums)."""
     backward_transient: Coeff
-    """Largest gradient working set inside one layer's backward."""
+    """Largest gradient working set of a layer's MLP backward (which runs first)."""
+    layer_attention: Coeff
+    """Saved by the attention half of a layer (everything saved before the MLP): what is left of
+    the layer when attention's backward runs."""
+    first_layer_attention: Coeff
+    """``layer_attention`` for layer 0."""
+    backward_transient_attention: Coeff
+    """Largest gradient working set of a layer's attention backward (eager: the s x s gradients)."""
+    batched_extra: Coeff
+    """Saved per layer only when the micro-batch has more than one sequence (Falcon's SDPA math
+    path: torch.matmul folds the query heads into one GEMM against the single k/v head when b = 1,
+    and otherwise expands k and v to every head and copies them)."""
     backward_transient_dequant: Coeff
     """Working set beside the largest dequantized weight: it lives only while its own linear's
     backward runs (down_proj, first in the MLP backward), where the gradients alive are the
@@ -185,6 +196,18 @@ def _dropout(w: _Walk, s: ModelShape, x: _T, width: int) -> _T:
     return x
 
 
+def _sdpa_math(s: ModelShape) -> bool:
+    """Whether ``sdpa`` runs PyTorch's math path for this architecture.
+
+    Falcon's attention always materializes its causal mask (``allow_is_causal_skip=False`` in
+    ``modeling_falcon.py``) and passes multi-query keys with one head, broadcast over the query
+    heads without ``enable_gqa``; the flash and memory-efficient kernels take neither a
+    broadcast head dimension, so SDPA falls back to the math path on CPU and CUDA alike. The
+    trace found it: the planner had assumed flash and was 30 % low for Falcon-7B LoRA.
+    """
+    return s.model_type == "falcon" and s.kv_heads != s.heads
+
+
 def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff, Coeff]:
     """Returns (output of the o projection, forward transient, backward transient)."""
     c = st.compute_bytes
@@ -222,6 +245,14 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
         fwd_t = Coeff(0, (2 * c + 4) * a)
         bwd_t = Coeff(c * 3 * qw, (2 * c + 8) * a)
         out = w.new("attn_out", c * qw, rg)  # transpose(1, 2).contiguous() copy
+    elif _sdpa_math(s):
+        # SDPA's math path, which upcasts to fp32: scaled q and k, v, and the fp32 probabilities
+        if rg:
+            w.save(w.new("q_f32", 4 * qw, True), w.new("k_f32", 4 * kw, True), w.new("v_f32", 4 * kw, True))
+            w.save(w.new("probs_f32", 0, True, quad=4 * a))
+        fwd_t = Coeff(0, 8 * a)  # fp32 scores and their softmax, alive together
+        bwd_t = Coeff(4 * (qw + 2 * kw) + c * qw, 8 * a)
+        out = w.new("attn_out", c * qw, rg)
     else:
         if rg:
             w.save(q, k_, v)
@@ -290,14 +321,20 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     return out, Coeff(top * 3 * c * i + 3 * c * h)
 
 
-def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff]:
-    """Walk one decoder layer. Returns (saved, forward transient, backward transient)."""
+def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff]:
+    """Walk one decoder layer.
+
+    Returns (saved, forward transient, MLP backward transient, saved by the attention half,
+    attention backward transient). Backward runs the MLP first; by the time attention's backward
+    runs, the MLP half's saved tensors are gone, so the two halves peak separately.
+    """
     w = _Walk()
     c = st.compute_bytes
     h = s.hidden
     x = w.new("layer_in", c * h, input_rg)
     if s.norm_scheme == "post":  # OLMo 2: attention reads the residual stream directly
         attn_out, fwd_t, bwd_attn = _attention(w, s, st, x)
+        attn_part = w.total()
         attn_out = _norm(w, s, st, attn_out, h)
         x = w.new("resid", c * h, x.rg or attn_out.rg)
         mlp_out, bwd_mlp = _mlp(w, s, st, x)
@@ -305,10 +342,12 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
     elif s.parallel_block:  # Falcon: one norm feeds attention and MLP
         xn = _norm(w, s, st, x, h)
         attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        attn_part = w.total()
         mlp_out, bwd_mlp = _mlp(w, s, st, xn)
     else:
         xn = _norm(w, s, st, x, h)
         attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        attn_part = w.total()
         if s.norm_scheme == "sandwich":
             attn_out = _norm(w, s, st, attn_out, h)
         x = w.new("resid", c * h, x.rg or attn_out.rg)
@@ -320,19 +359,24 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
     widest = max(h, s.intermediate * (2 if s.fused_gate_up else 1), s.q_width + 2 * s.kv_width)
     extra = 4 * h + (st.adapter_bytes * widest if st.lora_targets else 0)
     fwd = fwd_t + Coeff(extra)
-    bwd = Coeff(max(bwd_attn.lin, bwd_mlp.lin), bwd_attn.quad) + Coeff(2 * c * h)
-    return w.total(), fwd, bwd
+    bwd_mlp_total = bwd_mlp + Coeff(2 * c * h)
+    bwd_attn_total = bwd_attn + Coeff(2 * c * h)
+    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total
 
 
 def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
     """Coefficients of every activation term for a spec (independent of batch and sequence)."""
     c = st.compute_bytes
     h = s.hidden
-    layer, fwd_t, bwd_t = _layer(s, st, input_rg=True)
+    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t = _layer(s, st, input_rg=True)
     # Without checkpointing, layer 0 of a frozen model sees an input that needs no gradient (the
     # embedding is frozen), so ops before the first adapter keep nothing. transformers' gradient
     # checkpointing with peft calls enable_input_require_grads(), which makes it require grad.
-    first = layer if (st.base_trainable or grad_ckpt) else _layer(s, st, input_rg=False)[0]
+    if st.base_trainable or grad_ckpt:
+        first, first_attn = layer, layer_attn
+    else:
+        walked = _layer(s, st, input_rg=False)
+        first, first_attn = walked[0], walked[3]
 
     w = _Walk()
     if s.learned_positions == 0:
@@ -346,6 +390,8 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
     once = w.total()
     if st.attn == "eager":
         once = once + Coeff(0, c)  # the 4-D causal mask, b x 1 x s x s, shared by the layers
+    elif _sdpa_math(s):
+        once = once + Coeff(0, 1)  # Falcon's materialized boolean mask, b x 1 x s x s
     checkpoint = Coeff(c * h)
     return ActivationModel(
         layer=layer,
@@ -354,6 +400,10 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         checkpoint=checkpoint,
         forward_transient=fwd_t,
         backward_transient=bwd_t,
+        layer_attention=layer_attn,
+        first_layer_attention=first_attn,
+        backward_transient_attention=bwd_attn_t,
         backward_transient_dequant=Coeff(c * s.intermediate + 2 * c * h),
+        batched_extra=Coeff(2 * 4 * (s.q_width - s.kv_width)) if _sdpa_math(s) else ZERO,
         dequant_bytes=dequant_bytes,
     )

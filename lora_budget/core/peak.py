@@ -78,19 +78,23 @@ class PeakModel:
         accum = spec.grad_accum > 1
         g_fwd = st.gradients if accum else 0
         once = T * a.once.at(seq_len)
-        layer = T * a.layer.at(seq_len)
+        extra = a.batched_extra.lin if batch_size > 1 else 0  # part of the attention half
+        layer = T * (a.layer.at(seq_len) + extra)
+        mlp_half = layer - T * (a.layer_attention.at(seq_len) + extra)
         if spec.grad_ckpt:
             ckpt = T * a.checkpoint.at(seq_len)
             all_acts = once + L * ckpt
             acts_last = all_acts + layer  # layer L-1 recomputed
             acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
+            first_mlp_half = mlp_half
             # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
             # is saved: the layer being computed holds only its working set (the trace shows it)
         else:
-            first = T * a.first_layer.at(seq_len)
+            first = T * (a.first_layer.at(seq_len) + extra)
             all_acts = once + first + (L - 1) * layer
             acts_last = all_acts
             acts_first = once + first
+            first_mlp_half = first - T * (a.first_layer_attention.at(seq_len) + extra)
         softcap = c * V if s.final_softcap else 0
         loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
         loss_bwd = T * (12 * V + softcap)
@@ -99,6 +103,8 @@ class PeakModel:
         bwd_transient = max(
             T * a.backward_transient.at(seq_len), a.dequant_bytes + T * a.backward_transient_dequant.at(seq_len)
         )
+        # attention's backward runs after the MLP's, whose saved tensors are gone by then
+        attn_transient = T * a.backward_transient_attention.at(seq_len) + st.dequant_attn_bytes
         head_grads = st.gradients if accum else st.head_gradients
         # layer 0's backward starts with every gradient but its own and the embeddings'; as it
         # proceeds its activations give way to its gradients, and the embedding phase below
@@ -113,7 +119,9 @@ class PeakModel:
             ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
+            ("backward", head_grads, int(acts_last - mlp_half), 0, int(attn_transient)),
             ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
+            ("backward", layer_grads, int(acts_first - first_mlp_half), 0, int(attn_transient)),
             ("backward", st.gradients, 0, 0, int(embed_temp)),
             ("optimizer", st.gradients, 0, 0, st.optimizer_step_temp),
         ]

@@ -78,7 +78,11 @@ ZERO3_PREFETCH_BUCKET = 50_000_000
 """DeepSpeed ``zero_optimization.stage3_prefetch_bucket_size`` default, in elements."""
 
 PHASES = ("forward", "loss", "backward_start", "backward_last", "backward_first", "backward_embed", "optimizer")
-"""The seven candidate peaks of ``PeakModel._phases``, in order."""
+"""The seven kinds of candidate peak the sharding transform distinguishes."""
+
+SLOT = (0, 1, 2, 3, 3, 4, 4, 5, 6)
+"""The kind of each of ``PeakModel._phases``' nine candidates: a layer's MLP backward and its
+attention backward (which comes after) share the layer's transform."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +179,9 @@ class ShardedPeakModel(PeakModel):
     def _phases(self, batch_size: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
         out = []
         for i, (phase, grads, acts, logits, temp) in enumerate(self.single._phases(batch_size, seq_len)):
-            num, den = self.grad_scale[i]
-            out.append((phase, grads * num // den + self.grad_extra[i], acts, logits, temp + self.comm[i]))
+            j = SLOT[i]
+            num, den = self.grad_scale[j]
+            out.append((phase, grads * num // den + self.grad_extra[j], acts, logits, temp + self.comm[j]))
         if self.middle[1]:
             _, grads, acts, _, temp = out[3]
             a = self.acts

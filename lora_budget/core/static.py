@@ -58,6 +58,8 @@ class StaticMemory:
     """A tied embedding's second gradient and the sum AccumulateGrad makes of the two."""
     dequant_bytes: int
     """Largest quantized weight dequantized to the compute dtype."""
+    dequant_attn_bytes: int = 0
+    """Largest quantized attention weight dequantized (what attention's backward holds)."""
 
 
 def _quant4_state(numel: int, blocksize: int, double_quant: bool) -> int:
@@ -83,7 +85,7 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
     w = DTYPE_BYTES[spec.dtype]
     weights = quant = adapter = master = grads = head_grads = embed_grads = embed_temp = 0
     trainable: list[tuple[int, int, tuple[int, ...]]] = []  # (numel, count, shape) of trainable tensors
-    dequant = 0
+    dequant = dequant_attn = 0
     quantized_linears = spec.method in ("qlora", "lora8bit")
     for t in inventory(s):
         if quantized_linears and t.role == "linear":
@@ -94,6 +96,8 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
                 weights += alloc(t.numel) * t.count
                 quant += alloc(4 * t.out_features) * t.count
             dequant = max(dequant, alloc(t.numel * w))
+            if t.group == "attn":
+                dequant_attn = max(dequant_attn, alloc(t.numel * w))
             continue
         weights += alloc(t.numel * w) * t.count
         if spec.method == "full":
@@ -142,6 +146,7 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         layer_gradients=layer_grads,
         embedding_grad_temp=embed_temp,
         dequant_bytes=dequant,
+        dequant_attn_bytes=dequant_attn,
     )
 
 

@@ -187,7 +187,11 @@ def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> No
     dtype = torch_dtype(spec.dtype)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if child is head or type(child) not in (torch.nn.Linear, Conv1D):
+            # isinstance, as transformers' bitsandbytes integration does: Falcon's FalconLinear
+            # is an nn.Linear subclass; bitsandbytes' own layers are too, and are skipped
+            if child is head or not isinstance(child, (torch.nn.Linear, Conv1D)):
+                continue
+            if isinstance(child, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
                 continue
             bias = child.bias is not None
             if isinstance(child, Conv1D):  # GPT-2 stores (in, out); transformers transposes it

@@ -27,6 +27,7 @@ ARCHITECTURES: dict[str, str] = {
     "Gemma-2-2B": "Gemma 2: sandwich norms, logit soft-capping (eager attention), GeGLU, tied",
     "Phi-3-mini-4k": "Phi-3: fused qkv_proj and gate_up_proj",
     "GPT-2": "GPT-2: Conv1D, LayerNorm, GELU, learned positions, dropout 0.1",
+    "Falcon-7B": "Falcon: multi-query attention (SDPA math path), parallel attention/MLP, LayerNorm, GELU",
 }
 METHODS = ("full", "lora", "qlora")
 POINTS = ((1, 1024), (4, 512), (2, 2048))
