@@ -57,7 +57,6 @@ def test_trace_table():
     [
         (["-m", TINY, "-b", "auto"], "trace needs a number"),
         (["-m", "8x7b", "--method", "lora"], "MoE routing"),
-        (["-m", TINY, "--attn", "flash", "--method", "lora"], "flash is plan-only"),
         (["-m", TINY, "--steps", "0"], "at least 1"),
     ],
 )
@@ -91,6 +90,14 @@ def test_a_failing_op_names_the_module_and_points_to_plan(monkeypatch):
     r = CliRunner().invoke(main, ["trace", "-m", TINY, "--method", "lora", "-s", "16", "-b", "2"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "mlp.act_fn" in r.output and "no kernel for this op" in r.output and "plan" in r.output
+
+
+def test_flash_attention_is_traced_with_the_flash_kernel():
+    r = run("trace", "-m", TINY, "--method", "lora", "--attn", "flash", "-s", "16", "-b", "2", "--json")
+    assert r.exit_code == 0
+    assert "SDPA's flash kernel" in r.stderr
+    spec = TrainSpec(model=resolve_model(TINY), method="lora", attn="flash", seq_len=16, batch_size=2)
+    assert json.loads(r.stdout)["methods"][0]["trace"]["peak_bytes"] == trace(spec, fake=False).peak_bytes
 
 
 def test_a_config_transformers_cannot_build(tmp_path):

@@ -93,6 +93,12 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
         spec = TrainSpec(model=ref, method=method, batch_size=batch, **opts)
         for warning in spec.warnings:
             click.echo(f"warning: {warning}", err=True)
+        if spec.attn == "flash":
+            click.echo(
+                "note: --attn flash is traced with SDPA's flash kernel, which keeps the same tensors as "
+                "FlashAttention-2 (q, k, v, output, fp32 logsumexp)",
+                err=True,
+            )
         result = _run(spec, steps, keep_timeline=timeline_path is not None)
         rows.append((result, estimate(spec)))
     if timeline_path:

@@ -105,14 +105,16 @@ def build(
     (real tensors only; loaded before quantization, so QLoRA quantizes the real weights).
     """
     torch, transformers, _, _ = import_stack(need_bnb=spec.method in ("qlora", "lora8bit"))
-    if spec.attn == "flash":
-        raise LoraBudgetError("the trace and profile engines run sdpa or eager attention; flash is plan-only")
     if spec.model.shape.is_moe and fake_mode is not None:
         raise LoraBudgetError(
             f"{spec.model.name}: MoE routing has data-dependent shapes that fake tensors cannot follow; "
             "`lora-budget plan` still answers for this model"
         )
     config = hf_config(spec)
+    if spec.attn == "flash" and (fake_mode is not None or not str(device).startswith("cuda") or not _has_flash_attn()):
+        # FlashAttention-2 keeps what SDPA's flash kernel keeps (q, k, v, output, fp32 logsumexp);
+        # without the flash-attn package (or a GPU) that kernel stands in for it
+        config._attn_implementation = "sdpa"
     dtype = torch_dtype(spec.dtype)
     torch.manual_seed(seed)
     try:
@@ -175,6 +177,12 @@ def load_weights(model: Any, folder: str) -> None:
         raise LoraBudgetError(
             f"--weights {folder}: {len(missing)} parameters not found in its safetensors files (first: {missing[0]})"
         )
+
+
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> None:
