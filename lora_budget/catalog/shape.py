@@ -79,6 +79,10 @@ class ModelShape:
     """Residual/embedding/attention dropout probability used in training (GPT-2: 0.1)."""
     checkpoint_dtype: str
     """``torch_dtype`` recorded in the checkpoint (informational)."""
+    sliding_window: int = 0
+    """Local-attention window of the sliding layers (Gemma 3, Mistral v0.1), 0 without."""
+    sliding_layers: int = 0
+    """How many layers attend within ``sliding_window``."""
 
     @property
     def q_width(self) -> int:
@@ -214,7 +218,32 @@ def _llama_like(r: _Reader, model_type: str) -> ModelShape:
         final_softcap=r.get("final_logit_softcapping", None) is not None,
         dropout=float(r.get("resid_pdrop", 0.0)) if model_type == "phi3" else 0.0,
         checkpoint_dtype=str(r.get("torch_dtype", r.get("dtype", "unknown"))),
+        **_sliding(r, model_type, int(r.need("num_hidden_layers"))),
     )
+
+
+def _sliding(r: _Reader, model_type: str, layers: int) -> dict[str, int]:
+    """Which layers use local attention, as the transformers 5 config classes decide it.
+
+    Gemma 3: ``layer_types`` if given, else every layer but each ``sliding_window_pattern``-th
+    (default 6). Mistral: every layer when ``sliding_window`` is set. Gemma 2 runs eager attention,
+    whose mask the planner counts anyway; Qwen2's ``use_sliding_window`` is off in every catalog
+    config and not modelled.
+    """
+    window = r.get("sliding_window", None)
+    if not window:
+        return {}
+    if model_type == "gemma3_text":
+        types = r.get("layer_types", None)
+        if types:
+            count = sum(1 for t in types if t == "sliding_attention")
+        else:
+            pattern = int(r.get("sliding_window_pattern", 6))
+            count = sum(1 for i in range(layers) if (i + 1) % pattern)
+        return {"sliding_window": int(window), "sliding_layers": count}
+    if model_type == "mistral":
+        return {"sliding_window": int(window), "sliding_layers": layers}
+    return {}
 
 
 def _gpt2(r: _Reader) -> ModelShape:

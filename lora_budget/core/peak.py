@@ -95,6 +95,19 @@ class PeakModel:
             acts_last = all_acts
             acts_first = once + first
             first_mlp_half = first - T * (a.first_layer_attention.at(seq_len) + extra)
+        # sliding-window layers under sdpa: once the sequence reaches the window transformers
+        # materializes the local mask, and SDPA turns it into a float mask (b x 1 x s x s in the
+        # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
+        # recomputed layer's
+        mask = T * seq_len * c if (s.sliding_layers and spec.attn != "eager" and seq_len >= s.sliding_window) else 0
+        if mask:
+            if spec.grad_ckpt:
+                acts_last += mask
+                acts_first += mask
+            else:
+                all_acts += mask * s.sliding_layers
+                acts_last += mask * s.sliding_layers
+                acts_first += mask
         softcap = c * V if s.final_softcap else 0
         loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
         loss_bwd = T * (12 * V + softcap)

@@ -28,6 +28,7 @@ ARCHITECTURES: dict[str, str] = {
     "Phi-3-mini-4k": "Phi-3: fused qkv_proj and gate_up_proj",
     "GPT-2": "GPT-2: Conv1D, LayerNorm, GELU, learned positions, dropout 0.1",
     "Falcon-7B": "Falcon: multi-query attention (SDPA math path), parallel attention/MLP, LayerNorm, GELU",
+    "Gemma-3-1B": "Gemma 3: sliding-window layers (a materialized local mask), q/k norms, 262k vocabulary",
 }
 METHODS = ("full", "lora", "qlora")
 POINTS = ((1, 1024), (4, 512), (2, 2048))
