@@ -100,6 +100,10 @@ class PeakModel:
         # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
         # recomputed layer's
         mask = T * seq_len * c if (s.sliding_layers and spec.attn != "eager" and seq_len >= s.sliding_window) else 0
+        if mask and 1 < s.kv_heads < s.heads:
+            # with a mask transformers repeats grouped k/v heads to every query head (repeat_kv)
+            # instead of passing enable_gqa, and SDPA keeps the copies; one k/v head repeats as a view
+            mask += T * 2 * c * (s.q_width - s.kv_width)
         if mask:
             if spec.grad_ckpt:
                 acts_last += mask
