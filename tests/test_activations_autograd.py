@@ -13,6 +13,7 @@ import pytest
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core.peak import peak_model
 from lora_budget.spec import ModelRef, TrainSpec
+from tests.tiny_models import tiny_config
 
 torch = pytest.importorskip("torch", reason="needs torch: pip install -e .[torch]")
 transformers = pytest.importorskip("transformers", reason="needs transformers: pip install -e .[torch]")
@@ -20,36 +21,8 @@ peft = pytest.importorskip("peft", reason="needs peft: pip install -e .[torch]")
 
 pytestmark = pytest.mark.torch
 
-BASE = dict(
-    hidden_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=160,
-    vocab_size=256,
-    max_position_embeddings=128,
-    tie_word_embeddings=False,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-CONFIGS = {
-    "llama": dict(model_type="llama", **BASE),
-    "qwen2": dict(model_type="qwen2", **BASE),
-    "qwen3": dict(model_type="qwen3", head_dim=16, **BASE),
-    "olmo2": dict(model_type="olmo2", **BASE),
-    "gemma2": dict(model_type="gemma2", head_dim=16, **{**BASE, "tie_word_embeddings": True}),
-    "gpt2": dict(
-        model_type="gpt2",
-        n_embd=64,
-        n_layer=3,
-        n_head=4,
-        vocab_size=256,
-        n_positions=128,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-}
+# three layers, so the planner's (L - 1) x layer term is exercised
+CONFIGS = {arch: tiny_config(arch, layers=3) for arch in ("llama", "qwen2", "qwen3", "olmo2", "gemma2", "gpt2")}
 
 
 def measure(cfg, method, adapter_dtype, attn, b=2, s=16):

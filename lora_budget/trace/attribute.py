@@ -6,11 +6,8 @@ from typing import Any
 
 from lora_budget.breakdown import CATEGORIES, Breakdown
 
-PHASES = {"forward": "forward", "loss": "loss", "backward": "backward", "optimizer": "optimizer"}
-"""Tracker phases as the planner names them; ``zero_grad`` and ``setup`` are not peaks in practice."""
 
-
-def attribute(tracker: Any, _grad_accum: int = 1) -> tuple[Breakdown, int]:
+def attribute(tracker: Any) -> tuple[Breakdown, int]:
     """(breakdown at the peak event, pageable optimizer bytes live at the peak)."""
     event = tracker.peak.event
     totals = dict.fromkeys(CATEGORIES, 0)
@@ -23,5 +20,4 @@ def attribute(tracker: Any, _grad_accum: int = 1) -> tuple[Breakdown, int]:
         if block.pageable:
             pageable += block.size
     assert sum(totals.values()) == tracker.peak.bytes, (sum(totals.values()), tracker.peak.bytes)
-    phase = PHASES.get(tracker.peak.phase, tracker.peak.phase)
-    return Breakdown(**totals, phase=phase), pageable
+    return Breakdown(**totals, phase=tracker.peak.phase), pageable

@@ -203,7 +203,7 @@ def _result(
 ) -> TraceResult:
     from lora_budget.trace.attribute import attribute
 
-    breakdown, paged_bytes = attribute(tracker, spec.grad_accum)
+    breakdown, paged_bytes = attribute(tracker)
     full = timeline_rows(tracker)
     step_peaks: dict[int, int] = {}
     for _, live, _, step in full:
@@ -404,8 +404,7 @@ class _Hooks:
         blocks = {}
         for p in self.built.trainable:
             if p.grad is not None:
-                self.tracker.tag(p.grad, "gradients")
-                block = self.tracker.block_of(p.grad)
+                block = self.tracker.tag(p.grad, "gradients")
                 if block is not None:
                     blocks[id(block)] = block.size
         self.gradient_bytes = sum(blocks.values())
@@ -414,8 +413,7 @@ class _Hooks:
         blocks = {}
         for key, t in optimizer_state_tensors(self.optimizer):
             paged = self.paged and key in ("state1", "state2") and t.numel() >= PAGE_MIN_NUMEL
-            self.tracker.tag(t, "optimizer", pageable=paged)
-            block = self.tracker.block_of(t)
+            block = self.tracker.tag(t, "optimizer", pageable=paged)
             if block is not None:
                 blocks[id(block)] = block.size
         self.optimizer_bytes = sum(blocks.values())

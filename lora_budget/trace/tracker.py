@@ -116,7 +116,7 @@ class Tracker(TorchDispatchMode):
         if block is not None and not block.category:
             block.category = category
 
-    def tag(self, tensor: Any, category: str, *, pageable: bool = False) -> None:
+    def tag(self, tensor: Any, category: str, *, pageable: bool = False) -> Block | None:
         """Name the category of a tensor's storage (gradients, optimizer state).
 
         A tensor the tracker has not seen (a constant table created outside the traced ops) is
@@ -126,6 +126,7 @@ class Tracker(TorchDispatchMode):
         if block is not None:
             block.category = category
             block.pageable = block.pageable or pageable
+        return block
 
     def _track(self, tensor: Any, born: int) -> Block | None:
         tensor = _local(tensor)

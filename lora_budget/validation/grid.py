@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,7 @@ def replan(csv_path: Path) -> list[dict[str, str]]:
     """Plan every stored row again with the current planner (traces are kept); rewrite the CSV."""
     rows = read_rows(csv_path)
     for r in rows:
-        config = Config(r["model"], r["method"], r["grad_ckpt"] == "True", int(r["batch_size"]), int(r["seq_len"]))
-        r.update({k: str(v) for k, v in plan_columns(config).items()})
+        r.update({k: str(v) for k, v in plan_columns(_config(r)).items()})
         r["error"] = str(round(int(r["plan_peak_bytes"]) / int(r["trace_peak_bytes"]) - 1, 6))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
@@ -117,13 +116,11 @@ def replan(csv_path: Path) -> list[dict[str, str]]:
 
 def compare(config: Config) -> dict[str, Any]:
     """Trace and plan one configuration; the CSV row."""
-    from lora_budget.core.peak import peak_model
     from lora_budget.trace.engine import trace
 
     spec = spec_for(config)
     traced = trace(spec)
-    model = peak_model(spec)
-    planned = model.breakdown(spec.batch_size, spec.seq_len)
+    planned = plan_columns(config)
     row: dict[str, Any] = {
         "model": config.model,
         "method": config.method,
@@ -132,19 +129,21 @@ def compare(config: Config) -> dict[str, Any]:
         "seq_len": config.seq_len,
         "attn": spec.attn,
         "trace_peak_bytes": traced.peak_bytes,
-        "plan_peak_bytes": planned.peak_bytes,
         "trace_phase": traced.breakdown.phase,
-        "plan_phase": planned.phase,
         "trace_s": round(traced.wall_s, 2),
-        "error": round(planned.peak_bytes / traced.peak_bytes - 1, 6),
+        "error": round(planned["plan_peak_bytes"] / traced.peak_bytes - 1, 6),
+        **planned,
     }
     for c in CATEGORIES:
         row[f"trace_{c}_bytes"] = getattr(traced.breakdown, c)
-        row[f"plan_{c}_bytes"] = getattr(planned, c)
     for c in STATE:
         row[f"trace_state_{c}_bytes"] = traced.state_bytes[c]
-        row[f"plan_state_{c}_bytes"] = getattr(model.static, c)
     return row
+
+
+def _config(row: dict[str, str]) -> Config:
+    """The configuration a CSV row was traced for."""
+    return Config(row["model"], row["method"], row["grad_ckpt"] == "True", int(row["batch_size"]), int(row["seq_len"]))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -162,7 +161,7 @@ def run(
     progress: Callable[[int, int, Config, dict[str, Any] | None], None] | None = None,
 ) -> list[dict[str, str]]:
     """Trace every configuration not yet in ``csv_path``, appending one row each."""
-    done = {tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) for r in read_rows(csv_path)}
+    done = {_config(r).key for r in read_rows(csv_path)}
     if not resume and csv_path.exists():
         done = set()
         csv_path.unlink()
@@ -183,20 +182,4 @@ def run(
             if progress:
                 progress(i + 1, len(todo), config, row)
     wanted = {c.key for c in configs}
-    return [
-        r
-        for r in read_rows(csv_path)
-        if tuple(r[k] for k in ("model", "method", "grad_ckpt", "batch_size", "seq_len")) in wanted
-    ]
-
-
-def iter_errors(rows: list[dict[str, str]], category: str | None = None) -> Iterator[float]:
-    """Relative plan error per row, of the peak or of one category (rows where both are 0 skipped)."""
-    for r in rows:
-        if category is None:
-            yield float(r["plan_peak_bytes"]) / float(r["trace_peak_bytes"]) - 1
-            continue
-        t, p = float(r[f"trace_{category}_bytes"]), float(r[f"plan_{category}_bytes"])
-        if t == 0 and p == 0:
-            continue
-        yield (p - t) / t if t else float("inf")
+    return [r for r in read_rows(csv_path) if _config(r).key in wanted]
