@@ -76,7 +76,9 @@ def torch_ok():
 @pytest.mark.torch
 def test_plugin_fails_over_budget_and_passes_within(pytester, torch_ok):
     pytester.makepyfile(STEPS)
-    result = pytester.runpytest_subprocess(*_args())
+    # -rN: no short test summary, whose lines are cut at the terminal's width and so repeat the
+    # message only on wide terminals; the failure reports below are printed whole at any width
+    result = pytester.runpytest_subprocess("-rN", *_args())
     result.assert_outcomes(failed=2, passed=1)
     out = result.stdout.str()
     assert out.count("memory budget exceeded") == 2
