@@ -15,6 +15,13 @@ A baseline is a small JSON file meant to be committed and reviewed in diffs::
 
 The categories of an entry sum to its ``peak_bytes`` (checked on load). Memory regresses when a
 peak exceeds its baseline by more than the tolerance (percent of the baseline peak).
+
+Engines: ``plan`` (analytical), ``trace`` (fake-tensor dry run) and ``profile`` (real steps, each
+spec in a fresh worker process: one warm-up step that creates the optimizer state, then
+``PROFILE_STEPS`` measured ones). A profile baseline also records its ``device`` ("cpu" or the GPU's
+name). On CPU the peak is the tracker's count of real tensors, split into categories; on CUDA it is
+``torch.cuda.max_memory_allocated`` over the measured steps, which has no split, so a CUDA entry's
+``categories`` is empty. A run that runs out of memory is a regression.
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ from lora_budget.fsio import write_atomic
 from lora_budget.spec import TrainSpec
 
 SCHEMA = 1
-ENGINES = ("plan", "trace")
+ENGINES = ("plan", "trace", "profile")
+DEVICES = ("auto", "cuda", "cpu")
+PROFILE_WARMUP = 1
+PROFILE_STEPS = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,23 +53,35 @@ class Entry:
     categories: dict[str, int]
     peak_bytes: int
     phase: str
+    oom: bool = False
+    """profile only: the step ran out of memory (never written to a baseline)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        del out["oom"]
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Baseline:
     engine: str
     entries: tuple[Entry, ...]
+    device: str = ""
+    """profile only: "cpu" or the GPU's name."""
     tool_version: str = __version__
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "schema": self.schema,
             "tool": "lora-budget",
             "tool_version": self.tool_version,
             "engine": self.engine,
-            "entries": [dataclasses.asdict(e) for e in self.entries],
         }
+        if self.device:
+            out["device"] = self.device
+        out["entries"] = [e.to_dict() for e in self.entries]
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +94,10 @@ class Comparison:
     """Current minus baseline bytes, per category (non-zero ones only)."""
     spec_changes: tuple[tuple[str, Any, Any], ...]
     """(setting, baseline value, current value) for every spec setting that differs."""
+    oom: bool = False
+    """The current run ran out of memory (profile engine): a regression whatever the numbers."""
+    split: bool = True
+    """Both sides have a per-category split (CUDA profiles have none)."""
 
     @property
     def delta_bytes(self) -> int:
@@ -84,10 +110,14 @@ class Comparison:
     @property
     def regressed(self) -> bool:
         # integer comparison: current > baseline * (1 + tol/100), without float rounding at the edge
+        if self.oom:
+            return True
         return self.current_bytes * 10000 > self.baseline_bytes * round(10000 + 100 * self.tolerance_pct)
 
     @property
     def status(self) -> str:
+        if self.oom:
+            return "OUT OF MEMORY"
         if self.regressed:
             return "REGRESSION"
         return "smaller" if self.delta_bytes < 0 else "ok"
@@ -107,10 +137,14 @@ def spec_settings(spec: TrainSpec) -> dict[str, Any]:
     return out
 
 
-def measure(specs: list[TrainSpec], engine: str) -> Baseline:
-    """Peak breakdown of each spec by ``engine`` (plan: analytical; trace: fake-tensor dry run)."""
+def measure(specs: list[TrainSpec], engine: str, *, device: str = "auto", runner: Any = None) -> Baseline:
+    """Peak breakdown of each spec by ``engine`` (plan: analytical; trace: fake-tensor dry run;
+    profile: real steps on ``device``, each spec in its own worker; ``runner`` replaces the worker
+    in tests)."""
     if engine not in ENGINES:
-        raise LoraBudgetError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+        raise LoraBudgetError(f"unknown engine {engine!r}; choose {', '.join(ENGINES)}")
+    if engine == "profile":
+        return _profile(specs, device, runner)
     entries = []
     for spec in specs:
         if engine == "plan":
@@ -131,6 +165,42 @@ def measure(specs: list[TrainSpec], engine: str) -> Baseline:
             )
         )
     return Baseline(engine=engine, entries=tuple(entries))
+
+
+def _profile(specs: list[TrainSpec], device: str, runner: Any) -> Baseline:
+    from lora_budget.profile.measure import Settings
+    from lora_budget.profile.sweep import run_sweep
+
+    if device not in DEVICES:
+        raise LoraBudgetError(f"unknown device {device!r}; choose {', '.join(DEVICES)}")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = Settings(device=device, steps=PROFILE_STEPS, warmup=PROFILE_WARMUP)
+    result = run_sweep(specs, settings, runner=runner)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    entries = []
+    for spec, row in zip(specs, result.rows, strict=True):
+        if row["status"] == "error":
+            raise LoraBudgetError(f"the {spec.method} profile step failed: {row['error']}")
+        oom = row["status"] == "oom"
+        categories = {} if oom else dict(row.get("categories") or {})
+        peak = row["peak_allocated_bytes"] or 0
+        entries.append(
+            Entry(
+                method=spec.method,
+                spec=spec_settings(spec),
+                categories=categories,
+                peak_bytes=sum(categories.values()) if categories else peak,
+                phase=row.get("peak_phase", ""),
+                oom=oom,
+            )
+        )
+    env = result.environment or {}
+    name = env.get("gpu_name") if device == "cuda" else "cpu"
+    return Baseline(engine="profile", entries=tuple(entries), device=name or device)
 
 
 def _bad(path: Path, why: str) -> LoraBudgetError:
@@ -162,16 +232,20 @@ def load_baseline(path: str | Path) -> Baseline:
     for i, item in enumerate(items, start=1):
         try:
             cats = item["categories"]
-            if set(cats) != set(CATEGORIES) or not all(type(v) is int and v >= 0 for v in cats.values()):
-                raise ValueError(f"categories must be exactly {', '.join(CATEGORIES)}, as non-negative ints")
             peak = item["peak_bytes"]
-            if type(peak) is not int or peak != sum(cats.values()):
-                raise ValueError(f"peak_bytes {peak!r} is not the sum of its categories ({sum(cats.values())})")
+            if engine == "profile" and cats == {}:  # CUDA counters: a total without a split
+                if type(peak) is not int or peak < 0:
+                    raise ValueError(f"peak_bytes must be a non-negative int, got {peak!r}")
+            else:
+                if set(cats) != set(CATEGORIES) or not all(type(v) is int and v >= 0 for v in cats.values()):
+                    raise ValueError(f"categories must be exactly {', '.join(CATEGORIES)}, as non-negative ints")
+                if type(peak) is not int or peak != sum(cats.values()):
+                    raise ValueError(f"peak_bytes {peak!r} is not the sum of its categories ({sum(cats.values())})")
             entries.append(
                 Entry(
                     method=str(item["method"]),
                     spec=dict(item["spec"]),
-                    categories={c: cats[c] for c in CATEGORIES},
+                    categories={c: cats[c] for c in CATEGORIES} if cats else {},
                     peak_bytes=peak,
                     phase=str(item.get("phase", "")),
                 )
@@ -179,12 +253,27 @@ def load_baseline(path: str | Path) -> Baseline:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else f"lacks or mangles {exc}"
             raise _bad(path, f"entry {i}: {why}") from None
-    return Baseline(engine=engine, entries=tuple(entries), tool_version=str(raw.get("tool_version", "")), schema=SCHEMA)
+    device = raw.get("device", "")
+    if engine == "profile" and (not isinstance(device, str) or not device):
+        raise _bad(path, "is a profile baseline without the `device` it was measured on")
+    return Baseline(
+        engine=engine,
+        entries=tuple(entries),
+        device=device if isinstance(device, str) else "",
+        tool_version=str(raw.get("tool_version", "")),
+        schema=SCHEMA,
+    )
 
 
 def write_baseline(path: str | Path, baseline: Baseline) -> None:
     """Write atomically: a temp file in the same folder, then os.replace (never a half-written file)."""
     path = Path(path)
+    ran_out = [e.method for e in baseline.entries if e.oom]
+    if ran_out:
+        raise LoraBudgetError(
+            f"not writing baseline {path}: {', '.join(ran_out)} ran out of memory on {baseline.device}; "
+            "a baseline must be a step that fits"
+        )
     if path.parent and not path.parent.exists():
         raise LoraBudgetError(f"cannot write baseline {path}: folder {path.parent} does not exist")
     write_atomic(path, json.dumps(baseline.to_dict(), indent=2) + "\n")
@@ -199,6 +288,11 @@ def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: s
             f"baseline {path} was measured by the {baseline.engine} engine, this check uses {current.engine}; "
             f"pass --engine {baseline.engine}, or rewrite the baseline with --update-baseline"
         )
+    if baseline.engine == "profile" and _kind(baseline.device) != _kind(current.device):
+        raise LoraBudgetError(
+            f"baseline {path} was measured on {baseline.device}, this run on {current.device}; CPU and CUDA "
+            f"counters differ: pass --device {_kind(baseline.device)}, or rewrite the baseline with --update-baseline"
+        )
     by_method = {e.method: e for e in baseline.entries}
     out = []
     for entry in current.entries:
@@ -208,7 +302,8 @@ def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: s
                 f"baseline {path} has no entry for {entry.method} (it has {', '.join(by_method)}); "
                 "add it with --update-baseline, or check only those methods with --method"
             )
-        deltas = {c: entry.categories[c] - base.categories[c] for c in CATEGORIES}
+        split = bool(entry.categories) and bool(base.categories)
+        deltas = {c: entry.categories[c] - base.categories[c] for c in CATEGORIES} if split else {}
         keys = list(dict.fromkeys([*base.spec, *entry.spec]))
         changes = tuple((k, base.spec.get(k), entry.spec.get(k)) for k in keys if base.spec.get(k) != entry.spec.get(k))
         out.append(
@@ -219,6 +314,12 @@ def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: s
                 tolerance_pct=tolerance_pct,
                 category_deltas={c: d for c, d in deltas.items() if d},
                 spec_changes=changes,
+                oom=entry.oom,
+                split=split,
             )
         )
     return out
+
+
+def _kind(device: str) -> str:
+    return "cpu" if device == "cpu" else "cuda"

@@ -113,7 +113,7 @@ def test_categories_that_do_not_sum_exit_2(baseline):
     ("args", "message"),
     [
         (["--seq-len", "0"], "sequence length must be a positive integer"),
-        (["--engine", "profile"], "--engine profile is not available yet"),
+        (["--engine", "profile"], "measured by the plan engine"),
         (["--engine", "trace", "--method", "lora"], "measured by the plan engine"),
         (["--method", "full"], "has no entry for full"),
         (["--batch-size", "auto"], "fixed --batch-size"),
@@ -151,3 +151,90 @@ def test_trace_engine_on_a_tiny_model(tmp_path):
     expected = trace(TrainSpec(model=tiny_ref("llama"), method="lora", seq_len=16, batch_size=2, rank=4))
     assert entry["peak_bytes"] == expected.peak_bytes
     assert run(*args, "--engine", "trace").exit_code == 0
+
+
+def _tiny_args(tmp_path, *extra):
+    from tests.tiny_models import TINY
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY["llama"]))
+    spec = ["-m", str(config), "--method", "lora", "--seq-len", "16", "-b", "2", "-r", "4", *extra]
+    return ["--baseline", str(tmp_path / "profile.json"), *spec, "--engine", "profile", "--device", "cpu"]
+
+
+@pytest.mark.torch
+def test_profile_engine_on_cpu_counts_real_steps(tmp_path):
+    """Real steps on CPU: the tracker's count of real tensors, which equals the fake trace byte for
+    byte (tests/test_trace_fake_vs_real.py), so the trace's breakdown is the golden value here."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from lora_budget.spec import TrainSpec
+    from lora_budget.trace.engine import trace
+    from tests.tiny_models import tiny_ref
+
+    r = run(*_tiny_args(tmp_path), "--update-baseline")
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["engine"] == "profile" and data["device"] == "cpu"
+    entry = data["entries"][0]
+    expected = trace(TrainSpec(model=tiny_ref("llama"), method="lora", seq_len=16, batch_size=2, rank=4)).breakdown
+    assert entry["categories"] == expected.as_dict()
+    assert entry["peak_bytes"] == expected.peak_bytes
+    assert "oom" not in entry
+    assert run(*_tiny_args(tmp_path)).exit_code == 0
+    # twice the tokens: more activations and logits, the same weights
+    r = run(*_tiny_args(tmp_path, "--seq-len", "32"))
+    assert r.exit_code == 1, r.output
+    cause = next(line for line in r.stderr.splitlines() if line.startswith("cause:"))
+    assert cause.startswith("cause: lora peak grew") and "spec changed: seq_len 16 -> 32" in cause
+    assert "logits" in cause and "weights" not in cause
+
+
+def _cuda_runner(peak_bytes, status="ok"):
+    """What a CUDA worker answers: allocator counters, no split by category."""
+    from lora_budget.profile.measure import Measurement
+
+    def runner(job):
+        m = Measurement(status=status, counter="cuda", peak_allocated_bytes=peak_bytes, peak_reserved_bytes=peak_bytes)
+        env = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * 10**9}
+        return {"environment": env, "measurement": m.to_dict()}
+
+    return runner
+
+
+def test_profile_engine_on_cuda_compares_totals_and_fails_on_oom(tmp_path, monkeypatch):
+    """A CUDA profile has a total and no split; out of memory is a regression and never a baseline."""
+    import lora_budget.gate as gate
+    from lora_budget.catalog.models import resolve_model
+    from lora_budget.spec import TrainSpec
+
+    specs = [TrainSpec(model=resolve_model("7b"), method="lora")]
+    path = tmp_path / "gpu.json"
+    base = gate.measure(specs, "profile", device="cuda", runner=_cuda_runner(20 * GiB))
+    assert base.device == "NVIDIA H100 80GB HBM3" and base.entries[0].categories == {}
+    gate.write_baseline(path, base)
+    loaded = gate.load_baseline(path)
+    assert loaded.entries[0].peak_bytes == 20 * GiB and loaded.device == base.device
+
+    grown = gate.measure(specs, "profile", device="cuda", runner=_cuda_runner(21 * GiB))
+    (c,) = gate.compare(loaded, grown, 1.0, path)
+    assert c.regressed and not c.split and c.delta_bytes == GiB
+
+    oom = gate.measure(specs, "profile", device="cuda", runner=_cuda_runner(19 * GiB, status="oom"))
+    (c,) = gate.compare(loaded, oom, 1.0, path)
+    assert c.regressed and c.status == "OUT OF MEMORY"  # smaller than the baseline, yet it did not fit
+    with pytest.raises(gate.LoraBudgetError, match="ran out of memory"):
+        gate.write_baseline(tmp_path / "oom.json", oom)
+    assert not (tmp_path / "oom.json").exists()
+
+    cpu = gate.Baseline(engine="profile", entries=loaded.entries, device="cpu")
+    with pytest.raises(gate.LoraBudgetError, match="CPU and CUDA counters differ"):
+        gate.compare(loaded, cpu, 1.0, path)
+
+    monkeypatch.setattr(gate, "measure", lambda specs, engine, device: oom)
+    r = run("--baseline", str(path), "-m", "7b", "--method", "lora", "--engine", "profile")
+    assert r.exit_code == 1 and "OUT OF MEMORY" in r.stdout
+    assert "\ncause: lora ran out of memory on NVIDIA H100 80GB HBM3 (19.00 GiB allocated" in r.stderr
+    monkeypatch.setattr(gate, "measure", lambda specs, engine, device: grown)
+    r = run("--baseline", str(path), "-m", "7b", "--method", "lora", "--engine", "profile")
+    assert r.exit_code == 1 and "not split by category" in r.stderr

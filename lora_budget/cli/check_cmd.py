@@ -24,7 +24,15 @@ def _gib(nbytes: int, sign: bool = False) -> str:
     type=click.Choice(["plan", "trace", "profile"]),
     default="plan",
     show_default=True,
-    help="plan: analytical, instant; trace: fake-tensor dry run of the real model (needs torch).",
+    help="plan: analytical, instant; trace: fake-tensor dry run of the real model (needs torch); profile: "
+    "real training steps on --device, each method in a fresh process (needs torch).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="--engine profile: where the steps run (auto: cuda when PyTorch sees a GPU, else cpu).",
 )
 @click.option(
     "--tolerance",
@@ -37,7 +45,9 @@ def _gib(nbytes: int, sign: bool = False) -> str:
 @click.option("--update-baseline", is_flag=True, help="Write (or create) the baseline from this run and pass.")
 @click.option("--json", "as_json", is_flag=True, help="Comparisons as JSON.")
 @user_errors
-def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: bool, as_json: bool, **kw: Any) -> None:
+def check_cmd(
+    baseline: str, engine: str, device: str, tolerance: float, update_baseline: bool, as_json: bool, **kw: Any
+) -> None:
     """Compare a spec's peak memory with a committed baseline: exit 0 within tolerance, 1 when it
     grew beyond it (with the category that grew), 2 on bad input.
 
@@ -47,16 +57,13 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
       lora-budget check --baseline memory.json -m 7b --method lora
       lora-budget check --baseline memory.json -m ./config.json --method qlora --seq-len 4096 --tolerance 0.5
       lora-budget check --baseline trace.json -m 7b --method qlora --engine trace
+      lora-budget check --baseline gpu.json -m ./config.json --method lora -b 4 --engine profile --device cuda
     """
     from lora_budget.api import MAIN_METHODS
     from lora_budget.catalog.models import resolve_model
-    from lora_budget.gate import compare, load_baseline, measure, write_baseline
+    from lora_budget.gate import Baseline, compare, load_baseline, measure, write_baseline
     from lora_budget.spec import TrainSpec
 
-    if engine == "profile":
-        raise click.UsageError(
-            "--engine profile is not available yet (real-GPU profiles are on the roadmap); use --engine plan or trace"
-        )
     if kw["batch_size"].strip().lower() == "auto":
         raise click.UsageError("check needs a fixed --batch-size (auto depends on the GPU); pass e.g. --batch-size 4")
     from lora_budget.cli.options import parse_batch
@@ -70,22 +77,34 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
         if method != "full":
             options.pop("master_weights")
         specs.append(TrainSpec(model=ref, method=method, batch_size=batch, **options))
-    if engine == "trace":
+    base = None
+    if not update_baseline:  # a bad baseline fails before minutes of measuring, not after
+        base = load_baseline(baseline)
+        if base.engine != engine:
+            compare(base, Baseline(engine=engine, entries=()), tolerance, baseline)  # raises the mismatch
+    if engine in ("trace", "profile"):
         try:
             import torch  # noqa: F401
         except ImportError:
-            raise click.UsageError("--engine trace needs torch: pip install 'lora-budget[torch]'") from None
-        click.echo(f"tracing {len(specs)} step(s) on fake tensors...", err=True)
-    current = measure(specs, engine)
+            raise click.UsageError(f"--engine {engine} needs torch: pip install 'lora-budget[torch]'") from None
+        where = "cuda if present, else cpu" if device == "auto" else device
+        what = "on fake tensors" if engine == "trace" else f"for real on {where} (a fresh process each)"
+        click.echo(f"running {len(specs)} step(s) {what}...", err=True)
+    try:
+        current = measure(specs, engine, device=device)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing compared, the baseline is untouched", err=True)
+        raise SystemExit(130) from None
     if update_baseline:
         write_baseline(baseline, current)
         if as_json:
             click.echo(json.dumps({"status": "updated", "baseline": current.to_dict()}, indent=2))
             return
+        on = f" on {current.device}" if current.device else ""
         for e in current.entries:
-            click.echo(f"baseline {baseline}: {e.method} {_gib(e.peak_bytes)} ({e.peak_bytes:,} bytes) [{engine}]")
+            click.echo(f"baseline {baseline}: {e.method} {_gib(e.peak_bytes)} ({e.peak_bytes:,} bytes) [{engine}{on}]")
         return
-    base = load_baseline(baseline)
+    assert base is not None
     comparisons = compare(base, current, tolerance, baseline)
     failed = [c for c in comparisons if c.regressed]
     if as_json:
@@ -99,6 +118,7 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
                 "delta_pct": round(c.delta_pct, 4),
                 "category_delta_bytes": c.category_deltas,
                 "spec_changes": [list(s) for s in c.spec_changes],
+                "oom": c.oom,
             }
             for c in comparisons
         ]
@@ -106,12 +126,15 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
             json.dumps({"status": "fail" if failed else "pass", "tolerance_pct": tolerance, "checks": rows}, indent=2)
         )
     else:
-        click.echo(f"check {ref.name} against {baseline} (engine {engine}, tolerance {tolerance:g} %)")
+        on = f" on {current.device}" if current.device else ""
+        click.echo(f"check {ref.name} against {baseline} (engine {engine}{on}, tolerance {tolerance:g} %)")
         for c in comparisons:
             click.echo(
                 f"  {c.method:<9}{_gib(c.baseline_bytes):>12} -> {_gib(c.current_bytes):>12}"
                 f"  {_gib(c.delta_bytes, sign=True):>14} ({c.delta_pct:+.2f} %)  {c.status}"
             )
+        if base.device and base.device != current.device:
+            click.echo(f"note: baseline measured on {base.device}, this run on {current.device}")
         if base.tool_version and base.tool_version != current.tool_version:
             click.echo(f"note: baseline written by lora-budget {base.tool_version}, this is {current.tool_version}")
         if any(c.status == "smaller" for c in comparisons) and not failed:
@@ -119,10 +142,18 @@ def check_cmd(baseline: str, engine: str, tolerance: float, update_baseline: boo
     for c in failed:
         grew = sorted(((d, cat) for cat, d in c.category_deltas.items() if d > 0), reverse=True)
         parts = ", ".join(f"{cat} {_gib(d, sign=True)}" for d, cat in grew[:3]) or "no single category"
-        cause = (
-            f"cause: {c.method} peak grew {_gib(c.delta_bytes, sign=True)} ({c.delta_pct:+.2f} %) to "
-            f"{_gib(c.current_bytes)}, beyond the {tolerance:g} % tolerance; grew: {parts}"
-        )
+        if not c.split:
+            parts = "not split by category (CUDA counters give a total; --engine trace shows the split)"
+        if c.oom:
+            cause = (
+                f"cause: {c.method} ran out of memory on {current.device} "
+                f"({_gib(c.current_bytes)} allocated when it failed; baseline peak {_gib(c.baseline_bytes)})"
+            )
+        else:
+            cause = (
+                f"cause: {c.method} peak grew {_gib(c.delta_bytes, sign=True)} ({c.delta_pct:+.2f} %) to "
+                f"{_gib(c.current_bytes)}, beyond the {tolerance:g} % tolerance; grew: {parts}"
+            )
         if c.spec_changes:
             cause += "; spec changed: " + ", ".join(f"{k} {a} -> {b}" for k, a, b in c.spec_changes)
         click.echo(cause, err=True)

@@ -80,6 +80,8 @@ class Measurement:
     nvml_process_bytes: int | None = None
     peak_phase: str = ""
     """Where the peak happened (tracker only)."""
+    categories: dict[str, int] | None = None
+    """The peak split into the shared memory categories (tracker only: CUDA counters have no split)."""
     step_s: float | None = None
     """Median measured step time, seconds."""
     step_times_s: list[float] = field(default_factory=list)
@@ -188,20 +190,26 @@ class _Clock:
 
 
 def _run_tracked(built: Any, optimizer: Any, spec: TrainSpec, batch: Any, settings: Settings, clock: _Clock) -> dict:
-    """CPU: count the real tensors' storages with the trace engine's tracker."""
+    """CPU: count the real tensors' storages with the trace engine's tracker and its category tags."""
     from lora_budget.runtime.loop import run_steps
-    from lora_budget.trace.engine import cuda_kernels, register_static, timeline_rows
+    from lora_budget.trace.attribute import attribute
+    from lora_budget.trace.engine import Hooks, cuda_kernels, register_static, timeline_rows
     from lora_budget.trace.tracker import Tracker
 
     tracker = Tracker(vocab=spec.model.shape.vocab)
     register_static(tracker, built, spec)
     tracker.register(batch, "activations")
+    hooks = Hooks(built, tracker, optimizer, paged=False, steps=clock.total, fake=False, progress=None)
 
     def on_phase(phase: str, step: int) -> None:
         clock.on_phase(phase, step)
-        tracker.set_phase(phase, step)
+        hooks.on_phase(phase, step)
 
-    with cuda_kernels(), tracker:
+    def after_step(step: int) -> None:
+        hooks.after_step(step)
+        clock.after_step(step)
+
+    with hooks.installed(), cuda_kernels(), tracker:
         run_steps(
             built.model,
             optimizer,
@@ -210,11 +218,18 @@ def _run_tracked(built: Any, optimizer: Any, spec: TrainSpec, batch: Any, settin
             steps=clock.total,
             on_phase=on_phase,
             on_loss=clock.on_loss,
-            after_step=clock.after_step,
+            after_backward=hooks.after_backward,
+            after_step=after_step,
         )
-    measured = [(live, phase) for _, live, phase, step in timeline_rows(tracker) if step > settings.warmup]
-    peak, phase = max(measured, key=lambda row: row[0])
-    return {"counter": "tracker", "peak_allocated_bytes": int(peak), "peak_phase": phase}
+    measured = [(event, live, phase) for event, live, phase, step in timeline_rows(tracker) if step > settings.warmup]
+    at = max(measured, key=lambda row: row[1])  # the first event at the measured steps' peak
+    breakdown, _ = attribute(tracker, at)
+    return {
+        "counter": "tracker",
+        "peak_allocated_bytes": int(at[1]),
+        "peak_phase": at[2],
+        "categories": breakdown.as_dict(),
+    }
 
 
 def _run_cuda(

@@ -11,7 +11,8 @@ One file per sweep::
      "interrupted": false, "planned": N,
      "rows": [{"spec": {every TrainSpec field}, "status": "ok" | "oom" | "error",
                peak_allocated_bytes, peak_reserved_bytes, peak_active_bytes, alloc_retries,
-               ooms, nvml_process_bytes, step_s, step_times_s, tokens_per_s, losses, ...,
+               ooms, nvml_process_bytes, step_s, step_times_s, tokens_per_s, losses,
+               categories (CPU tracker only: the peak split into memory categories), ...,
                predicted_peak_bytes, predicted_phase, predicted: {category: bytes}}]}
 
 Files are written atomically (a temporary file in the same folder, then a hard link to the final

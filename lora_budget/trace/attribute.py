@@ -7,9 +7,13 @@ from typing import Any
 from lora_budget.breakdown import CATEGORIES, Breakdown
 
 
-def attribute(tracker: Any) -> tuple[Breakdown, int]:
-    """(breakdown at the peak event, pageable optimizer bytes live at the peak)."""
-    event = tracker.peak.event
+def attribute(tracker: Any, at: tuple[int, int, str] | None = None) -> tuple[Breakdown, int]:
+    """(breakdown at the peak event, pageable optimizer bytes live at the peak).
+
+    ``at``: (event, live bytes, phase) of another moment to attribute, e.g. the peak of the
+    measured steps only; default the tracker's overall peak.
+    """
+    event, live, phase = at or (tracker.peak.event, tracker.peak.bytes, tracker.peak.phase)
     totals = dict.fromkeys(CATEGORIES, 0)
     pageable = 0
     for block in tracker.blocks:
@@ -19,5 +23,5 @@ def attribute(tracker: Any) -> tuple[Breakdown, int]:
         totals[category] += block.size
         if block.pageable:
             pageable += block.size
-    assert sum(totals.values()) == tracker.peak.bytes, (sum(totals.values()), tracker.peak.bytes)
-    return Breakdown(**totals, phase=tracker.peak.phase), pageable
+    assert sum(totals.values()) == live, (sum(totals.values()), live)
+    return Breakdown(**totals, phase=phase), pageable

@@ -129,7 +129,7 @@ def trace(
         register_static(tracker, built, spec)
         optimizer = make_optimizer(spec, built.trainable, paged=False)
         paged = spec.optimizer.startswith("paged")
-        hooks = _Hooks(built, tracker, optimizer, paged, steps, fake, progress, sharded=mesh is not None)
+        hooks = Hooks(built, tracker, optimizer, paged, steps, fake, progress, sharded=mesh is not None)
         _run(spec, built, tracker, optimizer, hooks, fake_mode, steps, warm_start)
     wall_s = time.perf_counter() - started
     return _result(spec, tracker, hooks, wall_s, fake, keep_timeline)
@@ -140,7 +140,7 @@ def _run(
     built: Built,
     tracker: Any,
     optimizer: Any,
-    hooks: _Hooks,
+    hooks: Hooks,
     fake_mode: Any,
     steps: int,
     warm_start: bool,
@@ -198,9 +198,7 @@ def _run(
         ) from None
 
 
-def _result(
-    spec: TrainSpec, tracker: Any, hooks: _Hooks, wall_s: float, fake: bool, keep_timeline: bool
-) -> TraceResult:
+def _result(spec: TrainSpec, tracker: Any, hooks: Hooks, wall_s: float, fake: bool, keep_timeline: bool) -> TraceResult:
     from lora_budget.trace.attribute import attribute
 
     breakdown, paged_bytes = attribute(tracker)
@@ -301,7 +299,7 @@ def register_static(tracker: Any, built: Built, spec: TrainSpec) -> None:
         tracker.register(functional.name2qmap["dynamic"], "quant_state")
 
 
-def _state_bytes(tracker: Any, hooks: _Hooks) -> dict[str, int]:
+def _state_bytes(tracker: Any, hooks: Hooks) -> dict[str, int]:
     out = dict.fromkeys(("weights", "quant_state", "adapter"), 0)
     for block in tracker.blocks:
         if block.born < 0 and block.category in out:
@@ -323,7 +321,7 @@ def timeline_rows(tracker: Any) -> list[tuple[int, int, str, int]]:
     return out
 
 
-class _Hooks:
+class Hooks:
     """Phase markers, the module stack, category tags and progress, wired into one run."""
 
     def __init__(
