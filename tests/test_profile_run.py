@@ -246,3 +246,26 @@ def test_real_ctrl_c_saves_finished_rows(tmp_path):
     assert profile.interrupted and methods in (["full"], ["full", "lora"])
     assert all(r["status"] == "ok" for r in profile.rows)
     assert f"interrupted after {len(methods)} of 3 configurations" in out
+
+
+def test_config_file_sets_the_profile_and_flags_win(monkeypatch, tmp_path):
+    """An axolotl file fills the grid; a typed flag (-b 2) wins over micro_batch_size; keys a
+    profile cannot use (epochs, FlashAttention) are named, not silently dropped."""
+    monkeypatch.setattr(sweep, "subprocess_runner", _in_process)
+    monkeypatch.setattr(sweep, "environment_of", _cpu_env)
+    config = tmp_path / "axolotl.yml"
+    config.write_text(
+        f"base_model: {TINY}\nadapter: qlora\nload_in_4bit: true\nlora_r: 4\nlora_alpha: 8\n"
+        "sequence_len: 16\nmicro_batch_size: 4\ngradient_checkpointing: true\nnum_epochs: 2\n"
+        "flash_attention: true\nlearning_rate: 0.0002\n"
+    )
+    out = tmp_path / "p.json"
+    args = ["profile", "--config", str(config), "--device", "cpu", "-b", "2", "--steps", "1", "--warmup", "1"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (row,) = load_profile(out).rows
+    spec = row["spec"]
+    assert (spec["method"], spec["seq_len"], spec["batch_size"], spec["grad_ckpt"]) == ("qlora", 16, 2, True)
+    assert (spec["rank"], spec["alpha"], spec["attn"]) == (4, 8, "sdpa")
+    assert "the command line overrode --batch-size" in result.stderr
+    assert "not used by profile: flash_attention" in result.stderr and "num_epochs" in result.stderr

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from lora_budget.cli.errors import user_errors
-from lora_budget.cli.options import MODEL_HELP
+from lora_budget.cli.options import CONFIG_HELP, MODEL_HELP
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
 
@@ -72,6 +72,68 @@ def _tokens(data: Path | None, tokenizer: Path | None, count: int, vocab: int) -
     return ids[:count], how
 
 
+# config values the profile grid takes as they are, besides its own options
+_CONFIG_EXTRA = ("alpha", "quant", "double_quant", "adapter_dtype", "master_weights")
+_CONFIG_UNUSED = {
+    "epochs": "a profile runs a few steps",
+    "total_tokens": "a profile runs a few steps",
+    "gpus": "a profile runs on one device",
+    "strategy": "a profile runs on one device",
+    "offload": "a profile runs on one device",
+}
+
+
+def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Fill ``kw`` (and the model) from a training config where the user typed nothing; typed flags win.
+
+    Returns (model, spec settings the grid takes beyond the profile's own options). The file's
+    notes go to stderr, as ``plan`` prints them.
+    """
+    from click.core import ParameterSource
+
+    from lora_budget.configs import load_config
+
+    ctx = click.get_current_context()
+    loaded = load_config(path)
+
+    def typed(param: str) -> bool:
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    as_option = {
+        "method": ("methods", str),
+        "seq_len": ("seq_len", str),
+        "batch_size": ("batch_size", str),
+        "grad_ckpt": ("grad_ckpt", lambda on: "on" if on else "off"),
+    }
+    extra: dict[str, Any] = {}
+    overridden, unused = [], []
+    for param, value in loaded.values.items():
+        if param == "model":
+            if model is None:
+                model = value
+            else:
+                overridden.append("model")
+        elif param in _CONFIG_EXTRA:
+            extra[param] = value
+        elif param in _CONFIG_UNUSED:
+            unused.append(f"{loaded.sources[param]} ({_CONFIG_UNUSED[param]})")
+        elif param == "attn" and value == "flash":
+            unused.append(f"{loaded.sources[param]} (profiled with --attn sdpa: flash-attn is not run here)")
+        else:
+            option, convert = as_option.get(param, (param, lambda v: v))
+            if option not in kw:
+                unused.append(loaded.sources[param])
+            elif typed(option):
+                overridden.append(param)
+            else:
+                kw[option] = convert(value)
+    for line in loaded.describe(tuple(overridden)):
+        click.echo(line, err=True)
+    if unused:
+        click.echo("config: not used by profile: " + "; ".join(unused), err=True)
+    return model, extra
+
+
 def _progress(index: int, total: int, label: str, row: dict[str, Any] | None, started: list[float]) -> None:
     if row is None:
         started[0] = time.perf_counter()
@@ -89,6 +151,7 @@ def _progress(index: int, total: int, label: str, row: dict[str, Any] | None, st
 
 
 @click.command("profile")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP)
 @click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--methods", default="full,lora,qlora", show_default=True, help="Comma list of methods, or all.")
 @click.option("--seq-len", "-s", default="512,2048", show_default=True, help="Comma list of sequence lengths.")
@@ -122,7 +185,7 @@ def _progress(index: int, total: int, label: str, row: dict[str, Any] | None, st
 @click.option("--list", "list_only", is_flag=True, help="Summarize the stored profiles instead (as `profiles`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile JSON instead of the table.")
 @user_errors
-def profile_cmd(model: str | None, list_only: bool, as_json: bool, **kw: Any) -> None:
+def profile_cmd(model: str | None, list_only: bool, as_json: bool, config_file: str | None, **kw: Any) -> None:
     """Run real training steps per configuration and store what they used.
 
     Each configuration (methods x grad-ckpt x seq-len x batch-size) runs in a fresh process:
@@ -136,11 +199,15 @@ def profile_cmd(model: str | None, list_only: bool, as_json: bool, **kw: Any) ->
       lora-budget profile -m 7b --grad-ckpt both --snapshot
       lora-budget profile -m tests/data/tiny-llama/config.json --device cpu -s 64 -b 1,2
       lora-budget profile --weights ./my-model --data train.txt -s 1024 -b 1,2
+      lora-budget profile --config axolotl.yml -s 1024,4096 --device cuda
       lora-budget profile --list
     """
     if list_only:
         _list([DEFAULT_ROOT] if kw["out"] == DEFAULT_ROOT else [kw["out"]], as_json=as_json, show_rows=False)
         return
+    if config_file is not None:
+        model, extra = _apply_config(config_file, model, kw)
+        kw["extra"] = extra
     if not model and kw["weights"] is not None:
         model = str(kw["weights"])
     if not model:
@@ -182,6 +249,7 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
         dtype=kw["dtype"],
         attn=kw["attn"],
         grad_accum=kw["grad_accum"],
+        **kw.get("extra", {}),
     )
     out: Path = kw["out"]
     if out.suffix == ".json" and out.exists():
