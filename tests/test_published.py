@@ -81,7 +81,10 @@ def test_reasons_for_known_unusable_rows(rows):
     by_id = {r.id: r for r in rows}
     assert any("seq2seq" in x for x in by_id[96].reasons)  # T0_3B
     assert any("BERT" in x for x in by_id[214].reasons)
-    assert any("multi-GPU" in x for x in by_id[130].reasons)  # FSDP on 2 GPUs
+    # torchtune's FSDP rows are planned per GPU (row 130: LoRA on 2 GPUs)
+    assert by_id[130].spec is not None and (by_id[130].spec.gpus, by_id[130].spec.strategy) == (2, "fsdp")
+    assert any("FSDP2" in c for c in by_id[130].caveats)
+    assert by_id[146].spec.offload == "params"  # fsdp_cpu_offload=True
     assert any("DeepSpeed" in x for x in by_id[104].reasons)
     assert any("not in the catalog" in x for x in by_id[103].reasons)  # BLOOM
 

@@ -94,11 +94,11 @@ def _reasons(row: dict[str, str]) -> list[str]:
         out.append("seq2seq (T5/mT0) architecture not supported")
     if "bert" in row["hf_model_id"].lower():
         out.append("encoder-only BERT (sequence classification) not supported")
-    gpus = int(row["num_gpus"]) if not null(row["num_gpus"]) else 1
+    gpus = _gpus(row)
     parallel = row["parallelism"]
-    if gpus > 1:
-        out.append(f"multi-GPU ({gpus} GPUs, {parallel}): sharded per-GPU memory not modelled")
-    elif any(word in parallel + row["other_memory_settings"] for word in ("DeepSpeed", "ZeRO", "offload_param")):
+    if gpus > 1 and "FSDP" not in parallel:
+        out.append(f"multi-GPU ({gpus} GPUs, {parallel}): only FSDP rows are mapped")
+    elif gpus == 1 and any(word in parallel + row["other_memory_settings"] for word in ("DeepSpeed", "ZeRO", "offload_param")):
         out.append("DeepSpeed ZeRO-3 with CPU offload not modelled")
     if null(row["seq_len"]):
         out.append(f"dynamic sequence length without a stated maximum ({row['seq_len_kind']})")
@@ -107,6 +107,19 @@ def _reasons(row: dict[str, str]) -> list[str]:
     if null(row["batch_size_per_gpu"]):
         out.append("micro-batch not stated")
     return out
+
+
+def _gpus(row: dict[str, str]) -> int:
+    return int(row["num_gpus"]) if not null(row["num_gpus"]) else 1
+
+
+def _sharding(row: dict[str, str]) -> dict[str, Any]:
+    """World size, strategy and offload of a multi-GPU FSDP row (its per-GPU figure is compared)."""
+    gpus = _gpus(row)
+    if gpus == 1:
+        return {}
+    offload = "params" if "cpu offload" in row["parallelism"].lower() else "none"
+    return {"gpus": gpus, "strategy": "fsdp", "offload": offload}
 
 
 def _model(row: dict[str, str]) -> tuple[Any, str | None]:
@@ -202,6 +215,7 @@ def map_row(row: dict[str, str]) -> Mapped:
         grad_accum=1 if null(row["grad_accum"]) else int(row["grad_accum"]),
         grad_ckpt=row["gradient_checkpointing"].strip().lower().startswith("true"),
         attn="sdpa" if "sdpa" in row["attention_impl"].lower() else "eager",
+        **_sharding(row),
     )
     caveats: list[str] = [model_note] if model_note else []
     output_lora = False
@@ -241,6 +255,14 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
         out.append(("activation offloading to CPU: saved activations leave the GPU", True))
     if "optimizer_in_bwd" in settings + optimizer:
         out.append(("optimizer step inside backward: the full set of gradients never lives at once", True))
+    if spec.gpus > 1:
+        out.append(
+            (
+                f"torchtune's FSDP on {spec.gpus} GPUs (FSDP1 in older releases, FSDP2 `fully_shard` since 0.3) "
+                "planned as FSDP2, per GPU",
+                False,
+            )
+        )
     if spec.optimizer.startswith("paged"):
         out.append(("bitsandbytes paged state sits outside torch's allocator: compared without it", False))
     if row["reliability"].strip() == "low":
@@ -258,7 +280,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
                 False,
             )
         )
-    if spec.method == "full" and spec.optimizer == "adamw":
+    if spec.method == "full" and spec.optimizer == "adamw" and spec.offload == "none":  # offload: a CPU step
         out.append(_foreach_adamw(spec))
     return out
 
@@ -323,7 +345,7 @@ def _foreach_adamw(spec: TrainSpec) -> tuple[str, bool]:
     model = peak_model(spec)
     st = model.static
     state_bytes = 4 if spec.master_weights else spec.compute_bytes
-    copy = alloc(st.trainable_params * state_bytes)
+    copy = alloc(-(-st.trainable_params // spec.gpus) * state_bytes)  # FSDP: each rank steps its own shard
     base = st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer
     step_total = base + st.gradients + st.optimizer_step_temp + copy
     peak = model.peak_bytes(spec.batch_size, spec.seq_len)
