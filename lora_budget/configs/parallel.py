@@ -43,11 +43,14 @@ wins over the ``fsdp`` tokens, as in transformers (``setdefault``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
+
+Fail = Callable[[str, str], LoraBudgetError]
 
 STAGE_STRATEGY = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
 
@@ -178,7 +181,7 @@ def _from_ds_dict(r: Reader, data: dict[str, Any], label: str, where: str) -> st
     return _set_zero(r, stage, opt, param, label, f"deepspeed ({label})")
 
 
-def _device(zero: dict[str, Any], key: str, fail: Any, r: Reader) -> bool:
+def _device(zero: dict[str, Any], key: str, fail: Fail, r: Reader) -> bool:
     block = zero.get(key)
     if block is None:
         return False
@@ -236,7 +239,7 @@ def _buckets(r: Reader, zero: dict[str, Any], stage: int, label: str) -> None:
         r.notes.append(f"deepspeed: {label} sets {'; '.join(other)}: not modelled, planned with DeepSpeed's defaults")
 
 
-def _ds_extras(r: Reader, data: dict[str, Any], label: str, fail: Any) -> None:
+def _ds_extras(r: Reader, data: dict[str, Any], label: str, fail: Fail) -> None:
     """Micro-batch, accumulation and precision from the DeepSpeed file when concrete and not set already."""
     for ds_key, param in (
         ("train_micro_batch_size_per_gpu", "batch_size"),
