@@ -77,6 +77,9 @@ def run(*args):
                 "dtype": "bf16",
                 "grad_ckpt": False,
                 "epochs": 1.0,
+                # deepspeed: examples/deepspeed/ds_z2_config.json is not in the repo; LLaMA-Factory ships
+                # that name with zero_optimization.stage 2 and no offload, so the name is read
+                "strategy": "zero2",
             },
         ),
         (
@@ -118,17 +121,26 @@ def test_examples_map_to_spec(name, fmt, expected):
     assert loaded.values == expected
 
 
-def test_ignored_and_unmodelled_keys_are_reported():
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_ignored_and_unmodelled_keys_are_reported(tmp_path):
     axo = load_config(DATA / "axolotl_qlora.yml")
     assert "learning_rate" in axo.ignored and "datasets" in axo.ignored
     assert any("lora_dropout" in n for n in axo.notes)
     lf = load_config(DATA / "llamafactory_qlora_ds.yaml")
-    assert [u.split()[0] for u in lf.unmodelled] == ["deepspeed"]
+    assert lf.unmodelled == ()  # deepspeed is read now (tests/test_configs_parallel.py)
     r = run("plan", "--config", str(DATA / "llamafactory_qlora_ds.yaml"), "-g", "a100-80gb", "--json")
     assert r.exit_code == 0, r.output
     notes = json.loads(r.output)["notes"]
-    assert any("deepspeed" in n and "not modelled" in n for n in notes)
+    assert any("ds_z2_config.json not found" in n and "taken from its name" in n for n in notes)
     assert any("ignored (no effect on memory or speed)" in n and "template" in n for n in notes)
+    axo = load_config(DATA / "axolotl_qlora.yml")
+    assert axo.unmodelled == ()
+    dora = load_config(_write(tmp_path / "dora.yml", "base_model: 7b\nadapter: lora\nuse_dora: true\n"))
+    assert [u.split()[0] for u in dora.unmodelled] == ["use_dora"]
 
 
 def test_file_values_reach_the_plan():

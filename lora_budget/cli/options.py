@@ -24,7 +24,8 @@ CONFIG_META = "lora_budget.config"
 
 CONFIG_HELP = (
     "Read settings from a training config: axolotl or LLaMA-Factory YAML, TRL/transformers training "
-    "arguments (JSON or YAML), PEFT adapter_config.json, or a model config.json. Flags you give win."
+    "arguments (JSON or YAML), PEFT adapter_config.json, a model config.json, or a DeepSpeed JSON. DeepSpeed "
+    "and FSDP settings apply with --gpus N. Flags you give win."
 )
 
 
@@ -149,11 +150,22 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
     ctx = click.get_current_context()
     loaded = load_config(path)
     out = dict(kw)
+
+    def typed(param: str) -> bool:
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    # A file's DeepSpeed / FSDP strategy shards over a world size only the launcher knows: without
+    # --gpus N it is reported, not applied. Its offload belongs to its strategy, so a different
+    # typed --strategy overrides both.
+    held: tuple[str, ...] = ()
+    if "strategy" in out and loaded.values.get("strategy", "ddp") != "ddp" and not typed("strategy"):
+        if out.get("gpus", 1) == 1:
+            held = tuple(p for p in ("strategy", "offload") if p in loaded.values)
     overridden = []
     for param, value in loaded.values.items():
-        if param not in out:
-            continue  # a setting this command has no option for (e.g. epochs outside plan)
-        if ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+        if param not in out or param in held:
+            continue  # a setting this command has no option for (e.g. epochs outside plan), or held back
+        if typed(param) or (param == "offload" and typed("strategy") and out["strategy"] != loaded.values["strategy"]):
             overridden.append(param)
             continue
         if param == "model":
@@ -162,7 +174,7 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
             except LoraBudgetError as exc:
                 raise LoraBudgetError(f"{path}: {loaded.sources['model']}: {exc}") from None
         out[param] = value
-    ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden))
+    ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden), held)
     return out
 
 

@@ -26,27 +26,37 @@ class LoadedConfig:
     sources: dict[str, str]
     """CLI parameter name -> the file key it was read from."""
     unmodelled: tuple[str, ...]
-    """Keys that change memory or speed in ways not modelled yet (DeepSpeed, FSDP, DoRA, ...), with why."""
+    """Keys that change memory or speed in ways not modelled yet (DoRA, Unsloth, ...), with why."""
     ignored: tuple[str, ...]
     """Keys with no effect on a single GPU's memory or speed (learning rate, datasets, logging, ...)."""
     notes: tuple[str, ...]
     """Remarks about how values were read (tool defaults applied, values planned differently)."""
+    parallel: str = ""
+    """What the file's DeepSpeed / FSDP settings say (``deepspeed: ZeRO-3 ... read from ds.json``), or empty."""
 
     @property
     def format_name(self) -> str:
         return FORMAT_NAMES[self.format]
 
-    def describe(self, overridden: tuple[str, ...] = ()) -> list[str]:
-        """Human lines for ``notes``: what was read, what the command line overrode, what was ignored."""
+    def describe(self, overridden: tuple[str, ...] = (), held: tuple[str, ...] = ()) -> list[str]:
+        """Human lines for ``notes``: what was read, what the command line overrode, what was ignored.
+
+        ``held``: settings read but not applied (a sharded strategy without ``--gpus``).
+        """
         read = ", ".join(
             f"{key} -> {_flag(param, self.values[param])}"
             for param, key in self.sources.items()
-            if param not in overridden
+            if param not in overridden and param not in held
         )
         lines = [f"config: {self.path} read as {self.format_name}: {read or 'nothing used'}"]
         if overridden:
             lines.append(
                 "config: the command line overrode " + ", ".join(f"--{p.replace('_', '-')}" for p in overridden)
+            )
+        if held:
+            lines.append(
+                f"config: {self.parallel}; the GPU count comes from your launcher: add --gpus N to plan it per GPU "
+                "(planned on 1 GPU, unsharded, until then)"
             )
         lines += [f"config: {n}" for n in self.notes]
         if self.unmodelled:
@@ -80,6 +90,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         unmodelled=tuple(unmodelled),
         ignored=tuple(ignored),
         notes=tuple(reader.notes),
+        parallel=reader.parallel,
     )
 
 

@@ -21,10 +21,18 @@ Key names and defaults are those each tool documents:
 - PEFT ``adapter_config.json``: ``peft_type: LORA``, ``r``, ``lora_alpha``, ``target_modules``,
   ``base_model_name_or_path``.
 - ``config.json`` of a model: the model itself (``--model`` = the file).
+- Multi-GPU (axolotl, LLaMA-Factory, TRL; ``configs/parallel.py``): ``deepspeed`` (a DeepSpeed JSON
+  path or dict: ``zero_optimization.stage``, ``offload_optimizer`` / ``offload_param`` as DeepSpeed's
+  ``DeepSpeedZeroConfig`` documents them; the example files LLaMA-Factory and axolotl ship are
+  known by name), ``fsdp`` / ``fsdp_config`` (transformers ``FSDPOption`` tokens and
+  ``_apply_legacy_fsdp_to_config``, transformers 5.23 ``training_args.py``; axolotl
+  docs/multi-gpu.qmd and ``utils/schemas/fsdp.py``; accelerate's ``FSDP_SHARDING_STRATEGY``) ->
+  ``--strategy`` / ``--offload``, applied once ``--gpus N`` says the world size.
 """
 
 from __future__ import annotations
 
+from lora_budget.configs.parallel import deepspeed_file, read_parallel
 from lora_budget.configs.values import Reader
 
 _DTYPE_NAMES = {
@@ -109,6 +117,7 @@ def axolotl(r: Reader) -> None:
         r.notes.append("xformers_attention: planned as sdpa (both keep no s x s scores)")
     if (epochs := r.positive_number("num_epochs")) is not None:
         r.set("epochs", epochs, "num_epochs")
+    r.parallel = read_parallel(r)
 
 
 def llamafactory(r: Reader) -> None:
@@ -162,6 +171,7 @@ def llamafactory(r: Reader) -> None:
             raise r.fail("flash_attn", f"must be auto, disabled, sdpa or fa2, got {attn!r}")
         if mapped:
             r.set("attn", mapped, "flash_attn")
+    r.parallel = read_parallel(r)
 
 
 def _trainer_args(r: Reader) -> None:
@@ -224,6 +234,7 @@ def trl(r: Reader) -> None:
         if attn is None:
             raise r.fail("attn_implementation", f"{impl!r} is not modelled; use eager, sdpa or flash_attention_2")
         r.set("attn", attn, "attn_implementation")
+    r.parallel = read_parallel(r)
 
 
 def peft(r: Reader) -> None:
@@ -252,4 +263,15 @@ def hf_config(r: Reader) -> None:
         r.set("method", "qlora" if quant.get("load_in_4bit") else "lora8bit", "quantization_config")
 
 
-MAPPERS = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl, "peft": peft, "hf_config": hf_config}
+def deepspeed(r: Reader) -> None:
+    r.parallel = deepspeed_file(r)
+
+
+MAPPERS = {
+    "axolotl": axolotl,
+    "llamafactory": llamafactory,
+    "trl": trl,
+    "peft": peft,
+    "hf_config": hf_config,
+    "deepspeed": deepspeed,
+}

@@ -8,13 +8,14 @@ from typing import Any
 
 from lora_budget.errors import LoraBudgetError
 
-FORMATS = ("axolotl", "llamafactory", "trl", "peft", "hf_config")
+FORMATS = ("axolotl", "llamafactory", "trl", "peft", "hf_config", "deepspeed")
 FORMAT_NAMES = {
     "axolotl": "axolotl YAML",
     "llamafactory": "LLaMA-Factory YAML",
     "trl": "TRL / transformers training arguments",
     "peft": "PEFT adapter_config.json",
     "hf_config": "Hugging Face config.json",
+    "deepspeed": "DeepSpeed JSON",
 }
 
 # keys only one tool uses, checked in this order
@@ -73,6 +74,8 @@ def _yaml(text: str, p: Path) -> Any:
 
 def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:
     if not yaml:
+        if "zero_optimization" in data and "per_device_train_batch_size" not in data:
+            return "deepspeed"
         if "peft_type" in data:
             return "peft"
         if "model_type" in data and ("architectures" in data or "hidden_size" in data or "n_embd" in data):
@@ -85,5 +88,6 @@ def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:
         return "trl"
     raise LoraBudgetError(
         f"{p}: unsupported config format: none of the keys of an axolotl or LLaMA-Factory YAML, TRL training "
-        "arguments, a PEFT adapter_config.json (peft_type) or a model config.json (model_type)"
+        "arguments, a PEFT adapter_config.json (peft_type), a model config.json (model_type) or a DeepSpeed JSON "
+        "(zero_optimization)"
     )

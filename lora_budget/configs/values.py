@@ -30,9 +30,6 @@ OPTIMIZER_NAMES: dict[str, str] = {
 
 # Keys whose effect on memory or speed lora-budget does not model yet: reported apart from the rest.
 UNMODELLED = {
-    "deepspeed": "DeepSpeed (single-GPU plan; sharding not modelled yet)",
-    "fsdp": "FSDP (single-GPU plan; sharding not modelled yet)",
-    "fsdp_config": "FSDP (single-GPU plan; sharding not modelled yet)",
     "use_dora": "DoRA (planned as plain LoRA)",
     "modules_to_save": "modules_to_save (their trained copies are not counted)",
     "use_unsloth": "Unsloth kernels (planned as the transformers path)",
@@ -61,6 +58,8 @@ class Reader:
     """CLI parameter name -> the file key it came from."""
     used: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    parallel: str = ""
+    """What the file's DeepSpeed / FSDP settings say (``read_parallel``), empty without them."""
 
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None
