@@ -237,7 +237,8 @@ def traffic(spec: TrainSpec) -> Traffic:
 
 def ring_link(gpu: GPU, n: int, inter_node_gbps: float = INTER_NODE_GBPS) -> tuple[str, int | None]:
     """(the slowest hop of an N-GPU ring in words, its datasheet bandwidth per direction or None)."""
-    if gpu.nvlink_bytes_per_s and gpu.nvlink_gpus and n <= gpu.nvlink_gpus:
+    in_node = min(n, GPUS_PER_NODE)  # the ring's hops inside one node
+    if gpu.nvlink_bytes_per_s and gpu.nvlink_gpus and in_node <= gpu.nvlink_gpus:
         name, bw = "NVLink", gpu.nvlink_bytes_per_s
     elif gpu.pcie_bytes_per_s:
         name, bw = f"PCIe Gen{gpu.pcie_gen} x16", gpu.pcie_bytes_per_s
