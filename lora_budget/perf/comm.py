@@ -55,10 +55,11 @@ Sources and assumptions:
   ``--offload params`` copies each parameter shard up before every all-gather (P_gathered / N per
   micro-batch) and the reduced gradient shard G / N down (overlaps like the gathers it feeds).
 
-**Links.** One GPU's ring bandwidth is its slowest hop: NVLink (datasheet figure, both directions
-added, halved) while N fits in one NVLink domain (8 behind NVSwitch, 2 on a bridge), else the card's
-PCIe x16 link, both up to ``GPUS_PER_NODE``; beyond that the ring crosses nodes and the network
-(``--inter-node-gbps`` per GPU, default ``INTER_NODE_GBPS``, an assumption) bounds it when slower.
+**Links.** One GPU's ring bandwidth is its slowest hop. Inside a node (min(N, ``GPUS_PER_NODE``)
+GPUs) that is NVLink (datasheet figure, both directions added, halved) when those GPUs fit in one
+NVLink domain (8 behind NVSwitch, 2 on a bridge), else the card's PCIe x16 link; with N above
+``GPUS_PER_NODE`` the ring also crosses nodes, and the network (``--inter-node-gbps`` per GPU,
+default ``INTER_NODE_GBPS``, an assumption) bounds it when slower.
 Every link runs at ``LINK_EFFICIENCY`` of its datasheet rate.
 
 **Time.** comm_s is the sum of every collective's time. Overlap (the assumption, kept simple): a
