@@ -14,6 +14,7 @@ from lora_budget.core.fit import max_batch_size, max_seq_len
 from lora_budget.core.params import param_count
 from lora_budget.core.peak import PeakModel, peak_model
 from lora_budget.errors import LoraBudgetError
+from lora_budget.perf.comm import INTER_NODE_GBPS
 from lora_budget.perf.time import TimeEstimate, estimate_time
 from lora_budget.spec import METHODS, ModelRef, TrainSpec
 from lora_budget.units import fmt_gib
@@ -248,6 +249,7 @@ def plan_spec(
     speed: bool = True,
     total_tokens: int | None = None,
     price_usd_per_h: float | None = None,
+    inter_node_gbps: float = INTER_NODE_GBPS,
 ) -> MethodPlan:
     """Plan one fully specified spec on one GPU; ``speed`` adds step time, tokens/s and, given
     ``total_tokens``, wall time and cost (``price_usd_per_h`` or the catalog's price)."""
@@ -273,7 +275,13 @@ def plan_spec(
         suggestions=suggestions,
         smallest_gpu=(lambda g: g.name if g else None)(smallest_fitting(breakdown.peak_bytes - paged)),
         warnings=tuple(warnings),
-        time=estimate_time(spec, gpu, total_tokens=total_tokens, price_usd_per_h=price_usd_per_h) if speed else None,
+        time=(
+            estimate_time(
+                spec, gpu, total_tokens=total_tokens, price_usd_per_h=price_usd_per_h, inter_node_gbps=inter_node_gbps
+            )
+            if speed
+            else None
+        ),
     )
 
 
@@ -286,6 +294,7 @@ def plan(
     overhead_bytes: int = 0,
     total_tokens: int | None = None,
     price_usd_per_h: float | None = None,
+    inter_node_gbps: float = INTER_NODE_GBPS,
     **spec_options: Any,
 ) -> PlanResult:
     """Plan fine-tuning ``model`` on ``gpu`` with each method.
@@ -293,7 +302,8 @@ def plan(
     ``batch_size="auto"`` picks the largest micro-batch that fits, per method. Other keyword
     arguments are :class:`~lora_budget.spec.TrainSpec` fields (``seq_len``, ``rank``,
     ``optimizer``, ``grad_ckpt``, ...). ``total_tokens`` (tokens to train on, all epochs) adds wall time,
-    and with ``price_usd_per_h`` (or a catalog price) cost, to each method's ``time``.
+    and with ``price_usd_per_h`` (or a catalog price) cost, to each method's ``time``; ``inter_node_gbps``
+    is the network bandwidth per GPU assumed when ``gpus`` spans more than one node.
 
     >>> result = plan("7b", "24GB")
     >>> [m.method for m in result.methods]
@@ -310,6 +320,8 @@ def plan(
         raise LoraBudgetError(f"the token count must be positive, got {total_tokens!r}")
     if price_usd_per_h is not None and not price_usd_per_h > 0:
         raise LoraBudgetError(f"the price must be a positive USD per GPU-hour, got {price_usd_per_h!r}")
+    if isinstance(inter_node_gbps, bool) or not isinstance(inter_node_gbps, int | float) or not inter_node_gbps > 0:
+        raise LoraBudgetError(f"the inter-node bandwidth must be a positive Gb/s per GPU, got {inter_node_gbps!r}")
     calibration = None if overhead_bytes or card.from_size else calibrated_overhead(card.name)
     if calibration is not None:
         overhead_bytes = calibration.overhead_bytes
@@ -325,7 +337,16 @@ def plan(
         if auto:
             best = max_batch_size(peak_model(spec, overhead_bytes), spec.seq_len, card.memory_bytes)
             spec = dataclasses.replace(spec, batch_size=max(best, 1))
-        plans.append(plan_spec(spec, card, overhead_bytes, total_tokens=total_tokens, price_usd_per_h=price_usd_per_h))
+        plans.append(
+            plan_spec(
+                spec,
+                card,
+                overhead_bytes,
+                total_tokens=total_tokens,
+                price_usd_per_h=price_usd_per_h,
+                inter_node_gbps=inter_node_gbps,
+            )
+        )
     notes = []
     speed_notes = {n for p in plans if p.time for n in p.time.notes}
     notes += sorted(speed_notes)

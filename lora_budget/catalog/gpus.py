@@ -14,6 +14,11 @@ from lora_budget.units import looks_like_size, parse_size
 
 _DATA = Path(__file__).with_name("gpus.json")
 
+PCIE_X16_BYTES_PER_S = {3: 16 * 10**9, 4: 32 * 10**9, 5: 64 * 10**9}
+"""PCIe x16 bandwidth per direction by generation: NVIDIA's datasheets quote x16 links both directions
+added as 32 (Gen3, T4 / V100), 64 (Gen4, A100 / L4 / L40S) and 128 GB/s (Gen5, H100 / H200). The line rate
+after 128b/130b encoding is 15.75 / 31.5 / 63 GB/s per direction, 1.5 % below these figures."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GPU:
@@ -32,8 +37,20 @@ class GPU:
     price_usd_per_hour: float | None = None
     """Default on-demand price in USD per GPU-hour, only where a dated public source is recorded."""
     price_source: str = ""
+    nvlink_bytes_per_s: int | None = None
+    """NVLink bandwidth per GPU and direction, bytes/s: half the datasheet's two-way figure (None: no NVLink)."""
+    nvlink_gpus: int | None = None
+    """GPUs one NVLink domain joins: 8 behind NVSwitch, 2 on a bridge, 1 without NVLink (None: not recorded)."""
+    pcie_gen: int | None = None
+    """Host PCIe generation of the card's x16 link (None: not recorded)."""
+    interconnect_source: str = ""
     from_size: bool = False
     """True when given as a bare size rather than a catalog card."""
+
+    @property
+    def pcie_bytes_per_s(self) -> int | None:
+        """Host PCIe x16 bandwidth per direction, bytes/s (None: generation not recorded)."""
+        return PCIE_X16_BYTES_PER_S.get(self.pcie_gen) if self.pcie_gen else None
 
 
 @lru_cache(maxsize=1)
@@ -58,9 +75,27 @@ def catalog() -> tuple[GPU, ...]:
             ),
             price_usd_per_hour=r.get("price_usd_per_hour"),
             price_source=r.get("price_source", ""),
+            nvlink_bytes_per_s=round(r["nvlink_gb_s"] * 10**9 / 2) if r.get("nvlink_gb_s") else None,
+            nvlink_gpus=r.get("nvlink_gpus"),
+            pcie_gen=r.get("pcie_gen"),
+            interconnect_source=r.get("interconnect_source", ""),
         )
-        for r in rows
+        for r in map(_checked, rows)
     )
+
+
+def _checked(row: dict) -> dict:
+    """A catalog row whose interconnect fields are consistent (a broken gpus.json fails loudly, naming the card)."""
+    name, nvlink, domain, gen = row["name"], row.get("nvlink_gb_s"), row.get("nvlink_gpus"), row.get("pcie_gen")
+    if nvlink is not None and not nvlink > 0:
+        raise ValueError(f"gpus.json: {name}: nvlink_gb_s must be positive or null, got {nvlink!r}")
+    if domain is not None and (not isinstance(domain, int) or domain < 1 or (nvlink is None) != (domain == 1)):
+        raise ValueError(f"gpus.json: {name}: nvlink_gpus must be 1 without NVLink, 2 or more with it, got {domain!r}")
+    if gen is not None and gen not in PCIE_X16_BYTES_PER_S:
+        raise ValueError(f"gpus.json: {name}: pcie_gen must be one of {sorted(PCIE_X16_BYTES_PER_S)}, got {gen!r}")
+    if (nvlink, domain, gen) != (None, None, None) and not row.get("interconnect_source"):
+        raise ValueError(f"gpus.json: {name}: interconnect figures need an interconnect_source")
+    return row
 
 
 def _key(text: str) -> str:

@@ -34,6 +34,13 @@ from lora_budget.units import parse_size
 @click.option("--dataset-tokens", help="Tokens in one pass over the dataset; with --epochs instead of --tokens.")
 @click.option("--epochs", type=float, default=None, help="Passes over --dataset-tokens (default 1).")
 @click.option("--price", type=float, default=None, help="USD per GPU-hour for the cost (the catalog has no prices).")
+@click.option(
+    "--inter-node-gbps",
+    type=float,
+    default=None,
+    help="Network bandwidth per GPU between nodes, Gb/s, when --gpus exceeds 8 (default 400: an assumed "
+    "InfiniBand NDR adapter per GPU).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with a `methods` list.")
 @click.option("--csv", "as_csv", is_flag=True, help="One CSV row per method.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="A Markdown table.")
@@ -45,6 +52,7 @@ def plan_cmd(
     dataset_tokens: str | None,
     epochs: float | None,
     price: float | None,
+    inter_node_gbps: float | None,
     as_json: bool,
     as_csv: bool,
     as_markdown: bool,
@@ -56,7 +64,8 @@ def plan_cmd(
     --strategy says what is sharded; a plan that does not fit on one GPU suggests the smallest
     GPU count and strategy that does.
 
-    Speed (tokens/s, step time) is estimated for catalog cards in bf16/fp16; --tokens (or
+    Speed (tokens/s, step time) is estimated for catalog cards in bf16/fp16, with --gpus N
+    including the collectives' bytes per GPU and the time compute cannot hide; --tokens (or
     --dataset-tokens with --epochs) adds wall time, and --price USD/h the cost. --config reads
     an axolotl / LLaMA-Factory YAML, TRL or PEFT JSON, or a config.json; flags override it.
 
@@ -69,6 +78,7 @@ def plan_cmd(
       lora-budget plan -m 7b -g rtx4090 --method qlora --tokens 100M --price 0.40
       lora-budget plan --config axolotl.yml -g a100-80gb --dataset-tokens 30M --epochs 3
       lora-budget plan -m 70b -g a100-80gb --method full --grad-ckpt --gpus 8 --strategy fsdp
+      lora-budget plan -m 70b -g h100-sxm --method lora --gpus 16 --strategy fsdp --inter-node-gbps 200
     """
     from lora_budget.api import plan
 
@@ -90,6 +100,10 @@ def plan_cmd(
         total_tokens = max(1, round(parse_count(dataset_tokens, "--dataset-tokens") * (epochs or 1)))
     if price is not None and not price > 0:
         raise click.BadParameter(f"must be a positive USD per GPU-hour, got {price}", param_hint="--price")
+    if inter_node_gbps is not None and not inter_node_gbps > 0:
+        raise click.BadParameter(
+            f"must be a positive Gb/s per GPU, got {inter_node_gbps}", param_hint="--inter-node-gbps"
+        )
     result = plan(
         kw["model"],
         gpu,
@@ -98,6 +112,7 @@ def plan_cmd(
         overhead_bytes=parse_size(overhead) if overhead.strip() not in ("0", "0B", "0b") else 0,
         total_tokens=total_tokens,
         price_usd_per_h=price,
+        **({"inter_node_gbps": inter_node_gbps} if inter_node_gbps is not None else {}),
         **spec_kwargs(kw),
     )
     notes = config_notes()

@@ -123,6 +123,19 @@ def _speed_rows(methods: tuple[MethodPlan, ...], width: int) -> list[str]:
         f"{'step time (s)':<16}" + "".join(_cell(t.step_s if t else None, ".3f", width) for t in times),
         f"{'MFU':<16}" + "".join(_cell(t.mfu if t else None, ".0%", width) for t in times),
     ]
+    if any(m.spec.gpus > 1 for m in methods):
+        rows.append(
+            f"{'comm (GB/step)':<16}" + "".join(_cell(t.comm_bytes / 1e9 if t else None, ",.2f", width) for t in times)
+        )
+        if any(t and t.offload_bytes for t in times):
+            rows.append(
+                f"{'offload (GB)':<16}"
+                + "".join(_cell(t.offload_bytes / 1e9 if t else None, ",.2f", width) for t in times)
+            )
+        rows.append(f"{'comm (s)':<16}" + "".join(_cell(t.comm_s if t else None, ".3f", width) for t in times))
+        rows.append(
+            f"{'comm exposed (s)':<16}" + "".join(_cell(t.comm_exposed_s if t else None, ".3f", width) for t in times)
+        )
     if any(t and t.wall_s is not None for t in times):
         rows.append(
             f"{'time (h)':<16}"

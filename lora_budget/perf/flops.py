@@ -84,6 +84,9 @@ class StepFlops:
     """The part of ``attention_flops`` that FlashAttention recomputes in its backward kernel."""
     dequant_bytes: int
     """Bytes bitsandbytes reads and writes to dequantize weights (QLoRA, 8-bit LoRA), all passes."""
+    forward_flops: int = 0
+    """The forward pass alone: 2 x (weights + adapters) x T + the attention forward; the rest of
+    ``total_flops`` is backward (with checkpointing's recompute), the window that hides gradient traffic."""
 
     @property
     def total_flops(self) -> int:
@@ -176,4 +179,5 @@ def step_flops(spec: TrainSpec, batch_size: int | None = None, seq_len: int | No
         recompute_flops=recompute,
         flash_recompute_flops=flash_recompute,
         dequant_bytes=dequant,
+        forward_flops=2 * (decoder_n + head_n + adapter_n) * tokens + attn_fwd,
     )

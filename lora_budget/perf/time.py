@@ -2,15 +2,17 @@
 
 One optimizer step runs ``grad_accum`` micro-batches of b x s tokens, then the optimizer:
 
-    step_s = grad_accum * (compute_s + dequant_s) + optimizer_s
+    step_s = grad_accum * (compute_s + dequant_s) + optimizer_s + comm_exposed_s
     compute_s   = executed FLOPs of a micro-batch / (utilization * peak 16-bit FLOP/s)
     dequant_s   = dequantization bytes of a micro-batch / memory bandwidth      (QLoRA, 8-bit LoRA)
     optimizer_s = optimizer bytes / memory bandwidth
+    comm_exposed_s = collective traffic compute does not hide (N > 1; 0 on one GPU)
     tokens_per_s = N * b * s * grad_accum / step_s              (N data-parallel GPUs, --gpus)
     wall_s = total tokens / tokens_per_s,   cost_usd = N * wall_s / 3600 * price per GPU-hour
 
-With N > 1 each GPU's step time is the single-GPU one: gradient all-reduce / reduce-scatter and
-parameter all-gathers are assumed to overlap with compute (not modelled; a known optimism).
+With N > 1 the bytes each GPU sends per step (gradient all-reduce / reduce-scatter, parameter
+all-gathers, offload copies) and the part of their time that forward / backward compute cannot hide
+come from :mod:`lora_budget.perf.comm`, which states the derivation and its overlap assumption.
 
 FLOPs come from :mod:`lora_budget.perf.flops`, the utilization from
 :func:`lora_budget.perf.utilization.mfu_for`, peak FLOP/s and bandwidth from ``gpus.json``.
@@ -33,6 +35,7 @@ from typing import Any
 
 from lora_budget.catalog.gpus import GPU
 from lora_budget.core.static import static_memory
+from lora_budget.perf.comm import INTER_NODE_GBPS, CommEstimate, estimate_comm, traffic
 from lora_budget.perf.flops import StepFlops, step_flops
 from lora_budget.perf.utilization import mfu_for
 from lora_budget.spec import TrainSpec
@@ -66,6 +69,16 @@ class TimeEstimate:
     price_usd_per_h: float | None = None
     price_source: str = ""
     cost_usd: float | None = None
+    comm_bytes: int = 0
+    """Bytes each GPU sends over the GPU-GPU link per optimizer step (0 on one GPU)."""
+    offload_bytes: int = 0
+    """Bytes each GPU moves over its host PCIe link per optimizer step (--offload)."""
+    comm_s: float | None = None
+    """Time of all that traffic per step (None: no link figure, or no speed at all)."""
+    comm_exposed_s: float | None = None
+    """The part of ``comm_s`` compute does not hide: included in ``step_s``."""
+    comm: CommEstimate | None = None
+    """The communication estimate behind the three fields above (None on one GPU or without speed)."""
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +98,12 @@ class TimeEstimate:
             "memory_s": self.memory_s,
             "price_usd_per_h": self.price_usd_per_h,
             "price_source": self.price_source,
+            **(self.comm.to_dict() if self.comm else {}),
+            **(
+                {"comm_bytes": self.comm_bytes, "offload_bytes": self.offload_bytes}
+                if self.comm is None and self.comm_bytes
+                else {}
+            ),
             "notes": list(self.notes),
         }
 
@@ -121,13 +140,17 @@ def estimate_time(
     total_tokens: int | None = None,
     price_usd_per_h: float | None = None,
     calibration: Any = None,
+    inter_node_gbps: float = INTER_NODE_GBPS,
 ) -> TimeEstimate:
-    """Step time, tokens/s and, given ``total_tokens`` (and a price), wall time and cost."""
+    """Step time, tokens/s and, given ``total_tokens`` (and a price), wall time and cost; with
+    ``spec.gpus`` > 1 the collectives' bytes and the time compute does not hide (``inter_node_gbps``:
+    network bandwidth per GPU beyond one node)."""
     flops = step_flops(spec)
     tokens_per_step = flops.tokens * spec.grad_accum * spec.gpus  # every GPU runs its own micro-batches
     opt_bytes = optimizer_bytes(spec)
     util, util_source = mfu_for(gpu.name, spec.method, calibration)
     peak, why = peak_flops_per_s(gpu, spec.dtype)
+    moved = traffic(spec)
     base = dict(
         flops=flops,
         tokens_per_step=tokens_per_step,
@@ -135,6 +158,8 @@ def estimate_time(
         utilization=util,
         utilization_source=util_source,
         total_tokens=total_tokens,
+        comm_bytes=moved.link_bytes,
+        offload_bytes=moved.pcie_bytes,
     )
     if peak is None:
         return TimeEstimate(**base, notes=(why,))
@@ -147,7 +172,14 @@ def estimate_time(
     else:
         dequant_s = opt_s = 0.0
         notes.append(f"{gpu.name} has no bandwidth figure in the catalog: dequantization and optimizer time left out")
-    step_s = spec.grad_accum * (compute_s + dequant_s) + opt_s
+    comm = None
+    exposed_s = 0.0
+    if spec.gpus > 1:
+        forward_s = compute_s * flops.forward_flops / flops.total_flops
+        comm = estimate_comm(spec, gpu, forward_s, compute_s - forward_s, inter_node_gbps=inter_node_gbps)
+        exposed_s = comm.comm_exposed_s or 0.0
+        notes.append(comm.note)
+    step_s = spec.grad_accum * (compute_s + dequant_s) + opt_s + exposed_s
     tokens_per_s = tokens_per_step / step_s
     mfu = flops.model_flops * spec.grad_accum / (step_s * peak)
     wall_s = total_tokens / tokens_per_s if total_tokens is not None else None
@@ -156,11 +188,6 @@ def estimate_time(
     else:
         price_source = "--price" if price_usd_per_h is not None else ""
     cost = wall_s / 3600 * price_usd_per_h * spec.gpus if (wall_s is not None and price_usd_per_h is not None) else None
-    if spec.gpus > 1:
-        notes.append(
-            f"{spec.gpus} GPUs: tokens/s is {spec.gpus} x one GPU's and cost counts every GPU; "
-            "communication time is not modelled"
-        )
     if wall_s is not None and price_usd_per_h is None:
         notes.append(f"no price for {gpu.name} in the catalog: pass --price USD/h for a cost")
     return TimeEstimate(
@@ -175,5 +202,8 @@ def estimate_time(
         price_usd_per_h=price_usd_per_h,
         price_source=price_source,
         cost_usd=cost,
+        comm_s=comm.comm_s if comm else None,
+        comm_exposed_s=comm.comm_exposed_s if comm else None,
+        comm=comm,
         notes=tuple(notes),
     )
