@@ -39,6 +39,25 @@ def test_plan_csv_and_markdown():
     assert r.exit_code == 0 and "| peak |" in r.output.replace("**peak**", "peak")
 
 
+def test_multi_gpu_csv_and_markdown_carry_the_sharding_and_comm():
+    """The rendered rows repeat what the API returned for the same spec; comm is empty on one GPU."""
+    from lora_budget.api import plan
+
+    args = ("-m", "7b", "-g", "h100-sxm", "--method", "full", "--gpus", "8", "--strategy", "zero2")
+    (row,) = csv.DictReader(io.StringIO(run("plan", *args, "--csv").output))
+    (m,) = plan("7b", "h100-sxm", ("full",), gpus=8, strategy="zero2").methods
+    assert (row["gpus"], row["strategy"], row["offload"]) == ("8", "zero2", "none")
+    assert int(row["comm_bytes"]) == m.time.comm_bytes > 0
+    assert float(row["comm_exposed_s"]) == m.time.comm_exposed_s
+    md = run("plan", *args, "--markdown").output
+    assert f"| comm (GB/step) | {m.time.comm_bytes / 1e9:,.2f} |" in md
+    (single,) = csv.DictReader(
+        io.StringIO(run("plan", "-m", "7b", "-g", "h100-sxm", "--method", "lora", "--csv").output)
+    )
+    assert (single["gpus"], single["comm_bytes"], single["comm_s"]) == ("1", "", "")
+    assert "comm" not in run("plan", "-m", "7b", "-g", "h100-sxm", "--method", "lora", "--markdown").output
+
+
 def test_models_and_gpus():
     r = run("models")
     assert r.exit_code == 0 and "6,738,415,616" in r.output

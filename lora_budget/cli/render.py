@@ -163,15 +163,27 @@ def render_markdown(result: PlanResult) -> str:
     for key, label, fmt in (
         ("tokens_per_s", "tokens/s", ",.0f"),
         ("step_s", "step time (s)", ".3f"),
+        ("comm_bytes", "comm (GB/step)", ",.2f"),
+        ("comm_s", "comm (s)", ".3f"),
+        ("comm_exposed_s", "comm exposed (s)", ".3f"),
         ("wall_s", "time (h)", ",.1f"),
         ("cost_usd", "cost (USD)", ",.2f"),
     ):
-        values = [m.to_dict()[key] for m in methods]
+        values = [_speed_value(m, key) for m in methods]
         if any(v is not None for v in values):
             if key == "wall_s":
                 values = [v / 3600 if v is not None else None for v in values]
+            if key == "comm_bytes":
+                values = [v / 1e9 if v is not None else None for v in values]
             out.append(f"| {label} | " + " | ".join("n/a" if v is None else format(v, fmt) for v in values) + " |")
     return "\n".join(out)
+
+
+def _speed_value(m: MethodPlan, key: str) -> float | None:
+    """A speed figure of one method; the communication ones only for a multi-GPU spec."""
+    if key.startswith("comm"):
+        return getattr(m.time, key) if m.time is not None and m.spec.gpus > 1 else None
+    return m.to_dict()[key]
 
 
 def render_csv(result: PlanResult) -> str:
@@ -188,10 +200,16 @@ def render_csv(result: PlanResult) -> str:
         "max_seq_len",
         "batch_size",
         "seq_len",
+        "gpus",
+        "strategy",
+        "offload",
         "tokens_per_s",
         "step_s",
         "wall_s",
         "cost_usd",
+        "comm_bytes",
+        "comm_s",
+        "comm_exposed_s",
     ]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -199,5 +217,7 @@ def render_csv(result: PlanResult) -> str:
         d = m.to_dict()
         row = {k: d[k] for k in fields if k in d}
         row.update(model=result.model.name, gpu=result.gpu.name, batch_size=m.spec.batch_size, seq_len=m.spec.seq_len)
+        row.update(gpus=m.spec.gpus, strategy=m.spec.strategy, offload=m.spec.offload)
+        row.update({k: _speed_value(m, k) for k in ("comm_bytes", "comm_s", "comm_exposed_s")})
         writer.writerow(row)
     return buf.getvalue()

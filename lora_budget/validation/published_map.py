@@ -98,8 +98,8 @@ def _reasons(row: dict[str, str]) -> list[str]:
     parallel = row["parallelism"]
     if gpus > 1 and "FSDP" not in parallel:
         out.append(f"multi-GPU ({gpus} GPUs, {parallel}): only FSDP rows are mapped")
-    elif gpus == 1 and any(word in parallel + row["other_memory_settings"] for word in ("DeepSpeed", "ZeRO", "offload_param")):
-        out.append("DeepSpeed ZeRO-3 with CPU offload not modelled")
+    elif gpus == 1 and any(word in parallel + row["other_memory_settings"] for word in ("DeepSpeed", "ZeRO")):
+        out.append("DeepSpeed ZeRO-3 offload on one GPU (the planner shards over 2 or more)")
     if null(row["seq_len"]):
         out.append(f"dynamic sequence length without a stated maximum ({row['seq_len_kind']})")
     if row["optimizer"].lower().startswith("not stated"):
