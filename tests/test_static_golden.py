@@ -69,3 +69,17 @@ def test_adamw8bit_state(llama7b):
     sizes = [16 * 4096] * 8 + [16 * 11008] * 3 + [16 * 4096] * 3  # A and B of the 7 linears
     per_layer = sum(2 * _r(n) + 2 * _r(-(-n // 256) * 4) for n in sizes)
     assert st.optimizer == 32 * per_layer + 2048
+
+
+def test_gradients_made_before_a_layers_attention_kernel(llama7b):
+    """Backward reaches a layer's attention kernel after its MLP and its o projection: those
+    gradients exist by then, q/k/v's do not (the Falcon trace shows the MLP's alive there)."""
+    full = static_memory(TrainSpec(model=llama7b, method="full"))
+    # o_proj 4096 x 4096 and gate/up/down 11008 x 4096, bf16
+    assert full.layer_gradients_before_attention == 2 * (4096 * 4096 + 3 * 11008 * 4096) == 304_087_040
+    lora = static_memory(TrainSpec(model=llama7b, method="lora", rank=16, targets="all-linear"))
+    # fp32 A (16 x in) and B (out x 16) of o_proj, gate_proj, up_proj, down_proj
+    a_b = [16 * 4096 + 4096 * 16] + [16 * 4096 + 11008 * 16] * 2 + [16 * 11008 + 4096 * 16]
+    assert lora.layer_gradients_before_attention == 4 * sum(a_b) == 3_424_256
+    attn_only = static_memory(TrainSpec(model=llama7b, method="lora", rank=16, targets="q_proj,v_proj"))
+    assert attn_only.layer_gradients_before_attention == 0

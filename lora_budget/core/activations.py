@@ -127,6 +127,11 @@ class ActivationModel:
     """``layer_attention`` for layer 0."""
     backward_transient_attention: Coeff
     """Largest gradient working set of a layer's attention backward (eager: the s x s gradients)."""
+    attention_tail: Coeff
+    """The part of ``layer_attention`` saved by the o projection and after it: consumed by the
+    time the attention kernel's backward peaks."""
+    first_attention_tail: Coeff
+    """``attention_tail`` for layer 0."""
     batched_extra: Coeff
     """Saved per layer only when the micro-batch has more than one sequence (Falcon's SDPA math
     path: torch.matmul folds the query heads into one GEMM against the single k/v head when b = 1,
@@ -208,8 +213,14 @@ def _sdpa_math(s: ModelShape) -> bool:
     return s.model_type == "falcon" and s.kv_heads != s.heads
 
 
-def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff, Coeff]:
-    """Returns (output of the o projection, forward transient, backward transient)."""
+def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff, Coeff, Coeff]:
+    """Returns (output of the o projection, forward transient, backward transient, tail).
+
+    The tail is what the o projection and the ops after it save (LoRA's copy of its input, an
+    eager output only o_proj reads, a dropout mask): backward consumes it before the attention
+    kernel's own backward, so it is gone when that backward peaks. A tensor the kernel saves too
+    (SDPA's output under full fine-tuning) is not part of it.
+    """
     c = st.compute_bytes
     a, k = s.heads, s.kv_heads
     qw, kw = s.q_width, s.kv_width
@@ -251,7 +262,12 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
             w.save(w.new("q_f32", 4 * qw, True), w.new("k_f32", 4 * kw, True), w.new("v_f32", 4 * kw, True))
             w.save(w.new("probs_f32", 0, True, quad=4 * a))
         fwd_t = Coeff(0, 8 * a)  # fp32 scores and their softmax, alive together
-        bwd_t = Coeff(4 * (qw + 2 * kw) + c * qw, 8 * a)
+        # backward peaks in the softmax backward: the saved probabilities, the gradient of the
+        # probabilities and the gradient of the scores (fp32 b x heads x s x s each, the trace
+        # shows the three); the output's gradient is consumed by then and q/k/v's gradients
+        # come after the probabilities are freed (a later moment is larger only below
+        # s = (4 (qw + 2 kw) + c qw) / (4 heads), 98 tokens for Falcon-7B)
+        bwd_t = Coeff(0, 8 * a)
         out = w.new("attn_out", c * qw, rg)
     else:
         if rg:
@@ -267,9 +283,10 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
             out = w.new("attn_out_copy", c * qw, rg)
         # flash backward: dq, dk, dv, an fp32 dq accumulator
         bwd_t = Coeff(c * (qw + 2 * kw) + c * qw + 4 * qw, 0)
+    before_o = w.total()
     o = _linear(w, st, names["o"], out, qw, s.hidden)
     o = _dropout(w, s, o, s.hidden)
-    return o, fwd_t, bwd_t
+    return o, fwd_t, bwd_t, w.total() + before_o.scale(-1)
 
 
 def _mlp(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]:
@@ -321,19 +338,20 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     return out, Coeff(top * 3 * c * i + 3 * c * h)
 
 
-def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff]:
+def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff, Coeff]:
     """Walk one decoder layer.
 
     Returns (saved, forward transient, MLP backward transient, saved by the attention half,
-    attention backward transient). Backward runs the MLP first; by the time attention's backward
-    runs, the MLP half's saved tensors are gone, so the two halves peak separately.
+    attention backward transient, the attention half's tail: see ``_attention``). Backward runs
+    the MLP first; by the time attention's backward runs, the MLP half's saved tensors are gone,
+    so the two halves peak separately.
     """
     w = _Walk()
     c = st.compute_bytes
     h = s.hidden
     x = w.new("layer_in", c * h, input_rg)
     if s.norm_scheme == "post":  # OLMo 2: attention reads the residual stream directly
-        attn_out, fwd_t, bwd_attn = _attention(w, s, st, x)
+        attn_out, fwd_t, bwd_attn, tail = _attention(w, s, st, x)
         attn_part = w.total()
         attn_out = _norm(w, s, st, attn_out, h)
         x = w.new("resid", c * h, x.rg or attn_out.rg)
@@ -341,12 +359,12 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
         mlp_out = _norm(w, s, st, mlp_out, h)
     elif s.parallel_block:  # Falcon: one norm feeds attention and MLP
         xn = _norm(w, s, st, x, h)
-        attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        attn_out, fwd_t, bwd_attn, tail = _attention(w, s, st, xn)
         attn_part = w.total()
         mlp_out, bwd_mlp = _mlp(w, s, st, xn)
     else:
         xn = _norm(w, s, st, x, h)
-        attn_out, fwd_t, bwd_attn = _attention(w, s, st, xn)
+        attn_out, fwd_t, bwd_attn, tail = _attention(w, s, st, xn)
         attn_part = w.total()
         if s.norm_scheme == "sandwich":
             attn_out = _norm(w, s, st, attn_out, h)
@@ -361,22 +379,22 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
     fwd = fwd_t + Coeff(extra)
     bwd_mlp_total = bwd_mlp + Coeff(2 * c * h)
     bwd_attn_total = bwd_attn + Coeff(2 * c * h)
-    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total
+    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail
 
 
 def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
     """Coefficients of every activation term for a spec (independent of batch and sequence)."""
     c = st.compute_bytes
     h = s.hidden
-    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t = _layer(s, st, input_rg=True)
+    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t, tail = _layer(s, st, input_rg=True)
     # Without checkpointing, layer 0 of a frozen model sees an input that needs no gradient (the
     # embedding is frozen), so ops before the first adapter keep nothing. transformers' gradient
     # checkpointing with peft calls enable_input_require_grads(), which makes it require grad.
     if st.base_trainable or grad_ckpt:
-        first, first_attn = layer, layer_attn
+        first, first_attn, first_tail = layer, layer_attn, tail
     else:
         walked = _layer(s, st, input_rg=False)
-        first, first_attn = walked[0], walked[3]
+        first, first_attn, first_tail = walked[0], walked[3], walked[5]
 
     w = _Walk()
     if s.learned_positions == 0:
@@ -403,6 +421,8 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         layer_attention=layer_attn,
         first_layer_attention=first_attn,
         backward_transient_attention=bwd_attn_t,
+        attention_tail=tail,
+        first_attention_tail=first_tail,
         backward_transient_dequant=Coeff(c * s.intermediate + 2 * c * h),
         batched_extra=Coeff(2 * 4 * (s.q_width - s.kv_width)) if _sdpa_math(s) else ZERO,
         dequant_bytes=dequant_bytes,

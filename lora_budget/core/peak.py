@@ -81,12 +81,15 @@ class PeakModel:
         extra = a.batched_extra.lin if batch_size > 1 else 0  # part of the attention half
         layer = T * (a.layer.at(seq_len) + extra)
         mlp_half = layer - T * (a.layer_attention.at(seq_len) + extra)
+        # when the attention kernel's backward peaks, the o projection's saved tensors are gone too
+        attn_done = mlp_half + T * a.attention_tail.at(seq_len)
         if spec.grad_ckpt:
             ckpt = T * a.checkpoint.at(seq_len)
             all_acts = once + L * ckpt
             acts_last = all_acts + layer  # layer L-1 recomputed
             acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
             first_mlp_half = mlp_half
+            first_attn_done = attn_done
             # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
             # is saved: the layer being computed holds only its working set (the trace shows it)
         else:
@@ -95,6 +98,7 @@ class PeakModel:
             acts_last = all_acts
             acts_first = once + first
             first_mlp_half = first - T * (a.first_layer_attention.at(seq_len) + extra)
+            first_attn_done = first_mlp_half + T * a.first_attention_tail.at(seq_len)
         # sliding-window layers under sdpa: once the sequence reaches the window transformers
         # materializes the local mask, and SDPA turns it into a float mask (b x 1 x s x s in the
         # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
@@ -128,6 +132,9 @@ class PeakModel:
         # (every gradient) covers its end
         before_first = st.gradients - st.embedding_gradients - st.layer_gradients
         layer_grads = st.gradients if accum else before_first
+        # a layer's MLP and o projection have their gradients by the time its attention kernel's
+        # backward runs
+        early_grads = 0 if accum else st.layer_gradients_before_attention
         # the embedding backward: every gradient, the incoming gradient of the embedding output
         # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
         embed_temp = T * s.hidden * c + st.embedding_grad_temp if spec.method == "full" else 0
@@ -136,9 +143,9 @@ class PeakModel:
             ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
-            ("backward", head_grads, int(acts_last - mlp_half), 0, int(attn_transient)),
+            ("backward", head_grads + early_grads, int(acts_last - attn_done), 0, int(attn_transient)),
             ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
-            ("backward", layer_grads, int(acts_first - first_mlp_half), 0, int(attn_transient)),
+            ("backward", layer_grads + early_grads, int(acts_first - first_attn_done), 0, int(attn_transient)),
             ("backward", st.gradients, 0, 0, int(embed_temp)),
             ("optimizer", st.gradients, 0, 0, st.optimizer_step_temp),
         ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_budget.core.lora import adapter_tensors, resolve_targets
-from lora_budget.core.params import inventory
+from lora_budget.core.lora import adapted, adapter_tensors, resolve_targets
+from lora_budget.core.params import ParamTensor, inventory, module_names
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 BLOCK = 512
@@ -54,6 +54,9 @@ class StaticMemory:
     """Gradients the embedding backward produces last (untied token and position embeddings)."""
     layer_gradients: int
     """Gradients of one decoder layer's trainable tensors."""
+    layer_gradients_before_attention: int
+    """The part of ``layer_gradients`` backward makes before the layer's attention kernel: the
+    MLP's and the o projection's (norms, a few KiB, left out)."""
     embedding_grad_temp: int
     """A tied embedding's second gradient and the sum AccumulateGrad makes of the two."""
     dequant_bytes: int
@@ -124,6 +127,24 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         for numel, count, shape in adapter_tensors(s, chosen, spec.rank):
             adapter += alloc(numel * a) * count
             trainable.append((numel, count, shape))
+    o_name = module_names(s)["o"]
+
+    def before_attention(t: ParamTensor) -> bool:
+        return t.count % s.layers == 0 and (t.group == "mlp" or (t.group == "attn" and t.name == o_name))
+
+    if spec.method == "full":
+        early = sum(
+            alloc(t.numel * grad_bytes) * (t.count // s.layers)
+            for t in inventory(s)
+            if t.role in ("linear", "linear_bias") and before_attention(t)
+        )
+    else:
+        early = sum(
+            (alloc(spec.rank * t.in_features * grad_bytes) + alloc(t.out_features * spec.rank * grad_bytes))
+            * (t.count // s.layers)
+            for t in adapted(s, chosen)
+            if before_attention(t)
+        )
     layer_grads = 0
     for numel, count, _ in trainable:
         grads += alloc(numel * grad_bytes) * count
@@ -144,6 +165,7 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
         head_gradients=head_grads,
         embedding_gradients=embed_grads,
         layer_gradients=layer_grads,
+        layer_gradients_before_attention=early,
         embedding_grad_temp=embed_temp,
         dequant_bytes=dequant,
         dequant_attn_bytes=dequant_attn,
