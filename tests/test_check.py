@@ -238,3 +238,15 @@ def test_profile_engine_on_cuda_compares_totals_and_fails_on_oom(tmp_path, monke
     monkeypatch.setattr(gate, "measure", lambda specs, engine, device: grown)
     r = run("--baseline", str(path), "-m", "7b", "--method", "lora", "--engine", "profile")
     assert r.exit_code == 1 and "not split by category" in r.stderr
+
+
+@pytest.mark.torch
+def test_profile_engine_on_cuda_without_a_gpu_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    args = _tiny_args(tmp_path)
+    args[args.index("cpu")] = "cuda"
+    r = run(*args, "--update-baseline")
+    assert r.exit_code == 2 and "PyTorch sees no CUDA device here" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "profile.json").exists()
