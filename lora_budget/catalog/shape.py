@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lora_budget.errors import LoraBudgetError
 
-NormKind = Literal["rms", "rms_gemma", "layer"]
+NormKind = Literal["rms", "rms_f32", "layer"]
 NormScheme = Literal["pre", "sandwich", "post"]
 QkNorm = Literal["none", "head", "full"]
 ActKind = Literal["silu", "gelu", "gelu_tanh", "gelu_new"]
@@ -198,7 +198,9 @@ def _llama_like(r: _Reader, model_type: str) -> ModelShape:
         tied_embeddings=bool(r.get("tie_word_embeddings", gemma)),
         gated_mlp=True,
         act=act,
-        norm="rms_gemma" if gemma else "rms",
+        # Gemma's (1 + weight) and OLMo 2's weight multiply the normalized fp32 tensor before the
+        # cast back (Llama-style norms cast first): a trained weight keeps the fp32 product
+        norm="rms_f32" if gemma or model_type == "olmo2" else "rms",
         norm_scheme="sandwich"
         if model_type in ("gemma2", "gemma3_text")
         else ("post" if model_type == "olmo2" else "pre"),

@@ -155,8 +155,9 @@ def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
     x32 = x if c == 4 else w.new("norm_fp32", 4 * width, x.rg)
     if x.rg:
         w.save(x32, w.new("rsqrt", 4, True))  # pow(x32) and mul(x32, rsqrt) keep x32 and rsqrt
-    if s.norm == "rms_gemma":
-        normed = w.new("norm_f32_out", 4 * width, x.rg)  # x32 * rsqrt, multiplied by (1 + weight) in fp32
+    if s.norm == "rms_f32":
+        # x32 * rsqrt, multiplied in fp32 by (1 + weight) (Gemma) or weight (OLMo 2), then cast
+        normed = w.new("norm_f32_out", 4 * width, x.rg)
         if st.base_trainable:
             w.save(normed)
         return w.new("norm_out", c * width, x.rg or st.base_trainable)

@@ -29,6 +29,7 @@ ARCHITECTURES: dict[str, str] = {
     "GPT-2": "GPT-2: Conv1D, LayerNorm, GELU, learned positions, dropout 0.1",
     "Falcon-7B": "Falcon: multi-query attention (SDPA math path), parallel attention/MLP, LayerNorm, GELU",
     "Gemma-3-1B": "Gemma 3: sliding-window layers (a materialized local mask), q/k norms, 262k vocabulary",
+    "OLMo-2-7B": "OLMo 2: norms after attention and MLP (post-norm), full-width q/k norms, weight applied in fp32",
 }
 METHODS = ("full", "lora", "qlora")
 POINTS = ((1, 1024), (4, 512), (2, 2048))
