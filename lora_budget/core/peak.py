@@ -28,10 +28,10 @@ a dense fp32 gradient of the same size, so the spike is (c + 8) V bytes/token in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lora_budget.breakdown import Breakdown
-from lora_budget.core.activations import ActivationModel, StepSettings, activation_model
+from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.static import StaticMemory, static_memory
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
@@ -48,15 +48,11 @@ class PeakModel:
     static: StaticMemory
     acts: ActivationModel
     overhead_bytes: int
+    _k: _Constants | None = field(default=None, init=False, repr=False, compare=False)
 
     def peak_bytes(self, batch_size: int, seq_len: int) -> int:
         """Peak total in bytes; the fast path the fit search calls."""
-        best = 0
-        for _, grads, acts, logits, temp in self._phases(batch_size, seq_len):
-            total = grads + acts + logits + temp
-            if total > best:
-                best = total
-        return self._base_total + best
+        return self._base_total + max([p[1] + p[2] + p[3] + p[4] for p in self._phases(batch_size, seq_len)])
 
     def fit_bytes(self, batch_size: int, seq_len: int) -> int:
         """Bytes that must fit in device memory: the peak less optimizer state the driver can page out."""
@@ -67,77 +63,69 @@ class PeakModel:
         st = self.static
         return st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer + self.overhead_bytes
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_k", _constants(self))
+
     def _phases(self, batch_size: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
-        """(phase, gradients, activations, logits, temporaries) at each candidate peak."""
-        spec, st, a = self.spec, self.static, self.acts
-        s = spec.model.shape
+        """(phase, gradients, activations, logits, temporaries) at each candidate peak.
+
+        Everything that does not depend on batch and sequence is in ``self._k`` (``_constants``),
+        so an evaluation is plain float arithmetic.
+        """
+        k = self._k
         T = batch_size * seq_len
-        L = s.layers
-        c = spec.compute_bytes
-        V = s.vocab
-        accum = spec.grad_accum > 1
-        g_fwd = st.gradients if accum else 0
-        once = T * a.once.at(seq_len)
-        extra = a.batched_extra.lin if batch_size > 1 else 0  # part of the attention half
-        layer = T * (a.layer.at(seq_len) + extra)
-        mlp_half = layer - T * (a.layer_attention.at(seq_len) + extra)
+        L = k.layers
+        once = T * (k.once[0] + k.once[1] * seq_len)
+        extra = k.batched_extra if batch_size > 1 else 0  # part of the attention half
+        layer = T * ((k.layer[0] + k.layer[1] * seq_len) + extra)
+        mlp_half = layer - T * ((k.layer_attention[0] + k.layer_attention[1] * seq_len) + extra)
         # when the attention kernel's backward peaks, the o projection's saved tensors are gone too
-        attn_done = mlp_half + T * a.attention_tail.at(seq_len)
-        if spec.grad_ckpt:
-            ckpt = T * a.checkpoint.at(seq_len)
+        attn_done = mlp_half + T * (k.attention_tail[0] + k.attention_tail[1] * seq_len)
+        if k.grad_ckpt:
+            ckpt = T * (k.checkpoint[0] + k.checkpoint[1] * seq_len)
             all_acts = once + L * ckpt
             acts_last = all_acts + layer  # layer L-1 recomputed
             acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
-            first_mlp_half = mlp_half
             first_attn_done = attn_done
             # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
             # is saved: the layer being computed holds only its working set (the trace shows it)
         else:
-            first = T * (a.first_layer.at(seq_len) + extra)
+            first = T * ((k.first_layer[0] + k.first_layer[1] * seq_len) + extra)
             all_acts = once + first + (L - 1) * layer
             acts_last = all_acts
             acts_first = once + first
-            first_mlp_half = first - T * (a.first_layer_attention.at(seq_len) + extra)
-            first_attn_done = first_mlp_half + T * a.first_attention_tail.at(seq_len)
+            first_mlp_half = first - T * ((k.first_layer_attention[0] + k.first_layer_attention[1] * seq_len) + extra)
+            first_attn_done = first_mlp_half + T * (k.first_attention_tail[0] + k.first_attention_tail[1] * seq_len)
         # sliding-window layers under sdpa: once the sequence reaches the window transformers
         # materializes the local mask, and SDPA turns it into a float mask (b x 1 x s x s in the
         # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
         # recomputed layer's
-        mask = T * seq_len * c if (s.sliding_layers and spec.attn != "eager" and seq_len >= s.sliding_window) else 0
-        if mask and 1 < s.kv_heads < s.heads:
+        if k.sliding_layers and seq_len >= k.sliding_window:
+            mask = T * seq_len * k.c
             # with a mask transformers repeats grouped k/v heads to every query head (repeat_kv)
             # instead of passing enable_gqa, and SDPA keeps the copies; one k/v head repeats as a view
-            mask += T * 2 * c * (s.q_width - s.kv_width)
-        if mask:
-            if spec.grad_ckpt:
+            mask += T * k.repeat_kv
+            if k.grad_ckpt:
                 acts_last += mask
                 acts_first += mask
             else:
-                all_acts += mask * s.sliding_layers
-                acts_last += mask * s.sliding_layers
+                all_acts += mask * k.sliding_layers
+                acts_last += mask * k.sliding_layers
                 acts_first += mask
-        softcap = c * V if s.final_softcap else 0
-        loss_fwd = T * ((8 if c == 4 else c + 8) * V + softcap)
-        loss_bwd = T * (12 * V + softcap)
-        fwd_transient = T * a.forward_transient.at(seq_len) + a.dequant_bytes
+        loss_fwd = T * k.loss_fwd
+        loss_bwd = T * k.loss_bwd
+        fwd_transient = T * (k.forward_transient[0] + k.forward_transient[1] * seq_len) + k.dequant_bytes
         # QLoRA/8-bit: the dequantized weight and the layer's widest gradients are not alive at once
         bwd_transient = max(
-            T * a.backward_transient.at(seq_len), a.dequant_bytes + T * a.backward_transient_dequant.at(seq_len)
+            T * (k.backward_transient[0] + k.backward_transient[1] * seq_len),
+            k.dequant_bytes + T * (k.backward_transient_dequant[0] + k.backward_transient_dequant[1] * seq_len),
         )
         # attention's backward runs after the MLP's, whose saved tensors are gone by then
-        attn_transient = T * a.backward_transient_attention.at(seq_len) + st.dequant_attn_bytes
-        head_grads = st.gradients if accum else st.head_gradients
-        # layer 0's backward starts with every gradient but its own and the embeddings'; as it
-        # proceeds its activations give way to its gradients, and the embedding phase below
-        # (every gradient) covers its end
-        before_first = st.gradients - st.embedding_gradients - st.layer_gradients
-        layer_grads = st.gradients if accum else before_first
-        # a layer's MLP and o projection have their gradients by the time its attention kernel's
-        # backward runs
-        early_grads = 0 if accum else st.layer_gradients_before_attention
-        # the embedding backward: every gradient, the incoming gradient of the embedding output
-        # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
-        embed_temp = T * s.hidden * c + st.embedding_grad_temp if spec.method == "full" else 0
+        attn_transient = (
+            T * (k.backward_transient_attention[0] + k.backward_transient_attention[1] * seq_len) + k.dequant_attn_bytes
+        )
+        g_fwd, head_grads, layer_grads, early_grads, grads = k.grads
+        embed_temp = T * k.embed_per_token + k.embed_fixed
         return [
             ("forward", g_fwd, int(all_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
@@ -146,8 +134,8 @@ class PeakModel:
             ("backward", head_grads + early_grads, int(acts_last - attn_done), 0, int(attn_transient)),
             ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
             ("backward", layer_grads + early_grads, int(acts_first - first_attn_done), 0, int(attn_transient)),
-            ("backward", st.gradients, 0, 0, int(embed_temp)),
-            ("optimizer", st.gradients, 0, 0, st.optimizer_step_temp),
+            ("backward", grads, 0, 0, int(embed_temp)),
+            ("optimizer", grads, 0, 0, k.optimizer_step_temp),
         ]
 
     def breakdown(self, batch_size: int, seq_len: int) -> Breakdown:
@@ -169,6 +157,105 @@ class PeakModel:
             temporaries=temp,
             phase=phase,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Constants:
+    """The batch- and sequence-independent numbers of ``PeakModel._phases``; coefficient pairs are
+    (bytes per token, bytes per token per position), as ``Coeff`` holds them."""
+
+    layers: int
+    c: int
+    grad_ckpt: bool
+    once: tuple[float, float]
+    layer: tuple[float, float]
+    first_layer: tuple[float, float]
+    layer_attention: tuple[float, float]
+    first_layer_attention: tuple[float, float]
+    attention_tail: tuple[float, float]
+    first_attention_tail: tuple[float, float]
+    checkpoint: tuple[float, float]
+    forward_transient: tuple[float, float]
+    backward_transient: tuple[float, float]
+    backward_transient_dequant: tuple[float, float]
+    backward_transient_attention: tuple[float, float]
+    batched_extra: float
+    dequant_bytes: int
+    dequant_attn_bytes: int
+    sliding_layers: int
+    """Layers keeping a materialized sliding-window mask under sdpa/flash (0: none)."""
+    sliding_window: int
+    repeat_kv: int
+    """Bytes per token of k/v repeated to every query head beside such a mask."""
+    loss_fwd: int
+    """Logits spike per token in the loss forward: c V (+ 8 V for the fp32 copy and log_softmax)."""
+    loss_bwd: int
+    """Per token at the start of backward: 12 V."""
+    grads: tuple[int, int, int, int, int]
+    """Gradients alive: (forward and loss, last layer, first layer, made before a layer's attention
+    kernel, all)."""
+    embed_per_token: int
+    embed_fixed: int
+    optimizer_step_temp: int
+
+
+def _pair(coeff: Coeff) -> tuple[float, float]:
+    return (coeff.lin, coeff.quad)
+
+
+def _constants(model: PeakModel) -> _Constants:
+    spec, st, a = model.spec, model.static, model.acts
+    s = spec.model.shape
+    c = spec.compute_bytes
+    V = s.vocab
+    accum = spec.grad_accum > 1
+    sliding = s.sliding_layers if (s.sliding_layers and spec.attn != "eager") else 0
+    softcap = c * V if s.final_softcap else 0
+    # layer 0's backward starts with every gradient but its own and the embeddings'; as it
+    # proceeds its activations give way to its gradients, and the embedding phase (every
+    # gradient) covers its end
+    before_first = st.gradients - st.embedding_gradients - st.layer_gradients
+    grads = (
+        st.gradients if accum else 0,
+        st.gradients if accum else st.head_gradients,
+        st.gradients if accum else before_first,
+        # a layer's MLP and o projection have their gradients by the time its attention kernel's
+        # backward runs
+        0 if accum else st.layer_gradients_before_attention,
+        st.gradients,
+    )
+    # the embedding backward: every gradient, the incoming gradient of the embedding output
+    # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
+    full = spec.method == "full"
+    return _Constants(
+        layers=s.layers,
+        c=c,
+        grad_ckpt=spec.grad_ckpt,
+        once=_pair(a.once),
+        layer=_pair(a.layer),
+        first_layer=_pair(a.first_layer),
+        layer_attention=_pair(a.layer_attention),
+        first_layer_attention=_pair(a.first_layer_attention),
+        attention_tail=_pair(a.attention_tail),
+        first_attention_tail=_pair(a.first_attention_tail),
+        checkpoint=_pair(a.checkpoint),
+        forward_transient=_pair(a.forward_transient),
+        backward_transient=_pair(a.backward_transient),
+        backward_transient_dequant=_pair(a.backward_transient_dequant),
+        backward_transient_attention=_pair(a.backward_transient_attention),
+        batched_extra=a.batched_extra.lin,
+        dequant_bytes=a.dequant_bytes,
+        dequant_attn_bytes=st.dequant_attn_bytes,
+        sliding_layers=sliding,
+        sliding_window=s.sliding_window,
+        repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
+        loss_fwd=(8 if c == 4 else c + 8) * V + softcap,
+        loss_bwd=12 * V + softcap,
+        grads=grads,
+        embed_per_token=s.hidden * c if full else 0,
+        embed_fixed=st.embedding_grad_temp if full else 0,
+        optimizer_step_temp=st.optimizer_step_temp,
+    )
 
 
 def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
