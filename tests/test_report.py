@@ -234,3 +234,15 @@ def test_timeline_from_a_tiny_trace(tmp_path):
     assert (
         int(max(rows(tmp_path / "timeline.csv"), key=lambda r: int(r["live_bytes"]))["live_bytes"]) == result.peak_bytes
     )
+
+
+def test_a_multi_gpu_report_says_its_numbers_are_per_gpu(tmp_path):
+    out = tmp_path / "70b-8x"
+    args = ["report", "-m", "70b", "-g", "a100-80gb", "--gpus", "8", "--strategy", "fsdp", "--grad-ckpt"]
+    r = CliRunner().invoke(main, [*args, "--out", str(out), "--format", "svg"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    md = (out / "report.md").read_text()
+    assert "per GPU of 8 x A100 80GB, fsdp" in md and "on each of 8 GPUs" in md
+    (lora,) = [row for row in rows(out / "breakdown.csv") if row["method"] == "lora"]
+    per_gpu = plan("70b", "a100-80gb", ("lora",), gpus=8, strategy="fsdp", grad_ckpt=True).methods[0]
+    assert int(lora["peak_bytes"]) == per_gpu.peak_bytes

@@ -177,6 +177,10 @@ def gather(model: Any, gpu: Any, methods: Any = "all", *, batch_size: int | str 
             )
         )
     settings = sorted({_settings(m).split(", r=")[0] for m in result.methods})
+    first = result.methods[0].spec
+    if first.gpus > 1:  # every figure and table is per GPU
+        offload = f", offload {first.offload}" if first.offload != "none" else ""
+        settings.append(f"per GPU of {first.gpus} x {result.gpu.name}, {first.strategy}{offload}")
     return ReportData(
         model_name=result.model.name,
         gpu_name=result.gpu.name,

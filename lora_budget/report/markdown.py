@@ -25,6 +25,11 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / GiB:.2f}"
 
 
+def _per_gpu(data: ReportData) -> str:
+    gpus = data.plan.methods[0].spec.gpus
+    return f" on each of {gpus} GPUs" if gpus > 1 else ""
+
+
 def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_files: Sequence[str]) -> str:
     rows = data.breakdown
     cap = data.capacity_bytes
@@ -39,8 +44,8 @@ def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_fi
         "",
         _embed(figures["breakdown"], "stacked bars of peak memory per method"),
         "",
-        f"*Figure 1. Peak memory of one training step of {data.model_name} per method, stacked by memory "
-        f"category; the dashed line is the GPU's capacity ({_gib(cap)} GiB).*",
+        f"*Figure 1. Peak memory of one training step of {data.model_name}{_per_gpu(data)} per method, stacked "
+        f"by memory category; the dashed line is the GPU's capacity ({_gib(cap)} GiB).*",
         "",
         "| memory (GiB) | " + " | ".join(method_label(r.method) for r in rows) + " |",
         "|---|" + "---:|" * len(rows),
