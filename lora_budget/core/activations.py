@@ -116,6 +116,9 @@ class ActivationModel:
     """Saved once per step outside the layers: rotary cos/sin, final norm, lm_head input, masks."""
     checkpoint: Coeff
     """Kept per layer under gradient checkpointing: the layer's input hidden state."""
+    head: Coeff
+    """The part of ``once`` the final norm and lm_head save: consumed by their backward, before any
+    decoder layer's backward runs."""
     forward_transient: Coeff
     """Largest extra bytes alive inside a layer's forward (fp32 norm copies, eager scores, LoRA sums)."""
     backward_transient: Coeff
@@ -402,11 +405,13 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         w.save(w.new("cos_sin", 2 * c * s.head_dim, False))
     if s.dropout > 0:
         w.save(w.new("embed_dropout_mask", h, False))
+    shared = w.total()
     x = w.new("final_in", c * h, True)
     xn = _norm(w, s, st, x, h)
     if st.base_trainable:
         w.save(xn)  # lm_head keeps its input for the weight gradient
     once = w.total()
+    head = once + shared.scale(-1)
     if st.attn == "eager":
         once = once + Coeff(0, c)  # the 4-D causal mask, b x 1 x s x s, shared by the layers
     elif _sdpa_math(s):
@@ -416,6 +421,7 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         layer=layer,
         first_layer=first,
         once=once,
+        head=head,
         checkpoint=checkpoint,
         forward_transient=fwd_t,
         backward_transient=bwd_t,

@@ -81,19 +81,22 @@ class PeakModel:
         mlp_half = layer - T * ((k.layer_attention[0] + k.layer_attention[1] * seq_len) + extra)
         # when the attention kernel's backward peaks, the o projection's saved tensors are gone too
         attn_done = mlp_half + T * (k.attention_tail[0] + k.attention_tail[1] * seq_len)
+        # the decoder layers' backward runs after the final norm's and lm_head's, whose saved
+        # tensors are gone by then
+        layers_once = once - T * (k.head[0] + k.head[1] * seq_len)
         if k.grad_ckpt:
             ckpt = T * (k.checkpoint[0] + k.checkpoint[1] * seq_len)
             all_acts = once + L * ckpt
-            acts_last = all_acts + layer  # layer L-1 recomputed
-            acts_first = once + ckpt + layer  # layer 0 recomputed, its input kept
+            acts_last = layers_once + L * ckpt + layer  # layer L-1 recomputed
+            acts_first = layers_once + ckpt + layer  # layer 0 recomputed, its input kept
             first_attn_done = attn_done
             # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
             # is saved: the layer being computed holds only its working set (the trace shows it)
         else:
             first = T * ((k.first_layer[0] + k.first_layer[1] * seq_len) + extra)
             all_acts = once + first + (L - 1) * layer
-            acts_last = all_acts
-            acts_first = once + first
+            acts_last = layers_once + first + (L - 1) * layer
+            acts_first = layers_once + first
             first_mlp_half = first - T * ((k.first_layer_attention[0] + k.first_layer_attention[1] * seq_len) + extra)
             first_attn_done = first_mlp_half + T * (k.first_attention_tail[0] + k.first_attention_tail[1] * seq_len)
         # sliding-window layers under sdpa: once the sequence reaches the window transformers
@@ -168,6 +171,7 @@ class _Constants:
     c: int
     grad_ckpt: bool
     once: tuple[float, float]
+    head: tuple[float, float]
     layer: tuple[float, float]
     first_layer: tuple[float, float]
     layer_attention: tuple[float, float]
@@ -232,6 +236,7 @@ def _constants(model: PeakModel) -> _Constants:
         c=c,
         grad_ckpt=spec.grad_ckpt,
         once=_pair(a.once),
+        head=_pair(a.head),
         layer=_pair(a.layer),
         first_layer=_pair(a.first_layer),
         layer_attention=_pair(a.layer_attention),
