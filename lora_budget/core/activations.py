@@ -121,6 +121,10 @@ class ActivationModel:
     decoder layer's backward runs."""
     forward_transient: Coeff
     """Largest extra bytes alive inside a layer's forward (fp32 norm copies, eager scores, LoRA sums)."""
+    forward_transient_kernel: Coeff
+    """The attention kernel's part of ``forward_transient`` (eager's scores, the math path's fp32 scores
+    and their masked copy): alive before the kernel saves its s x s probabilities, while the rest of
+    the layer has saved nothing yet."""
     backward_transient: Coeff
     """Largest gradient working set of a layer's MLP backward (which runs first)."""
     layer_attention: Coeff
@@ -342,11 +346,12 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     return out, Coeff(top * 3 * c * i + 3 * c * h)
 
 
-def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff, Coeff]:
+def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff, Coeff, Coeff]:
     """Walk one decoder layer.
 
     Returns (saved, forward transient, MLP backward transient, saved by the attention half,
-    attention backward transient, the attention half's tail: see ``_attention``). Backward runs
+    attention backward transient, the attention half's tail: see ``_attention``, the attention
+    kernel's forward transient). Backward runs
     the MLP first; by the time attention's backward runs, the MLP half's saved tensors are gone,
     so the two halves peak separately.
     """
@@ -383,14 +388,14 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
     fwd = fwd_t + Coeff(extra)
     bwd_mlp_total = bwd_mlp + Coeff(2 * c * h)
     bwd_attn_total = bwd_attn + Coeff(2 * c * h)
-    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail
+    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail, fwd_t
 
 
 def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
     """Coefficients of every activation term for a spec (independent of batch and sequence)."""
     c = st.compute_bytes
     h = s.hidden
-    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t, tail = _layer(s, st, input_rg=True)
+    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t, tail, fwd_kernel = _layer(s, st, input_rg=True)
     # Without checkpointing, layer 0 of a frozen model sees an input that needs no gradient (the
     # embedding is frozen), so ops before the first adapter keep nothing. transformers' gradient
     # checkpointing with peft calls enable_input_require_grads(), which makes it require grad.
@@ -424,6 +429,7 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         head=head,
         checkpoint=checkpoint,
         forward_transient=fwd_t,
+        forward_transient_kernel=fwd_kernel,
         backward_transient=bwd_t,
         layer_attention=layer_attn,
         first_layer_attention=first_attn,

@@ -118,6 +118,20 @@ class PeakModel:
         loss_fwd = T * k.loss_fwd
         loss_bwd = T * k.loss_bwd
         fwd_transient = T * (k.forward_transient[0] + k.forward_transient[1] * seq_len) + k.dequant_bytes
+        fwd_acts = all_acts
+        if not k.grad_ckpt and k.kernel_transient[1]:
+            # an s x s attention kernel (eager, SDPA's math path) peaks before it saves its
+            # probabilities, while the last layer holds only what it saved up to there (at most its
+            # attention half's per-token tensors); the layer's other transients come at moments
+            # when its whole saved set may exist, without the kernel's
+            kernel = T * (k.kernel_transient[0] + k.kernel_transient[1] * seq_len)
+            last = layer if L > 1 else first
+            at_kernel = all_acts - last + T * (k.layer_attention[0] + extra)
+            other = fwd_transient - kernel  # a dequantized weight lives only inside its own linear
+            if at_kernel + kernel > all_acts + other:
+                fwd_acts, fwd_transient = at_kernel, kernel
+            else:
+                fwd_transient = other
         # QLoRA/8-bit: the dequantized weight and the layer's widest gradients are not alive at once
         bwd_transient = max(
             T * (k.backward_transient[0] + k.backward_transient[1] * seq_len),
@@ -130,7 +144,7 @@ class PeakModel:
         g_fwd, head_grads, layer_grads, early_grads, grads = k.grads
         embed_temp = T * k.embed_per_token + k.embed_fixed
         return [
-            ("forward", g_fwd, int(all_acts), 0, int(fwd_transient)),
+            ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
@@ -180,6 +194,7 @@ class _Constants:
     first_attention_tail: tuple[float, float]
     checkpoint: tuple[float, float]
     forward_transient: tuple[float, float]
+    kernel_transient: tuple[float, float]
     backward_transient: tuple[float, float]
     backward_transient_dequant: tuple[float, float]
     backward_transient_attention: tuple[float, float]
@@ -245,6 +260,7 @@ def _constants(model: PeakModel) -> _Constants:
         first_attention_tail=_pair(a.first_attention_tail),
         checkpoint=_pair(a.checkpoint),
         forward_transient=_pair(a.forward_transient),
+        kernel_transient=_pair(a.forward_transient_kernel),
         backward_transient=_pair(a.backward_transient),
         backward_transient_dequant=_pair(a.backward_transient_dequant),
         backward_transient_attention=_pair(a.backward_transient_attention),
