@@ -23,12 +23,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lora_budget.catalog.gpus import GPU, _checked, catalog, resolve_gpu
+from lora_budget.catalog.gpus import _checked, catalog, resolve_gpu
 from lora_budget.cli import main
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.comm import LINK_EFFICIENCY, estimate_comm, parameter_bytes, ring_link, traffic
 from lora_budget.perf.time import estimate_time
 from lora_budget.spec import TrainSpec
+from tests.test_perf import CARD as PERF_CARD
 from tests.tiny_models import tiny_ref
 
 G_FULL = 238_208
@@ -36,19 +37,8 @@ P_LAYERS, P_ROOT = 172_544, 65_664
 G_LORA = 35_840
 EFF = 0.8e11
 
-CARD = GPU(
-    name="test card",
-    memory_bytes=10**12,
-    bf16=True,
-    peak_bf16_tflops=100.0,
-    peak_fp16_tflops=200.0,
-    source="test",
-    memory_bandwidth_bytes_per_s=10**12,
-    nvlink_bytes_per_s=10**11,
-    nvlink_gpus=8,
-    pcie_gen=4,
-    interconnect_source="test",
-)
+# the speed tests' card (100 / 200 TFLOP/s, 1 TB/s) with an NVSwitch node of 8 at 100 GB/s per direction
+CARD = dataclasses.replace(PERF_CARD, nvlink_bytes_per_s=10**11, nvlink_gpus=8, pcie_gen=4, interconnect_source="test")
 
 
 def tiny(**kw):

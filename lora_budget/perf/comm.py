@@ -277,22 +277,14 @@ def estimate_comm(
             comm_exposed_s=0.0,
             note="",
         )
+    links = dict(gpus=n, traffic=t, link=link, link_bytes_per_s=bw, pcie_bytes_per_s=pcie)
     if bw is None or (t.pcie_bytes and not pcie):
         missing = "GPU-GPU link" if bw is None else "host PCIe link"
         note = (
             f"{n} GPUs: {gpu.name} has no {missing} figure in the catalog; communication time "
             f"({t.link_bytes / 1e9:,.2f} GB per GPU per step) is left out of the step time"
         )
-        return CommEstimate(
-            gpus=n,
-            traffic=t,
-            link=link,
-            link_bytes_per_s=bw,
-            pcie_bytes_per_s=pcie,
-            comm_s=None,
-            comm_exposed_s=None,
-            note=note,
-        )
+        return CommEstimate(**links, comm_s=None, comm_exposed_s=None, note=note)
     eff = bw * LINK_EFFICIENCY
     host = (pcie or 1) * LINK_EFFICIENCY
 
@@ -314,13 +306,4 @@ def estimate_comm(
         + "; comm rows are per GPU per optimizer step, the exposed part (not hidden by compute) is in the "
         "step time; tokens/s and cost count every GPU"
     )
-    return CommEstimate(
-        gpus=n,
-        traffic=t,
-        link=link,
-        link_bytes_per_s=bw,
-        pcie_bytes_per_s=pcie,
-        comm_s=comm_s,
-        comm_exposed_s=exposed_s,
-        note=note,
-    )
+    return CommEstimate(**links, comm_s=comm_s, comm_exposed_s=exposed_s, note=note)
