@@ -32,6 +32,7 @@ backward working set is an estimate of the largest gradient buffers alive inside
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.params import module_names
@@ -346,15 +347,26 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     return out, Coeff(top * 3 * c * i + 3 * c * h)
 
 
-def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coeff, Coeff, Coeff, Coeff, Coeff, Coeff]:
-    """Walk one decoder layer.
+class _LayerWalk(NamedTuple):
+    """One decoder layer's coefficients. Backward runs the MLP first; by the time attention's
+    backward runs, the MLP half's saved tensors are gone, so the two halves peak separately."""
 
-    Returns (saved, forward transient, MLP backward transient, saved by the attention half,
-    attention backward transient, the attention half's tail: see ``_attention``, the attention
-    kernel's forward transient). Backward runs
-    the MLP first; by the time attention's backward runs, the MLP half's saved tensors are gone,
-    so the two halves peak separately.
-    """
+    saved: Coeff
+    forward_transient: Coeff
+    """The largest of the attention kernel's and the rest of the layer's (norm copies, LoRA sums)."""
+    backward_transient: Coeff
+    """The MLP backward's working set."""
+    attention: Coeff
+    """Saved by the attention half."""
+    backward_transient_attention: Coeff
+    attention_tail: Coeff
+    """See ``_attention``."""
+    kernel_transient: Coeff
+    """The attention kernel's forward transient."""
+
+
+def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> _LayerWalk:
+    """Walk one decoder layer."""
     w = _Walk()
     c = st.compute_bytes
     h = s.hidden
@@ -388,22 +400,18 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> tuple[Coeff, Coef
     fwd = fwd_t + Coeff(extra)
     bwd_mlp_total = bwd_mlp + Coeff(2 * c * h)
     bwd_attn_total = bwd_attn + Coeff(2 * c * h)
-    return w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail, fwd_t
+    return _LayerWalk(w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail, fwd_t)
 
 
 def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
     """Coefficients of every activation term for a spec (independent of batch and sequence)."""
     c = st.compute_bytes
     h = s.hidden
-    layer, fwd_t, bwd_t, layer_attn, bwd_attn_t, tail, fwd_kernel = _layer(s, st, input_rg=True)
+    walk = _layer(s, st, input_rg=True)
     # Without checkpointing, layer 0 of a frozen model sees an input that needs no gradient (the
     # embedding is frozen), so ops before the first adapter keep nothing. transformers' gradient
     # checkpointing with peft calls enable_input_require_grads(), which makes it require grad.
-    if st.base_trainable or grad_ckpt:
-        first, first_attn, first_tail = layer, layer_attn, tail
-    else:
-        walked = _layer(s, st, input_rg=False)
-        first, first_attn, first_tail = walked[0], walked[3], walked[5]
+    first = walk if st.base_trainable or grad_ckpt else _layer(s, st, input_rg=False)
 
     w = _Walk()
     if s.learned_positions == 0:
@@ -423,19 +431,19 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         once = once + Coeff(0, 1)  # Falcon's materialized boolean mask, b x 1 x s x s
     checkpoint = Coeff(c * h)
     return ActivationModel(
-        layer=layer,
-        first_layer=first,
+        layer=walk.saved,
+        first_layer=first.saved,
         once=once,
         head=head,
         checkpoint=checkpoint,
-        forward_transient=fwd_t,
-        forward_transient_kernel=fwd_kernel,
-        backward_transient=bwd_t,
-        layer_attention=layer_attn,
-        first_layer_attention=first_attn,
-        backward_transient_attention=bwd_attn_t,
-        attention_tail=tail,
-        first_attention_tail=first_tail,
+        forward_transient=walk.forward_transient,
+        forward_transient_kernel=walk.kernel_transient,
+        backward_transient=walk.backward_transient,
+        layer_attention=walk.attention,
+        first_layer_attention=first.attention,
+        backward_transient_attention=walk.backward_transient_attention,
+        attention_tail=walk.attention_tail,
+        first_attention_tail=first.attention_tail,
         backward_transient_dequant=Coeff(c * s.intermediate + 2 * c * h),
         batched_extra=Coeff(2 * 4 * (s.q_width - s.kv_width)) if _sdpa_math(s) else ZERO,
         dequant_bytes=dequant_bytes,
