@@ -52,16 +52,11 @@ class PeakModel:
 
     def peak_bytes(self, batch_size: int, seq_len: int) -> int:
         """Peak total in bytes; the fast path the fit search calls."""
-        return self._base_total + max([p[1] + p[2] + p[3] + p[4] for p in self._phases(batch_size, seq_len)])
+        return self._k.base + max([p[1] + p[2] + p[3] + p[4] for p in self._phases(batch_size, seq_len)])
 
     def fit_bytes(self, batch_size: int, seq_len: int) -> int:
         """Bytes that must fit in device memory: the peak less optimizer state the driver can page out."""
         return self.peak_bytes(batch_size, seq_len) - self.static.optimizer_pageable
-
-    @property
-    def _base_total(self) -> int:
-        st = self.static
-        return st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer + self.overhead_bytes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_k", _constants(self))
@@ -181,6 +176,9 @@ class _Constants:
     """The batch- and sequence-independent numbers of ``PeakModel._phases``; coefficient pairs are
     (bytes per token, bytes per token per position), as ``Coeff`` holds them."""
 
+    base: int
+    """Weights, quantization state, adapters, master weights, optimizer state and overhead: live in
+    every phase."""
     layers: int
     c: int
     grad_ckpt: bool
@@ -247,6 +245,7 @@ def _constants(model: PeakModel) -> _Constants:
     # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
     full = spec.method == "full"
     return _Constants(
+        base=st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer + model.overhead_bytes,
         layers=s.layers,
         c=c,
         grad_ckpt=spec.grad_ckpt,
