@@ -144,16 +144,11 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
 
     The file's notes go to ``click.get_current_context().meta[CONFIG_META]`` for the command to report.
     """
-    from lora_budget.catalog.models import resolve_model
     from lora_budget.configs import load_config
 
     ctx = click.get_current_context()
     loaded = load_config(path)
     out = dict(kw)
-
-    def typed(param: str) -> bool:
-        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
-
     # A file's DeepSpeed / FSDP strategy shards over a world size only the launcher knows: without
     # --gpus N it is reported, not applied. Its offload belongs to its strategy, so a different
     # typed --strategy overrides both.
@@ -168,14 +163,27 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
         if typed(param) or (param == "offload" and typed("strategy") and out["strategy"] != loaded.values["strategy"]):
             overridden.append(param)
             continue
-        if param == "model":
-            try:
-                resolve_model(value)
-            except LoraBudgetError as exc:
-                raise LoraBudgetError(f"{path}: {loaded.sources['model']}: {exc}") from None
-        out[param] = value
+        out[param] = config_model(loaded) if param == "model" else value
     ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden), held)
     return out
+
+
+def typed(param: str) -> bool:
+    """Whether the user gave ``param`` on the command line (not its default): typed flags win over a file."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def config_model(loaded: Any) -> str:
+    """The model a config file names, checked against the catalog; an error names the file and key."""
+    from lora_budget.catalog.models import resolve_model
+
+    value = loaded.values["model"]
+    try:
+        resolve_model(value)
+    except LoraBudgetError as exc:
+        raise LoraBudgetError(f"{loaded.path}: {loaded.sources['model']}: {exc}") from None
+    return value
 
 
 def config_notes() -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from lora_budget.cli.errors import user_errors
-from lora_budget.cli.options import CONFIG_HELP, MODEL_HELP
+from lora_budget.cli.options import CONFIG_HELP, MODEL_HELP, config_model, typed
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
 
@@ -89,16 +89,9 @@ def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str
     Returns (model, spec settings the grid takes beyond the profile's own options). The file's
     notes go to stderr, as ``plan`` prints them.
     """
-    from click.core import ParameterSource
-
     from lora_budget.configs import load_config
 
-    ctx = click.get_current_context()
     loaded = load_config(path)
-
-    def typed(param: str) -> bool:
-        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
-
     as_option = {
         "method": ("methods", str),
         "seq_len": ("seq_len", str),
@@ -110,7 +103,7 @@ def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str
     for param, value in loaded.values.items():
         if param == "model":
             if model is None:
-                model = value
+                model = config_model(loaded)
             else:
                 overridden.append("model")
         elif param in _CONFIG_EXTRA:
