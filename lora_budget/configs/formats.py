@@ -51,6 +51,21 @@ def _alpha(r: Reader, key: str) -> None:
         r.set("alpha", max(1, round(value)), key)
 
 
+def _rank_alpha_dropout(r: Reader, rank_key: str) -> None:
+    """LoRA rank (under each tool's name), ``lora_alpha`` and ``lora_dropout``."""
+    if (rank := r.positive_int(rank_key)) is not None:
+        r.set("rank", rank, rank_key)
+    _alpha(r, "lora_alpha")
+    _dropout(r, "lora_dropout")
+
+
+def _quant_type(r: Reader, key: str) -> None:
+    if (qtype := r.text(key)) is not None:
+        if qtype.lower() not in ("nf4", "fp4"):
+            raise r.fail(key, f"must be nf4 or fp4, got {qtype!r}")
+        r.set("quant", qtype.lower(), key)
+
+
 def _dropout(r: Reader, key: str) -> None:
     if r.has(key):
         v = r.raw(key)
@@ -90,10 +105,7 @@ def axolotl(r: Reader) -> None:
         r.set("method", "lora8bit" if eight else "lora", "adapter")
     else:
         raise r.fail("adapter", f"{adapter!r} is not modelled; use lora or qlora")
-    if (rank := r.positive_int("lora_r")) is not None:
-        r.set("rank", rank, "lora_r")
-    _alpha(r, "lora_alpha")
-    _dropout(r, "lora_dropout")
+    _rank_alpha_dropout(r, "lora_r")
     if r.flag("lora_target_linear"):
         r.set("targets", "all-linear", "lora_target_linear")
         r.used.add("lora_target_modules")
@@ -144,15 +156,9 @@ def llamafactory(r: Reader) -> None:
         )
     else:
         raise r.fail("finetuning_type", f"{kind!r} is not modelled; use full or lora")
-    if (rank := r.positive_int("lora_rank")) is not None:
-        r.set("rank", rank, "lora_rank")
-    _alpha(r, "lora_alpha")
-    _dropout(r, "lora_dropout")
+    _rank_alpha_dropout(r, "lora_rank")
     r.targets("lora_target")
-    if (qtype := r.text("quantization_type")) is not None:
-        if qtype.lower() not in ("nf4", "fp4"):
-            raise r.fail("quantization_type", f"must be nf4 or fp4, got {qtype!r}")
-        r.set("quant", qtype.lower(), "quantization_type")
+    _quant_type(r, "quantization_type")
     if (dq := r.flag("double_quantization")) is not None:
         r.set("double_quant", dq, "double_quantization")
     if (seq := r.positive_int("cutoff_len")) is not None:
@@ -211,15 +217,9 @@ def trl(r: Reader) -> None:
         r.set("method", "full", "use_peft")
     else:
         r.notes.append("no use_peft key: the file does not say full or LoRA, so --method decides")
-    if (rank := r.positive_int("lora_r")) is not None:
-        r.set("rank", rank, "lora_r")
-    _alpha(r, "lora_alpha")
-    _dropout(r, "lora_dropout")
+    _rank_alpha_dropout(r, "lora_r")
     r.targets("lora_target_modules")
-    if (qtype := r.text("bnb_4bit_quant_type")) is not None:
-        if qtype.lower() not in ("nf4", "fp4"):
-            raise r.fail("bnb_4bit_quant_type", f"must be nf4 or fp4, got {qtype!r}")
-        r.set("quant", qtype.lower(), "bnb_4bit_quant_type")
+    _quant_type(r, "bnb_4bit_quant_type")
     nested = r.flag("use_bnb_nested_quant")
     if four:
         r.set("double_quant", bool(nested), "use_bnb_nested_quant")  # TRL's default is false
@@ -243,10 +243,7 @@ def peft(r: Reader) -> None:
         raise r.fail("peft_type", f"only LORA adapters are modelled, got {kind!r}")
     if (model := r.text("base_model_name_or_path")) is not None:
         r.set("model", model, "base_model_name_or_path")
-    if (rank := r.positive_int("r")) is not None:
-        r.set("rank", rank, "r")
-    _alpha(r, "lora_alpha")
-    _dropout(r, "lora_dropout")
+    _rank_alpha_dropout(r, "r")
     r.targets("target_modules")
     r.set("method", "lora", "peft_type")
     r.notes.append(
