@@ -173,14 +173,15 @@ def _profile(specs: list[TrainSpec], device: str, runner: Any) -> Baseline:
 
     if device not in DEVICES:
         raise LoraBudgetError(f"unknown device {device!r}; choose {', '.join(DEVICES)}")
-    import torch
+    if device == "auto" or (device == "cuda" and runner is None):
+        import torch  # the steps run in workers; here only to ask whether a GPU is there
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and runner is None and not torch.cuda.is_available():
-        raise LoraBudgetError(
-            f"--device cuda: PyTorch sees no CUDA device here (torch {torch.__version__}); use --device cpu"
-        )
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif not torch.cuda.is_available():
+            raise LoraBudgetError(
+                f"--device cuda: PyTorch sees no CUDA device here (torch {torch.__version__}); use --device cpu"
+            )
     settings = Settings(device=device, steps=PROFILE_STEPS, warmup=PROFILE_WARMUP)
     result = run_sweep(specs, settings, runner=runner)
     if result.interrupted:
