@@ -284,15 +284,21 @@ def write_baseline(path: str | Path, baseline: Baseline) -> None:
     write_atomic(path, json.dumps(baseline.to_dict(), indent=2) + "\n")
 
 
-def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: str | Path) -> list[Comparison]:
-    """One comparison per current entry; bad input (engine or method missing) raises LoraBudgetError."""
+def check_inputs(baseline: Baseline, engine: str, tolerance_pct: float, path: str | Path) -> None:
+    """Raise LoraBudgetError for a tolerance or engine that ``compare`` would refuse (callers check
+    before measuring, which can take minutes)."""
     if tolerance_pct < 0:
         raise LoraBudgetError(f"--tolerance must be at least 0 percent, got {tolerance_pct}")
-    if baseline.engine != current.engine:
+    if baseline.engine != engine:
         raise LoraBudgetError(
-            f"baseline {path} was measured by the {baseline.engine} engine, this check uses {current.engine}; "
+            f"baseline {path} was measured by the {baseline.engine} engine, this check uses {engine}; "
             f"pass --engine {baseline.engine}, or rewrite the baseline with --update-baseline"
         )
+
+
+def compare(baseline: Baseline, current: Baseline, tolerance_pct: float, path: str | Path) -> list[Comparison]:
+    """One comparison per current entry; bad input (engine or method missing) raises LoraBudgetError."""
+    check_inputs(baseline, current.engine, tolerance_pct, path)
     if baseline.engine == "profile" and _kind(baseline.device) != _kind(current.device):
         raise LoraBudgetError(
             f"baseline {path} was measured on {baseline.device}, this run on {current.device}; CPU and CUDA "

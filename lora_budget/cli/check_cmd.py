@@ -61,7 +61,7 @@ def check_cmd(
     """
     from lora_budget.api import MAIN_METHODS
     from lora_budget.catalog.models import resolve_model
-    from lora_budget.gate import Baseline, compare, load_baseline, measure, write_baseline
+    from lora_budget.gate import check_inputs, compare, load_baseline, measure, write_baseline
     from lora_budget.spec import TrainSpec
 
     if kw["batch_size"].strip().lower() == "auto":
@@ -80,8 +80,7 @@ def check_cmd(
     base = None
     if not update_baseline:  # a bad baseline fails before minutes of measuring, not after
         base = load_baseline(baseline)
-        if base.engine != engine:
-            compare(base, Baseline(engine=engine, entries=()), tolerance, baseline)  # raises the mismatch
+        check_inputs(base, engine, tolerance, baseline)
     if engine in ("trace", "profile"):
         try:
             import torch  # noqa: F401
