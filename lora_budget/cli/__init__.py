@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "check": "lora_budget.cli.check_cmd:check_cmd",
     "models": "lora_budget.cli.catalog_cmds:models_cmd",
     "gpus": "lora_budget.cli.catalog_cmds:gpus_cmd",
+    "serve": "lora_budget.cli.serve_cmd:serve_cmd",
 }
 """Command name -> where it lives; a command's module is imported only when that command runs
 (or when --help lists them all), so `plan` does not pay for the others' imports."""
@@ -54,4 +55,5 @@ def main() -> None:
       lora-budget profile --model 8b --methods full,lora,qlora --seq-len 512,2048 --batch-size 1,4
       lora-budget profiles
       lora-budget calibrate
+      lora-budget serve --open
     """
