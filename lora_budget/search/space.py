@@ -1,0 +1,214 @@
+"""The set-up space ``search`` walks, and the walk itself.
+
+A set-up is GPU type x GPU count x strategy x offload x method x rank x optimizer x gradient
+checkpointing x micro-batch x accumulation. Two facts prune the walk without changing its answer:
+
+* The memory model does not depend on the GPU type (only its capacity does), and it depends on
+  accumulation only through ``grad_accum > 1`` (gradients stay alive into the next micro-batch's
+  forward, see ``core/peak.py`` and ``core/sharding.py``). So one ``PeakModel`` per
+  (count, strategy, offload, method, rank, optimizer, checkpointing, accum > 1) serves every card.
+* Peak memory grows with the micro-batch (``core/fit.py``), so the largest fitting micro-batch of
+  the grid is found by bisection, and every smaller one fits too. In the time model
+  (``perf/time.py``) compute grows linearly with b while the optimizer step and the exposed
+  communication are per step, so tokens/s never falls as b grows: for a fixed rest of the set-up
+  the largest fitting micro-batch is at least as fast and as cheap, and only it is timed.
+
+``candidates`` counts every grid point the walk stands for, fitting or not; ``evaluated`` counts
+the memory models built and the time estimates made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lora_budget.catalog.calibration import calibrated_overhead
+from lora_budget.catalog.gpus import GPU
+from lora_budget.core.peak import peak_model
+from lora_budget.errors import LoraBudgetError
+from lora_budget.perf.time import estimate_time
+from lora_budget.spec import ModelRef, TrainSpec
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+ACCUMS = (1, 2, 4, 8, 16)
+COUNTS = (1, 2, 4, 8)
+RANKS = (8, 16, 32, 64)
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+MULTI_STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
+OFFLOADS = ("none", "optimizer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Space:
+    model: ModelRef
+    gpus: tuple[tuple[GPU, int], ...]
+    """Each card with the most of it available."""
+    methods: tuple[str, ...] = ("full", "lora", "qlora")
+    ranks: tuple[int, ...] = RANKS
+    optimizers: tuple[str, ...] = OPTIMIZERS
+    counts: tuple[int, ...] = COUNTS
+    strategies: tuple[str, ...] = MULTI_STRATEGIES
+    offloads: tuple[str, ...] = OFFLOADS
+    batches: tuple[int, ...] = BATCHES
+    accums: tuple[int, ...] = ACCUMS
+    seq_len: int = 2048
+    dtype: str = "bf16"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    spec: TrainSpec
+    gpu: GPU
+    hours: float
+    gpu_hours: float
+    cost_usd: float | None
+    peak_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchResult:
+    setups: tuple[Setup, ...]
+    candidates: int
+    evaluated: int
+    utilization_note: str
+
+
+def _memory_specs(space: Space):
+    """Every (spec without b/accum, accum > 1) the memory model depends on; cards not involved."""
+    top = max(n for _, n in space.gpus)
+    for n in (c for c in space.counts if c <= top):
+        for strategy in ("ddp",) if n == 1 else space.strategies:
+            for offload in space.offloads:
+                for method in space.methods:
+                    for rank in (space.ranks[0],) if method == "full" else space.ranks:
+                        for opt in space.optimizers:
+                            for ckpt in (False, True):
+                                yield n, strategy, offload, method, rank, opt, ckpt
+
+
+def grid_size(space: Space) -> int:
+    """Grid points the walk stands for: every card at every count it has, times everything else."""
+    per = len(space.batches) * len(space.accums)
+    total = 0
+    for n, *_rest in _memory_specs(space):
+        cards = sum(1 for _, most in space.gpus if n <= most)
+        total += cards * per
+    return total
+
+
+def _largest_fitting(model, batches: tuple[int, ...], seq: int, capacity: int) -> int:
+    """Index of the largest micro-batch in ``batches`` that fits (-1 if none): bisection."""
+    lo, hi = 0, len(batches) - 1
+    if model.fit_bytes(batches[0], seq) > capacity:
+        return -1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if model.fit_bytes(batches[mid], seq) <= capacity:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def walk(space: Space, total_tokens: int, prices: dict[str, float], overhead_bytes: int = 0) -> SearchResult:
+    """Every fitting set-up that is not beaten by a larger micro-batch of the same set-up.
+
+    As ``plan`` does, a card's calibrated overhead is added to its peaks unless ``overhead_bytes`` is given.
+    """
+    out: list[Setup] = []
+    evaluated = 0
+    for n, strategy, offload, method, rank, opt, ckpt in _memory_specs(space):
+        cards = [g for g, most in space.gpus if n <= most]
+        if not cards:
+            continue
+        try:
+            base = TrainSpec(
+                model=space.model,
+                method=method,
+                rank=rank,
+                optimizer=opt,
+                grad_ckpt=ckpt,
+                gpus=n,
+                strategy=strategy,
+                offload=offload,
+                seq_len=space.seq_len,
+                dtype=space.dtype,
+            )
+        except LoraBudgetError:
+            continue  # not a valid combination (e.g. offload on one GPU)
+        for accumulates in (False, True):
+            accums = [a for a in space.accums if (a > 1) == accumulates]
+            if not accums:
+                continue
+            probe = dataclasses.replace(base, grad_accum=accums[0])
+            model = peak_model(probe, overhead_bytes)
+            evaluated += 1
+            for gpu in cards:
+                cal = calibrated_overhead(gpu.name) if not overhead_bytes else None
+                extra = cal.overhead_bytes if cal is not None else 0  # additive: part of the constant base
+                i = _largest_fitting(model, space.batches, space.seq_len, gpu.memory_bytes - extra)
+                if i < 0:
+                    continue
+                b = space.batches[i]
+                for a in accums:
+                    spec = dataclasses.replace(probe, batch_size=b, grad_accum=a)
+                    t = estimate_time(spec, gpu, total_tokens=total_tokens, price_usd_per_h=prices.get(gpu.name))
+                    evaluated += 1
+                    if t.wall_s is None:
+                        continue
+                    hours = t.wall_s / 3600
+                    out.append(
+                        Setup(
+                            spec=spec,
+                            gpu=gpu,
+                            hours=hours,
+                            gpu_hours=hours * n,
+                            cost_usd=t.cost_usd,
+                            peak_bytes=model.peak_bytes(b, space.seq_len) + extra,
+                        )
+                    )
+    return SearchResult(
+        setups=tuple(out),
+        candidates=grid_size(space),
+        evaluated=evaluated,
+        utilization_note=(
+            "time is weakest in GPU utilization: an assumed default per method until profiles calibrate it "
+            "(lora-budget calibrate); communication overlap is assumed too"
+        ),
+    )
+
+
+def pareto(setups: tuple[Setup, ...], by_cost: bool) -> tuple[Setup, ...]:
+    """Set-ups no other beats on both wall hours and cost (or GPU-hours when ``by_cost`` is False),
+    cheapest first."""
+
+    def key(s: Setup) -> float:
+        return s.cost_usd if by_cost else s.gpu_hours
+
+    pool = [s for s in setups if not by_cost or s.cost_usd is not None]
+    pool.sort(key=lambda s: (key(s), s.hours))
+    front: list[Setup] = []
+    best = float("inf")
+    for s in pool:
+        if s.hours < best:
+            front.append(s)
+            best = s.hours
+    return tuple(front)
+
+
+def command_line(s: Setup, total_tokens: int) -> str:
+    """The ``lora-budget plan`` command that plans this set-up."""
+    spec = s.spec
+    parts = [f"lora-budget plan -m {spec.model.name} -g '{s.gpu.name}' --method {spec.method}"]
+    if spec.method != "full":
+        parts.append(f"--rank {spec.rank}")
+    parts.append(f"--optimizer {spec.optimizer} --batch-size {spec.batch_size} --grad-accum {spec.grad_accum}")
+    parts.append(f"--seq-len {spec.seq_len}")
+    if spec.grad_ckpt:
+        parts.append("--grad-ckpt")
+    if spec.gpus > 1:
+        parts.append(f"--gpus {spec.gpus} --strategy {spec.strategy}")
+    if spec.offload != "none":
+        parts.append(f"--offload {spec.offload}")
+    parts.append(f"--tokens {total_tokens}")
+    return " ".join(parts)
