@@ -147,7 +147,10 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
     from lora_budget.configs import load_config
 
     ctx = click.get_current_context()
-    loaded = load_config(path)
+    given = frozenset(p for p in kw if typed(p))
+    loaded = load_config(path, typed=given)  # typed flags replace file values before they are validated
+    if "model" in kw and "model" not in given:
+        loaded.check_model()
     out = dict(kw)
     # A file's DeepSpeed / FSDP strategy shards over a world size only the launcher knows: without
     # --gpus N it is reported, not applied. Its offload belongs to its strategy, so a different
@@ -164,6 +167,7 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
             overridden.append(param)
             continue
         out[param] = config_model(loaded) if param == "model" else value
+    overridden += [p for p in loaded.skipped if p not in overridden]
     ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden), held)
     return out
 

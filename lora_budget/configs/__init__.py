@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_budget.configs.formats import MAPPERS
+from lora_budget.configs.formats import MAPPERS, MODEL_KEYS
 from lora_budget.configs.read import FORMAT_NAMES, read_file
 from lora_budget.configs.values import Reader
+from lora_budget.errors import LoraBudgetError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +34,21 @@ class LoadedConfig:
     """Remarks about how values were read (tool defaults applied, values planned differently)."""
     parallel: str = ""
     """What the file's DeepSpeed / FSDP settings say (``deepspeed: ZeRO-3 ... read from ds.json``), or empty."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """CLI parameter -> file key left unread because the user typed that flag (it replaces the value)."""
+
+    @property
+    def model_key(self) -> str:
+        """The key this format names its model with (empty for a DeepSpeed JSON, which names none)."""
+        return MODEL_KEYS.get(self.format, "")
+
+    def check_model(self) -> None:
+        """Raise a one-line error when a format that names its model does not; the caller skips it under --model."""
+        if self.model_key and "model" not in self.values:
+            raise LoraBudgetError(
+                f"{self.path}: no {self.model_key}: the file names no model; add {self.model_key}: <model> "
+                "or pass --model"
+            )
 
     @property
     def format_name(self) -> str:
@@ -76,10 +92,13 @@ def _flag(param: str, value: Any) -> str:
     return f"--{name} {value}"
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Read ``path`` and map its keys; raises LoraBudgetError (one line naming file and key) on bad input."""
+def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> LoadedConfig:
+    """Read ``path`` and map its keys; raises LoraBudgetError (one line naming file and key) on bad input.
+
+    ``typed``: CLI parameters the user gave; their keys are not read, so a value a flag replaces is no error.
+    """
     data, fmt = read_file(path)
-    reader = Reader(path=Path(path), data=data, fmt=fmt)
+    reader = Reader(path=Path(path), data=data, fmt=fmt, typed=typed)
     MAPPERS[fmt](reader)
     unmodelled, ignored = reader.ignored()
     return LoadedConfig(
@@ -91,6 +110,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         ignored=tuple(ignored),
         notes=tuple(reader.notes),
         parallel=reader.parallel,
+        skipped=dict(reader.skipped),
     )
 
 

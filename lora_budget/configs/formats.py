@@ -53,13 +53,15 @@ def _alpha(r: Reader, key: str) -> None:
 
 def _rank_alpha_dropout(r: Reader, rank_key: str) -> None:
     """LoRA rank (under each tool's name), ``lora_alpha`` and ``lora_dropout``."""
-    if (rank := r.positive_int(rank_key)) is not None:
+    if not r.typed_over("rank", rank_key) and (rank := r.positive_int(rank_key)) is not None:
         r.set("rank", rank, rank_key)
     _alpha(r, "lora_alpha")
     _dropout(r, "lora_dropout")
 
 
 def _quant_type(r: Reader, key: str) -> None:
+    if r.typed_over("quant", key):
+        return
     if (qtype := r.text(key)) is not None:
         if qtype.lower() not in ("nf4", "fp4"):
             raise r.fail(key, f"must be nf4 or fp4, got {qtype!r}")
@@ -77,6 +79,8 @@ def _dropout(r: Reader, key: str) -> None:
 
 
 def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16") -> None:
+    if r.typed_over("dtype", bf16, fp16):
+        return
     b, f = r.flag(bf16), r.flag(fp16)
     if b and f:
         raise r.fail(bf16, f"{bf16} and {fp16} are both true; choose one")
@@ -88,9 +92,32 @@ def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16") -> None:
         r.set("dtype", "fp32", bf16)
 
 
+def _grad_ckpt(r: Reader, key: str) -> None:
+    """``gradient_checkpointing``; axolotl's ``offload`` (checkpoints kept in CPU memory) is planned as
+    checkpointing on the GPU, an over-estimate of the activations it keeps there."""
+    if r.typed_over("grad_ckpt", key):
+        return
+    if r.has(key) and isinstance(v := r.data[key], str) and v.strip().lower() in ("offload", "offload_disk"):
+        r.used.add(key)
+        r.set("grad_ckpt", True, key)
+        r.notes.append(
+            f"{key}: {v} not modelled: planned as checkpointing kept on the GPU (offload would move the "
+            "per-layer checkpoints to CPU memory, lowering the planned activations)"
+        )
+        return
+    if (ckpt := r.flag(key)) is not None:
+        r.set("grad_ckpt", ckpt, key)
+
+
 def axolotl(r: Reader) -> None:
     if (model := r.text("base_model")) is not None:
         r.set("model", model, "base_model")
+    if not r.typed_over("method", "adapter", "load_in_4bit", "load_in_8bit"):
+        _axolotl_method(r)
+    _axolotl_rest(r)
+
+
+def _axolotl_method(r: Reader) -> None:
     adapter = r.text("adapter")
     four, eight = r.flag("load_in_4bit"), r.flag("load_in_8bit")
     if four and eight:
@@ -105,26 +132,33 @@ def axolotl(r: Reader) -> None:
         r.set("method", "lora8bit" if eight else "lora", "adapter")
     else:
         raise r.fail("adapter", f"{adapter!r} is not modelled; use lora or qlora")
+
+
+def _axolotl_rest(r: Reader) -> None:
     _rank_alpha_dropout(r, "lora_r")
-    if r.flag("lora_target_linear"):
+    if r.typed_over("targets", "lora_target_linear", "lora_target_modules"):
+        pass
+    elif r.flag("lora_target_linear"):
         r.set("targets", "all-linear", "lora_target_linear")
         r.used.add("lora_target_modules")
     else:
         r.targets("lora_target_modules")
-    if (seq := r.positive_int("sequence_len")) is not None:
+    if not r.typed_over("seq_len", "sequence_len") and (seq := r.positive_int("sequence_len")) is not None:
         r.set("seq_len", seq, "sequence_len")
-    if (b := r.positive_int("micro_batch_size")) is not None:
+    if not r.typed_over("batch_size", "micro_batch_size") and (b := r.positive_int("micro_batch_size")) is not None:
         r.set("batch_size", str(b), "micro_batch_size")
     if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
         r.set("grad_accum", acc, "gradient_accumulation_steps")
     r.optimizer("optimizer")
     _precision(r)
-    if (ckpt := r.flag("gradient_checkpointing")) is not None:
-        r.set("grad_ckpt", ckpt, "gradient_checkpointing")
-    for key, attn in (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager")):
+    _grad_ckpt(r, "gradient_checkpointing")
+    attn_keys = (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"))
+    if r.typed_over("attn", "xformers_attention", *(key for key, _ in attn_keys)):
+        attn_keys = ()
+    for key, attn in attn_keys:
         if r.flag(key):
             r.set("attn", attn, key)
-    if r.flag("xformers_attention"):
+    if attn_keys and r.flag("xformers_attention"):
         r.set("attn", "sdpa", "xformers_attention")
         r.notes.append("xformers_attention: planned as sdpa (both keep no s x s scores)")
     if (epochs := r.positive_number("num_epochs")) is not None:
@@ -138,6 +172,12 @@ def llamafactory(r: Reader) -> None:
     stage = r.text("stage") or "sft"
     if stage not in ("sft", "pt"):
         r.notes.append(f"stage: {stage} planned as one supervised step (reference/reward models not counted)")
+    if not r.typed_over("method", "finetuning_type", "quantization_bit", "quantization_method"):
+        _llamafactory_method(r)
+    _llamafactory_rest(r)
+
+
+def _llamafactory_method(r: Reader) -> None:
     given = r.text("finetuning_type")
     kind = (given or "lora").lower()
     bits = r.positive_int("quantization_bit")
@@ -156,20 +196,24 @@ def llamafactory(r: Reader) -> None:
         )
     else:
         raise r.fail("finetuning_type", f"{kind!r} is not modelled; use full or lora")
+
+
+def _llamafactory_rest(r: Reader) -> None:
     _rank_alpha_dropout(r, "lora_rank")
     r.targets("lora_target")
     _quant_type(r, "quantization_type")
     if (dq := r.flag("double_quantization")) is not None:
         r.set("double_quant", dq, "double_quantization")
-    if (seq := r.positive_int("cutoff_len")) is not None:
+    if not r.typed_over("seq_len", "cutoff_len") and (seq := r.positive_int("cutoff_len")) is not None:
         r.set("seq_len", seq, "cutoff_len")
     _trainer_args(r)
-    if r.flag("pure_bf16"):
+    if not r.typed_over("dtype", "pure_bf16") and r.flag("pure_bf16"):
         r.set("dtype", "bf16", "pure_bf16")
-    disabled = r.flag("disable_gradient_checkpointing")
     key = "disable_gradient_checkpointing"
-    r.set("grad_ckpt", not disabled, key if disabled is not None else f"{key} (default false)")
-    if (attn := r.text("flash_attn")) is not None:
+    if not r.typed_over("grad_ckpt", key):
+        disabled = r.flag(key)
+        r.set("grad_ckpt", not disabled, key if disabled is not None else f"{key} (default false)")
+    if not r.typed_over("attn", "flash_attn") and (attn := r.text("flash_attn")) is not None:
         mapped = {"auto": None, "disabled": "eager", "sdpa": "sdpa", "fa2": "flash", "fa3": "flash"}.get(
             attn.lower(), "?"
         )
@@ -182,14 +226,16 @@ def llamafactory(r: Reader) -> None:
 
 def _trainer_args(r: Reader) -> None:
     """transformers TrainingArguments keys shared by LLaMA-Factory and TRL."""
-    if (b := r.positive_int("per_device_train_batch_size")) is not None:
+    if (
+        not r.typed_over("batch_size", "per_device_train_batch_size")
+        and (b := r.positive_int("per_device_train_batch_size")) is not None
+    ):
         r.set("batch_size", str(b), "per_device_train_batch_size")
     if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
         r.set("grad_accum", acc, "gradient_accumulation_steps")
     r.optimizer("optim")
     _precision(r)
-    if (ckpt := r.flag("gradient_checkpointing")) is not None:
-        r.set("grad_ckpt", ckpt, "gradient_checkpointing")
+    _grad_ckpt(r, "gradient_checkpointing")
     if (epochs := r.positive_number("num_train_epochs")) is not None:
         r.set("epochs", epochs, "num_train_epochs")
 
@@ -199,7 +245,7 @@ def trl(r: Reader) -> None:
         r.set("model", model, "model_name_or_path")
     _trainer_args(r)
     for key in ("max_length", "max_seq_length"):
-        if (seq := r.positive_int(key)) is not None:
+        if not r.typed_over("seq_len", key) and (seq := r.positive_int(key)) is not None:
             r.set("seq_len", seq, key)
     peft = r.flag("use_peft")
     four, eight = r.flag("load_in_4bit"), r.flag("load_in_8bit")
@@ -207,7 +253,9 @@ def trl(r: Reader) -> None:
         raise r.fail("load_in_4bit", "load_in_4bit and load_in_8bit are both true; choose one")
     if peft is False and (four or eight):
         raise r.fail("use_peft", "a 4-/8-bit base model needs use_peft: true (adapters)")
-    if peft or four or eight:
+    if r.typed_over("method", "use_peft"):
+        pass
+    elif peft or four or eight:
         r.set(
             "method",
             "qlora" if four else "lora8bit" if eight else "lora",
@@ -224,11 +272,11 @@ def trl(r: Reader) -> None:
     if four:
         r.set("double_quant", bool(nested), "use_bnb_nested_quant")  # TRL's default is false
     for key in ("dtype", "torch_dtype"):
-        if (name := r.text(key)) is not None and name != "auto":
+        if not r.typed_over("dtype", key) and (name := r.text(key)) is not None and name != "auto":
             if name not in _DTYPE_NAMES:
                 raise r.fail(key, f"must be bfloat16, float16, float32 or auto, got {name!r}")
             r.set("dtype", _DTYPE_NAMES[name], key)
-    if (impl := r.text("attn_implementation")) is not None:
+    if not r.typed_over("attn", "attn_implementation") and (impl := r.text("attn_implementation")) is not None:
         low = impl.lower()
         attn = "eager" if low == "eager" else "sdpa" if low == "sdpa" else "flash" if "flash" in low else None
         if attn is None:
@@ -263,6 +311,14 @@ def hf_config(r: Reader) -> None:
 def deepspeed(r: Reader) -> None:
     r.parallel = deepspeed_file(r)
 
+
+MODEL_KEYS = {
+    "axolotl": "base_model",
+    "llamafactory": "model_name_or_path",
+    "trl": "model_name_or_path",
+    "peft": "base_model_name_or_path",
+}
+"""The key each format names its base model with (a config.json is the model; a DeepSpeed JSON names none)."""
 
 MAPPERS = {
     "axolotl": axolotl,

@@ -60,6 +60,21 @@ class Reader:
     notes: list[str] = field(default_factory=list)
     parallel: str = ""
     """What the file's DeepSpeed / FSDP settings say (``read_parallel``), empty without them."""
+    typed: frozenset[str] = frozenset()
+    """CLI parameters the user typed: the file's keys for them are not read, so a value the flag replaces
+    (a target regex, an unmodelled optimizer) is not an error."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """CLI parameter -> the file key a typed flag replaced unread."""
+
+    def typed_over(self, param: str, *keys: str) -> bool:
+        """Whether ``param`` was typed; then ``keys`` count as read (replaced by the flag), not validated."""
+        if param not in self.typed:
+            return False
+        present = [k for k in keys if k in self.data]
+        self.used.update(keys)
+        if present:
+            self.skipped.setdefault(param, present[0])
+        return True
 
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None
@@ -127,6 +142,8 @@ class Reader:
         return v.strip()
 
     def optimizer(self, key: str) -> None:
+        if self.typed_over("optimizer", key):
+            return
         name = self.text(key)
         if name is None:
             return
@@ -137,6 +154,8 @@ class Reader:
         self.set("optimizer", ours, key)
 
     def targets(self, key: str, all_names: tuple[str, ...] = ("all-linear", "all")) -> None:
+        if self.typed_over("targets", key):
+            return
         if not self.has(key):
             self.used.add(key)
             return

@@ -1,0 +1,137 @@
+"""plan --config: typed flags replace file values before they are validated; a file must name its model.
+
+Each file below is written in the test; expected values are the flags typed or the keys written.
+"""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lora_budget.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "refused", "flag", "field", "value"),
+    [
+        # axolotl lora_target_modules as a regex: refused alone, its message says --targets
+        (
+            "base_model: 7b\nadapter: lora\nlora_target_modules: '.*(q|v)_proj'\n",
+            "axo.yml",
+            "regular expressions",
+            ["--targets", "q_proj,v_proj"],
+            "targets",
+            "q_proj,v_proj",
+        ),
+        # TRL optim names lora-budget does not model
+        (
+            '{"model_name_or_path": "7b", "use_peft": true, "optim": "adamw_torch_8bit"}',
+            "trl.json",
+            "optimizer 'adamw_torch_8bit' is not modelled",
+            ["--optimizer", "adamw8bit"],
+            "optimizer",
+            "adamw8bit",
+        ),
+        (
+            "model_name_or_path: 7b\nfinetuning_type: lora\noptim: muon\n",
+            "lf.yaml",
+            "optimizer 'muon' is not modelled",
+            ["--optimizer", "adamw"],
+            "optimizer",
+            "adamw",
+        ),
+        (
+            "base_model: 7b\nadapter: lora\noptimizer: rmsprop\n",
+            "axo.yml",
+            "optimizer 'rmsprop' is not modelled",
+            ["--optimizer", "sgd"],
+            "optimizer",
+            "sgd",
+        ),
+        # a bad attention value and a bad sequence length are replaced the same way
+        (
+            "model_name_or_path: 7b\nfinetuning_type: lora\nflash_attn: fa9\n",
+            "lf.yaml",
+            "flash_attn: must be auto",
+            ["--attn", "eager"],
+            "attn",
+            "eager",
+        ),
+        (
+            "base_model: 7b\nadapter: lora\nsequence_len: long\n",
+            "axo.yml",
+            "sequence_len: must be a positive integer",
+            ["--seq-len", "512"],
+            "seq_len",
+            512,
+        ),
+        # a method lora-budget does not model, replaced by --method
+        (
+            "base_model: 7b\nadapter: ia3\n",
+            "axo.yml",
+            "adapter: 'ia3' is not modelled",
+            ["--method", "lora"],
+            "method",
+            "lora",
+        ),
+        (
+            "model_name_or_path: 7b\nfinetuning_type: freeze\n",
+            "lf.yaml",
+            "finetuning_type: 'freeze' is not modelled",
+            ["--method", "qlora"],
+            "method",
+            "qlora",
+        ),
+    ],
+)
+def test_a_typed_flag_rescues_a_refused_file_value(tmp_path, text, name, refused, flag, field, value):
+    path = _write(tmp_path / name, text)
+    r = run("plan", "--config", path)
+    assert r.exit_code == 2 and refused in r.output
+    r = run("plan", "--config", path, *flag, "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    (m,) = data["methods"]  # the file (or --method) says one method
+    assert (m if field == "method" else m["spec"])[field] == value
+    assert any("the command line overrode" in n and flag[0] in n for n in data["notes"]), data["notes"]
+
+
+def test_axolotl_offloaded_checkpointing_is_planned_as_checkpointing_with_a_note(tmp_path):
+    path = _write(tmp_path / "axo.yml", "base_model: 7b\nadapter: lora\ngradient_checkpointing: offload\n")
+    data = json.loads(run("plan", "--config", path, "--json").output)
+    assert data["methods"][0]["spec"]["grad_ckpt"] is True  # gradient_checkpointing: offload
+    assert any("gradient_checkpointing: offload not modelled" in n for n in data["notes"]), data["notes"]
+    r = run("plan", "--config", path, "--no-grad-ckpt", "--json")
+    assert json.loads(r.output)["methods"][0]["spec"]["grad_ckpt"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "key"),
+    [
+        ("adapter: lora\nsequence_len: 1024\nmicro_batch_size: 2\n", "axo.yml", "base_model"),
+        ("finetuning_type: lora\ncutoff_len: 512\n", "lf.yaml", "model_name_or_path"),
+        ('{"per_device_train_batch_size": 2, "use_peft": true}', "trl.json", "model_name_or_path"),
+        (
+            '{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}',
+            "adapter_config.json",
+            "base_model_name_or_path",
+        ),
+    ],
+)
+def test_a_file_without_a_model_is_refused_unless_model_is_given(tmp_path, text, name, key):
+    path = _write(tmp_path / name, text)
+    r = run("plan", "--config", path)
+    assert r.exit_code == 2
+    assert f"{path}: no {key}: the file names no model; add {key}: <model> or pass --model" in r.output
+    r = run("plan", "--config", path, "--model", "1b", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["model"]["name"] == "Llama-3.2-1B"  # --model 1b
