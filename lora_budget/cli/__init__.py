@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "models": "lora_budget.cli.catalog_cmds:models_cmd",
     "gpus": "lora_budget.cli.catalog_cmds:gpus_cmd",
     "serve": "lora_budget.cli.serve_cmd:serve_cmd",
+    "search": "lora_budget.cli.search_cmd:search_cmd",
 }
 """Command name -> where it lives; a command's module is imported only when that command runs
 (or when --help lists them all), so `plan` does not pay for the others' imports."""
@@ -37,10 +38,18 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Every command runs inside one error boundary (cli/errors.py): one line, exit 2 or 1."""
+        from lora_budget.cli.errors import boundary
+
+        debug = bool(ctx.params.get("debug")) or os.environ.get("LORA_BUDGET_DEBUG", "") not in ("", "0")
+        return boundary(lambda: super(_LazyGroup, self).invoke(ctx), debug=debug)
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lora-budget")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (for a bug report).")
+def main(debug: bool) -> None:
     """Will this fine-tuning job fit on this GPU?
 
     \b

@@ -81,6 +81,10 @@ def check_cmd(
     if not update_baseline:  # a bad baseline fails before minutes of measuring, not after
         base = load_baseline(baseline)
         check_inputs(base, engine, tolerance, baseline)
+    else:  # an unwritable baseline fails before measuring, too
+        from lora_budget.fsio import check_destination
+
+        check_destination(baseline)
     if engine in ("trace", "profile"):
         try:
             import torch  # noqa: F401

@@ -209,14 +209,10 @@ def profile_cmd(model: str | None, list_only: bool, as_json: bool, config_file: 
 
 
 def _profile(model: str, as_json: bool, **kw: Any) -> None:
-    import dataclasses
 
     from lora_budget.catalog.models import resolve_model
-    from lora_budget.cli.profile_render import render_profile
-    from lora_budget.profile import store
     from lora_budget.profile.measure import Settings
-    from lora_budget.profile.specio import model_to_dict
-    from lora_budget.profile.sweep import environment_of, grid, run_sweep
+    from lora_budget.profile.sweep import grid
 
     ref = resolve_model(model)
     weights = kw["weights"]
@@ -247,6 +243,36 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
     out: Path = kw["out"]
     if out.suffix == ".json" and out.exists():
         raise LoraBudgetError(f"{out} already exists; profiles are never overwritten (choose another --out)")
+    claimed = None
+    if out.suffix == ".json":  # claimed now (O_EXCL): a second sweep to the same path fails before measuring
+        from lora_budget.fsio import claim_new
+
+        claimed = claim_new(out)
+    try:
+        _measure_and_save(model, as_json, out, claimed, specs, settings, ref, weights, kw)
+    finally:
+        if claimed is not None and claimed.exists() and claimed.stat().st_size == 0:
+            claimed.unlink()
+
+
+def _measure_and_save(
+    model: str,
+    as_json: bool,
+    out: Path,
+    claimed: Path | None,
+    specs: Any,
+    settings: Any,
+    ref: Any,
+    weights: Any,
+    kw: dict[str, Any],
+) -> None:
+    import dataclasses
+
+    from lora_budget.cli.profile_render import render_profile
+    from lora_budget.profile import store
+    from lora_budget.profile.specio import model_to_dict
+    from lora_budget.profile.sweep import environment_of, run_sweep
+
     count = max(s.batch_size * s.seq_len for s in specs)
     tokenizer = kw["tokenizer"]
     if (
@@ -294,6 +320,8 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
     profile = dataclasses.replace(
         draft, environment=result.environment or env, rows=result.rows, interrupted=result.interrupted
     )
+    if claimed is not None and claimed.stat().st_size == 0:
+        claimed.unlink()  # our own empty claim; save links the finished file in its place
     saved = store.save(profile, path, unique=out.suffix != ".json")
     profile = dataclasses.replace(profile, path=saved)
     if as_json:

@@ -70,6 +70,10 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
     from lora_budget.core.peak import estimate
     from lora_budget.spec import TrainSpec
 
+    if timeline_path:
+        from lora_budget.fsio import check_destination
+
+        check_destination(timeline_path)
     if kw["batch_size"].strip().lower() == "auto":
         raise click.BadParameter(
             "trace needs a number (use plan --batch-size auto to search)", param_hint="--batch-size"

@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +148,33 @@ def run_sweep(
         raise LoraBudgetError("nothing to profile: the sweep is empty")
     model = model_to_dict(specs[0].model)
     result = SweepResult(planned=len(specs))
+    with _stops_like_ctrl_c():
+        return _run_jobs(specs, settings, tokens, snapshot_dir, progress, runner, model, result)
+
+
+@contextmanager
+def _stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a CI timeout, ``kill``) and SIGHUP (a closed terminal) raise KeyboardInterrupt,
+    so they end a sweep the way Ctrl-C does: the finished rows are kept and marked interrupted.
+    Only the main thread can set handlers; elsewhere the defaults stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _run_jobs(
+    specs: Any, settings: Any, tokens: Any, snapshot_dir: Any, progress: Any, runner: Any, model: Any, result: Any
+) -> SweepResult:
     try:
         for index, spec in enumerate(specs):
             name = label(spec)
