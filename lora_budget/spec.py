@@ -149,6 +149,8 @@ class TrainSpec:
             object.__setattr__(
                 self, "warnings", self.warnings + ("Gemma 2 has no sdpa attention in transformers; planned with eager",)
             )
+        if shape.notes:
+            object.__setattr__(self, "warnings", self.warnings + shape.notes)
         if self.seq_len > shape.max_positions:
             object.__setattr__(
                 self,

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lora_budget.catalog import hub
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core.params import param_count
 from lora_budget.errors import LoraBudgetError, UnknownNameError
@@ -53,26 +54,60 @@ def _ref(entry: dict[str, Any]) -> ModelRef:
 
 
 def resolve_model(text: str) -> ModelRef:
-    """A catalog name, alias (``7b``), HF repo id, config.json path or local model directory."""
+    """A config.json path or model directory, a cached HF repo, a catalog name/alias/HF id, or a Hub repo.
+
+    Order: a local path; the local Hugging Face cache (``hub.cached_config``); the catalog; then, unless
+    offline, the Hub's ``config.json`` alone (``hub.download_config``, cached for the next run).
+    """
     if not text or not text.strip():
         raise LoraBudgetError("no model given; pass a catalog name such as 7b or Llama-3.1-8B")
     path = Path(text).expanduser()
     if path.is_dir() or path.suffix == ".json" or path.is_file():
         return model_from_path(path)
+    repo = hub.is_repo_id(text)
+    cached = hub.cached_config(text.strip()) if repo else None
+    if cached is not None:
+        return model_from_path(cached, hf_id=text.strip())
     index = _index()
     entry = index.get(text.strip().lower()) or index.get(_key(text))
-    if entry is None:
-        names = [e["name"] for e in catalog()] + [a for e in catalog() for a in e["aliases"]]
-        close = difflib.get_close_matches(text.strip(), names, n=3, cutoff=0.5)
-        if not close:
-            close = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=3, cutoff=0.5)
-            close = [n for n in names if _key(n) in close][:3]
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise UnknownNameError(f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)")
-    return _ref(entry)
+    if entry is not None:
+        return _ref(entry)
+    if repo:
+        if hub.offline():
+            raise UnknownNameError(hub.offline_message(text.strip()))
+        return model_from_path(hub.download_config(text.strip()), hf_id=text.strip())
+    hint = _closest(text)
+    hint = f"; closest: {', '.join(hint)}" if hint else ""
+    raise UnknownNameError(f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)")
 
 
-def model_from_path(path: Path) -> ModelRef:
+_SIZE = re.compile(r"(?<![a-z0-9.])(\d+x)?(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
+
+
+def size_token(text: str) -> str | None:
+    """The parameter-size token of a name (``270m``, ``7b``, ``8x7b``, ``0.5b``), normalised, or None."""
+    m = _SIZE.search(text.split("/")[-1].replace("_", "-"))
+    if m is None:
+        return None
+    experts, number, unit = m.groups()
+    return f"{(experts or '').lower()}{float(number):g}{unit.lower()}"
+
+
+def _closest(text: str) -> list[str]:
+    """Up to three catalog names near ``text``, same-size ones first (``gemma-3-270m`` never gets 27B)."""
+    names = [e["name"] for e in catalog()] + [a for e in catalog() for a in e["aliases"]]
+    size = size_token(text)
+    if size is not None:
+        same = [n for n in names if size_token(n) == size]
+        names = same or [n for n in names if size_token(n) is None]
+    close = difflib.get_close_matches(text.strip(), names, n=3, cutoff=0.5)
+    if not close:
+        keys = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=3, cutoff=0.5)
+        close = [n for n in names if _key(n) in keys][:3]
+    return close
+
+
+def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise LoraBudgetError(f"{config_path}: no such file (expected a config.json or a model directory)")
@@ -84,7 +119,7 @@ def model_from_path(path: Path) -> ModelRef:
         raise LoraBudgetError(f"{config_path}: expected a JSON object")
     return ModelRef(
         name=str(config_path),
-        hf_id=str(raw.get("_name_or_path", "")),
+        hf_id=hf_id or str(raw.get("_name_or_path", "")),
         source=str(config_path),
         shape=shape_from_config(raw, where=str(config_path)),
         config=raw,

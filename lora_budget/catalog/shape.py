@@ -8,7 +8,7 @@ model type, transformers 5.x, and are what the parameter and activation formulas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lora_budget.errors import LoraBudgetError
@@ -83,6 +83,8 @@ class ModelShape:
     """Local-attention window of the sliding layers (Gemma 3, Mistral v0.1), 0 without."""
     sliding_layers: int = 0
     """How many layers attend within ``sliding_window``."""
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    """What the shape leaves out (a multimodal config's vision tower); plans carry these as warnings."""
 
     @property
     def q_width(self) -> int:
@@ -146,19 +148,28 @@ def _act(name: str, where: str) -> ActKind:
 
 def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
     """Build a :class:`ModelShape` from a config.json dict; errors name the missing field."""
-    if "text_config" in raw and "model_type" in raw.get("text_config", {}):
+    notes: tuple[str, ...] = ()
+    if isinstance(raw.get("text_config"), dict) and "model_type" in raw["text_config"]:
+        # Multimodal checkpoints (Gemma 3, Llama 4, Qwen2-VL, Mistral 3) nest the language model's config.
+        outer = raw.get("model_type", "multimodal")
         raw = raw["text_config"]
+        notes = (
+            f"{outer} is multimodal: planned its text tower ({raw['model_type']}) only; "
+            "the vision tower and image tokens are not counted",
+        )
     r = _Reader(raw, where)
     model_type = r.need("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise LoraBudgetError(
-            f"{where}: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED_TYPES)})"
+            f"{where}: architecture {model_type!r} is not modelled yet (modelled: {', '.join(SUPPORTED_TYPES)})"
         )
     if model_type == "gpt2":
-        return _gpt2(r)
-    if model_type == "falcon":
-        return _falcon(r)
-    return _llama_like(r, model_type)
+        shape = _gpt2(r)
+    elif model_type == "falcon":
+        shape = _falcon(r)
+    else:
+        shape = _llama_like(r, model_type)
+    return replace(shape, notes=notes) if notes else shape
 
 
 def _llama_like(r: _Reader, model_type: str) -> ModelShape:

@@ -30,6 +30,7 @@ def models_cmd(as_json: bool) -> None:
                 "family": e["family"],
                 "aliases": e["aliases"],
                 "param_count": n,
+                "planner": "analytical",
                 "source": e["source"],
             }
             for e, n in rows
@@ -37,10 +38,14 @@ def models_cmd(as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     width = max(len(", ".join(e["aliases"])) for e, _ in rows) + 2
-    click.echo(f"{'name':<20}{'parameters':>18}  {'family':<9}{'aliases':<{width}}hf id")
+    click.echo(f"{'name':<20}{'parameters':>18}  {'family':<9}{'planner':<12}{'aliases':<{width}}hf id")
     for e, n in rows:
-        click.echo(f"{e['name']:<20}{n:>18,}  {e['family']:<9}{', '.join(e['aliases']):<{width}}{e['hf_id']}")
-    click.echo(f"\n{len(rows)} models; configs copied from each model's config.json (source in --json).")
+        aliases = ", ".join(e["aliases"])
+        click.echo(f"{e['name']:<20}{n:>18,}  {e['family']:<9}{'analytical':<12}{aliases:<{width}}{e['hf_id']}")
+    click.echo(
+        f"\n{len(rows)} models; configs copied from each model's config.json (source in --json); "
+        "planner: analytical = the hand-written per-architecture walk."
+    )
 
 
 @click.command("gpus")

@@ -29,6 +29,14 @@ CONFIG_HELP = (
 )
 
 
+def _set_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--offline``: huggingface_hub's own switch, which model resolution reads, for this run."""
+    if value:
+        import os
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the spec options (and ``--config FILE``) to a command; file values fill what the user did not type."""
 
@@ -50,6 +58,14 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP),
         click.option("--model", "-m", default="7b", show_default=True, help=MODEL_HELP),
+        click.option(
+            "--offline",
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_offline,
+            help="Never ask the Hugging Face Hub for a config.json (as HF_HUB_OFFLINE=1).",
+        ),
         click.option(
             "--method",
             default="all",
