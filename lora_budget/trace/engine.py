@@ -35,6 +35,7 @@ from lora_budget.errors import LoraBudgetError
 from lora_budget.runtime.build import Built, build, import_stack
 from lora_budget.runtime.loop import make_optimizer, optimizer_state_tensors, run_steps
 from lora_budget.spec import TrainSpec
+from lora_budget.trace.allocator import Replay, replay_tracker
 
 PAGE_MIN_NUMEL = 100_000
 """bitsandbytes pages optimizer state only for tensors of at least 1e5 elements."""
@@ -65,6 +66,9 @@ class TraceResult:
     """Whole-step sizes, independent of the peak's phase: every gradient at the end of the last
     backward, every optimizer-state tensor after the last step, and the registered weights,
     quantization state and adapters."""
+    reserved: Replay | None = None
+    """The event stream replayed through the caching-allocator model (``allocator.py``):
+    predicted ``max_memory_reserved`` and fragmentation."""
 
     @property
     def peak_bytes(self) -> int:
@@ -84,6 +88,14 @@ class TraceResult:
             "ops": self.ops,
             "wall_s": round(self.wall_s, 3),
             "state_bytes": dict(self.state_bytes),
+            **(
+                {
+                    "reserved_bytes": self.reserved.peak_reserved,
+                    "fragmentation_bytes": self.reserved.fragmentation,
+                }
+                if self.reserved is not None
+                else {}
+            ),
         }
 
 
@@ -221,7 +233,23 @@ def _result(spec: TrainSpec, tracker: Any, hooks: Hooks, wall_s: float, fake: bo
         timeline=timeline,
         real=not fake,
         state_bytes=_state_bytes(tracker, hooks),
+        reserved=_reserved(tracker),
     )
+
+
+def _reserved(tracker: Any) -> Replay:
+    """Replay the stream; the allocator model's allocated peak is the tracker's, or one is wrong.
+
+    Registered tensors (weights, quantization state) come first in the stream, in the model's
+    parameter order: an approximation of the order the loader allocated them.
+    """
+    replayed = replay_tracker(tracker)
+    if replayed.peak_allocated != tracker.peak.bytes:
+        raise LoraBudgetError(
+            f"internal: the allocator replay peaks at {replayed.peak_allocated:,} allocated bytes, "
+            f"the trace at {tracker.peak.bytes:,}"
+        )
+    return replayed
 
 
 @contextlib.contextmanager

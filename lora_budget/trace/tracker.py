@@ -63,6 +63,8 @@ class Block:
     module: str = ""
     """The innermost module running when it was allocated."""
     op: str = ""
+    index: int = -1
+    """Position in ``Tracker.blocks`` (what ``Tracker.stream`` names)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +91,10 @@ class Tracker(TorchDispatchMode):
         """Live bytes after each event (op or phase marker), indexed by event number - 1."""
         self.markers: list[tuple[int, str, int]] = []
         """(event, phase, step) where each phase begins."""
+        self.stream = array("q")
+        """Allocations and frees in the order they happened: ``i`` allocates ``blocks[i]``,
+        ``~i`` frees it (what ``allocator.replay`` feeds the caching-allocator model); each
+        block carries its phase and step."""
         self.live_bytes = 0
         self.peak = PeakInfo()
         self.phase = "setup"
@@ -146,10 +152,12 @@ class Tracker(TorchDispatchMode):
             numel=tensor.numel(),
             module=self.module_stack[-1] if self.module_stack else "",
             op=self._op,
+            index=len(self.blocks),
         )
         if self.vocab and tensor.dim() >= 2 and tensor.shape[-1] == self.vocab and born >= 0:
             block.category = "logits"
         self._refs[key] = (weakref.ref(storage, self._freed_callback(key)), block)
+        self.stream.append(block.index)
         self.blocks.append(block)
         self.live_bytes += size
         return block
@@ -166,6 +174,7 @@ class Tracker(TorchDispatchMode):
             del self._refs[id(storage)]
             entry[1].died = self.event
             self.live_bytes -= entry[1].size
+            self.stream.append(~entry[1].index)
         if storage.nbytes():
             self._track(tensor, born=self.event)
 
@@ -175,6 +184,7 @@ class Tracker(TorchDispatchMode):
             if entry is not None:
                 entry[1].died = self.event
                 self.live_bytes -= entry[1].size
+                self.stream.append(~entry[1].index)
 
         return freed
 
