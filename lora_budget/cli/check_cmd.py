@@ -63,7 +63,9 @@ def check_cmd(
     from lora_budget.catalog.models import resolve_model
     from lora_budget.gate import check_inputs, compare, load_baseline, measure, write_baseline
     from lora_budget.spec import TrainSpec
+    from lora_budget.units import finite_number
 
+    tolerance = finite_number(tolerance, "--tolerance", high=1e6, low_open=False)
     if kw["batch_size"].strip().lower() == "auto":
         raise click.UsageError("check needs a fixed --batch-size (auto depends on the GPU); pass e.g. --batch-size 4")
     from lora_budget.cli.options import parse_batch

@@ -91,6 +91,7 @@ def plan_cmd(
         if typed_epochs:
             raise click.UsageError("--epochs needs --dataset-tokens (tokens in one pass over the data)")
         epochs = None  # from a --config file; used only with --dataset-tokens
+    epochs, price, inter_node_gbps = _finite_numbers(epochs, price, inter_node_gbps)
     if epochs is not None and not epochs > 0:
         raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
     total_tokens = None
@@ -126,3 +127,15 @@ def plan_cmd(
         click.echo(render_markdown(result))
     else:
         click.echo(render_table(result))
+
+
+def _finite_numbers(epochs: Any, price: Any, gbps: Any) -> tuple[Any, Any, Any]:
+    """inf/nan/1e-300 pass click's float type; they are refused here, naming the option.
+    Bounds: 1e6 epochs, $1e6 per GPU-hour, and 0.01-1e5 Gb/s (today's adapters run 100-800)."""
+    from lora_budget.units import finite_number
+
+    return (
+        None if epochs is None else finite_number(epochs, "--epochs", high=1e6),
+        None if price is None else finite_number(price, "--price", high=1e6, low_open=False),
+        None if gbps is None else finite_number(gbps, "--inter-node-gbps", low=0.01, high=1e5, low_open=False),
+    )

@@ -69,8 +69,10 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, replan:
     from lora_budget.validation.report import KNOWN_GAPS, accuracy_markdown, meets_targets, total_stats
 
     chosen = None
-    if models:
+    if models is not None:
         chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+        if not chosen:  # "," or "" is a typo, not "all of them" (a 20-minute run)
+            raise LoraBudgetError(f"--models {models!r} names no architecture; choose from {', '.join(ARCHITECTURES)}")
         unknown = [m for m in chosen if m not in ARCHITECTURES]
         if unknown:
             raise LoraBudgetError(f"{unknown[0]!r} is not in the grid; choose from {', '.join(ARCHITECTURES)}")

@@ -2,7 +2,7 @@
 
 One file per sweep::
 
-    {"kind": "lora-budget-profile", "schema_version": 1, "created_utc": "...",
+    {"kind": "lora-budget-profile", "schema_version": 2, "created_utc": "...",
      "environment": {device, gpu_name, gpu_memory_bytes, gpu_capability, driver_version,
                      cuda_version, cpu, python, platform, versions: {torch, transformers, peft,
                      bitsandbytes, lora-budget}},
@@ -18,6 +18,14 @@ One file per sweep::
 Files are written atomically (a temporary file in the same folder, then a hard link to the final
 name, which fails rather than replace an existing file) and never overwritten. Loading validates
 every file; a corrupt or foreign file is reported by name and the others still load.
+
+Schema versions (an older file is migrated in memory when it loads; the file is not rewritten):
+
+- 1: the first store. Rows' ``spec`` had no ``gpus``, ``strategy`` or ``offload``: every sweep
+  then ran on one GPU (or the CPU) with no sharding or offload.
+- 2: ``spec`` carries every TrainSpec field, the multi-GPU ones included. A version-1 row
+  migrates with ``gpus=1, strategy="ddp", offload="none"`` where they are absent, which is
+  TrainSpec's defaults and what the version-1 sweep measured.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.profile.specio import SPEC_FIELDS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_V1_SPEC_DEFAULTS: dict[str, Any] = {"gpus": 1, "strategy": "ddp", "offload": "none"}
+"""What a version-1 row's spec lacks (see the module docstring)."""
 KIND = "lora-budget-profile"
 STATUSES = ("ok", "oom", "error")
 ENVIRONMENT_KEYS: dict[str, tuple[type, ...]] = {
@@ -188,6 +198,8 @@ def _validate(data: Any, where: Path | str) -> Profile:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ProfileError(f'not a lora-budget profile (no "kind": "{KIND}")')
     version = data.get("schema_version")
+    if version == 1:
+        data, version = _migrate_v1(data), 2
     if version != SCHEMA_VERSION:
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise ProfileError(f"schema version {version} is newer than this lora-budget reads ({SCHEMA_VERSION})")
@@ -212,6 +224,9 @@ def _validate(data: Any, where: Path | str) -> Profile:
             _check(row[key], types, f"rows[{i}].{key}")
         if row["status"] not in STATUSES:
             raise ProfileError(f"rows[{i}].status must be one of {', '.join(STATUSES)}, got {row['status']!r}")
+        later = {k: v for k, v in _spec_defaults().items() if k not in row["spec"]}
+        if later:  # fields added to TrainSpec after the file was written: their defaults
+            row = data["rows"][i] = {**row, "spec": {**later, **row["spec"]}}
         missing = set(SPEC_FIELDS) - set(row["spec"])
         if missing:
             raise ProfileError(f"rows[{i}].spec is missing {sorted(missing)}")
@@ -232,15 +247,53 @@ def _validate(data: Any, where: Path | str) -> Profile:
     )
 
 
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 profile as version 2 (a new dict; ``data`` is not changed)."""
+    rows = data.get("rows")
+    if not isinstance(rows, list):
+        return {**data, "schema_version": 2}
+    migrated = [
+        {**row, "spec": {**_V1_SPEC_DEFAULTS, **row["spec"]}}
+        if isinstance(row, dict) and isinstance(row.get("spec"), dict)
+        else row
+        for row in rows
+    ]
+    return {**data, "schema_version": 2, "rows": migrated}
+
+
+def _spec_defaults() -> dict[str, Any]:
+    """TrainSpec fields with a default. A field added to TrainSpec defaults to the behaviour before
+    it existed, so a row written before it was added reads as that default."""
+    import dataclasses
+
+    from lora_budget.spec import TrainSpec
+
+    out = {}
+    for f in dataclasses.fields(TrainSpec):
+        if f.name in SPEC_FIELDS and f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ProfileError(f"{name} is not a number JSON allows (a profile holds finite numbers only)")
+
+
 def load_profile(path: Path) -> Profile:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read it ({exc})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: nested too deeply to read") from None
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    except ValueError as exc:  # an integer over Python's 4,300-digit limit
+        raise ProfileError(f"{path}: cannot read a number in it ({str(exc)[:80]})") from None
     return validate(data, path)
 
 

@@ -1,7 +1,12 @@
 """Read predicted-vs-measured rows for the parity figures from JSON files.
 
-The profile store (``lora-budget profile``) is still being built; until its schema settles, the
-report reads this minimal shape, and ``_rows_from_profiles`` is the one place to adapt::
+A profile the store writes (``lora-budget profile``, ``"kind": "lora-budget-profile"``) is read
+by the store's own loader (``profile.store.load_profile``, shared with ``profiles`` and
+``calibrate``, schema migrations included): each ``ok`` row gives ``spec.method``, its
+``predicted_peak_bytes`` and its measured ``peak_allocated_bytes``; OOM and error rows have no
+measured peak and are left out.
+
+Any other file is read in this minimal shape (for predicted/measured pairs from elsewhere)::
 
     {"schema": 1,
      "rows": [{"method": "lora", "predicted_bytes": 32734281728, "measured_bytes": 33021493248,
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.profile import store
 from lora_budget.report.data import ParityRow
 
 
@@ -54,6 +60,20 @@ def _row(obj: Any, where: str) -> ParityRow:
     return ParityRow(method=method, label=str(label), **values)
 
 
+def _store_rows(path: Path) -> list[ParityRow]:
+    profile = store.load_profile(path)  # raises ProfileError (a LoraBudgetError) naming the file
+    name = str(profile.model.get("name", ""))
+    out = []
+    for row in profile.rows:
+        predicted, measured = row.get("predicted_peak_bytes"), row.get("peak_allocated_bytes")
+        if row["status"] != "ok" or not all(type(v) is int and v > 0 for v in (predicted, measured)):
+            continue
+        spec = row["spec"]
+        label = f"{Path(name).parent.name or name} b{spec['batch_size']} s{spec['seq_len']}"
+        out.append(ParityRow(method=spec["method"], label=label, predicted_bytes=predicted, measured_bytes=measured))
+    return out
+
+
 def _rows_from_profiles(paths: Iterable[str | Path]) -> list[ParityRow]:
     """Every (method, predicted, measured) row in the given files and folders (``*.json``, recursive)."""
     rows: list[ParityRow] = []
@@ -62,6 +82,13 @@ def _rows_from_profiles(paths: Iterable[str | Path]) -> list[ParityRow]:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LoraBudgetError(f"{path}: cannot read it as JSON ({exc})") from None
+        except RecursionError:
+            raise LoraBudgetError(f"{path}: nested too deeply to read") from None
+        except ValueError as exc:  # an integer over Python's 4,300-digit limit
+            raise LoraBudgetError(f"{path}: cannot read a number in it ({str(exc)[:80]})") from None
+        if isinstance(data, dict) and data.get("kind") == store.KIND:
+            rows += _store_rows(path)
+            continue
         if isinstance(data, dict) and "rows" in data:
             if data.get("schema", 1) != 1:
                 raise LoraBudgetError(f"{path}: schema {data.get('schema')!r} is not one this version reads (1)")
