@@ -29,7 +29,7 @@ def _small_space() -> Space:
         strategies=("ddp", "fsdp"),
         offloads=("none",),
         batches=(1, 2, 4, 8),
-        accums=(1, 4),
+        accums=(1, 2, 4),
         seq_len=1024,
     )
 
@@ -68,7 +68,7 @@ def _brute_front(space: Space, prices: dict[str, float]) -> set[tuple]:
             money = m.time.cost_usd if prices else hours * n
             points.append(((gpu.name, n, strategy, method, opt, ckpt, b, a), round(money, 9), round(hours, 9)))
     front = set()
-    for key, c, h in points:
+    for _key, c, h in points:
         if not any((c2 <= c and h2 <= h) and (c2 < c or h2 < h) for _, c2, h2 in points):
             front.add((c, h))
     return front
@@ -84,8 +84,8 @@ def test_front_equals_brute_force(prices):
     }
     want = _brute_front(space, prices)
     assert want and got == want
-    # the grid the walk stands for: 2 cards x (1 + 2 strategies at 2 GPUs) x 2 methods x 2 optimizers x 2 ckpt x 4 x 2
-    assert result.candidates == 2 * 3 * 2 * 2 * 2 * 4 * 2
+    # the grid the walk stands for: 2 cards x (1 + 2 strategies at 2 GPUs) x 2 methods x 2 optimizers x 2 ckpt x 4 x 3
+    assert result.candidates == 2 * 3 * 2 * 2 * 2 * 4 * 3
 
 
 def _run(*args):
@@ -173,3 +173,20 @@ def test_cli_bad_price_file_header(tmp_path):
     f.write_text("card,price\nh100,2\n", encoding="utf-8")
     r = _run("-m", "8b", "--tokens", "1M", "--price-file", str(f))
     assert r.exit_code == 2 and "gpu,usd_per_hour" in r.output
+
+
+def test_two_workers_give_the_same_setups():
+    space = _small_space()
+    one = walk(space, TOKENS, {})
+    two = walk(space, TOKENS, {}, workers=2)
+    key = lambda s: (
+        s.gpu.name,
+        s.spec.gpus,
+        s.spec.strategy,
+        s.spec.method,
+        s.spec.optimizer,
+        s.spec.grad_ckpt,
+        s.spec.grad_accum,
+    )  # noqa: E731
+    assert sorted(one.setups, key=key) == sorted(two.setups, key=key)
+    assert one.evaluated == two.evaluated and one.candidates == two.candidates

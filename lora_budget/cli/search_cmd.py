@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import click
 
@@ -106,7 +107,7 @@ def search_cmd(
     priced = all(g.name in price_map for g, _ in space.gpus)
     if max_usd is not None and not priced:
         raise LoraBudgetError("--max-usd needs a price for every card searched (--price-file or --price card=usd)")
-    result = walk(space, total, price_map)
+    result = walk(space, total, price_map, workers=min(2, os.cpu_count() or 1))
     kept = tuple(
         s
         for s in result.setups
@@ -138,7 +139,7 @@ def search_cmd(
     ranking = "cost" if priced else "GPU-hours (no prices given: pass --price-file or --price card=usd for cost)"
     notes = [
         f"searched {result.candidates:,} candidate set-ups ({result.evaluated:,} evaluations); "
-        f"{len(result.setups):,} fit; front by {ranking} vs wall hours",
+        f"{len(result.setups):,} fitting set-ups timed; front by {ranking} vs wall hours",
         result.utilization_note,
     ]
     if as_json:

@@ -20,6 +20,7 @@ the memory models built and the time estimates made.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from dataclasses import dataclass
 
 from lora_budget.catalog.calibration import calibrated_overhead
@@ -74,7 +75,7 @@ class SearchResult:
 
 
 def _memory_specs(space: Space):
-    """Every (spec without b/accum, accum > 1) the memory model depends on; cards not involved."""
+    """Every card-independent set-up the memory model depends on (checkpointing aside: see ``walk``)."""
     top = max(n for _, n in space.gpus)
     for n in (c for c in space.counts if c <= top):
         for strategy in ("ddp",) if n == 1 else space.strategies:
@@ -82,8 +83,7 @@ def _memory_specs(space: Space):
                 for method in space.methods:
                     for rank in (space.ranks[0],) if method == "full" else space.ranks:
                         for opt in space.optimizers:
-                            for ckpt in (False, True):
-                                yield n, strategy, offload, method, rank, opt, ckpt
+                            yield n, strategy, offload, method, rank, opt
 
 
 def grid_size(space: Space) -> int:
@@ -92,7 +92,7 @@ def grid_size(space: Space) -> int:
     total = 0
     for n, *_rest in _memory_specs(space):
         cards = sum(1 for _, most in space.gpus if n <= most)
-        total += cards * per
+        total += 2 * cards * per  # with and without checkpointing
     return total
 
 
@@ -110,48 +110,86 @@ def _largest_fitting(model, batches: tuple[int, ...], seq: int, capacity: int) -
     return lo
 
 
-def walk(space: Space, total_tokens: int, prices: dict[str, float], overhead_bytes: int = 0) -> SearchResult:
+def walk(
+    space: Space, total_tokens: int, prices: dict[str, float], overhead_bytes: int = 0, *, workers: int = 1
+) -> SearchResult:
     """Every fitting set-up that is not beaten by a larger micro-batch of the same set-up.
 
     As ``plan`` does, a card's calibrated overhead is added to its peaks unless ``overhead_bytes`` is given.
+    ``workers`` > 1 splits the card-independent set-ups over that many forked processes (same answer).
     """
+    specs = list(_memory_specs(space))
+    if workers > 1 and len(specs) > workers and "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            parts = pool.starmap(
+                _walk_part, [(space, specs[i::workers], total_tokens, prices, overhead_bytes) for i in range(workers)]
+            )
+        setups = tuple(s for part, _ in parts for s in part)
+        evaluated = sum(n for _, n in parts)
+    else:
+        setups, evaluated = _walk_part(space, specs, total_tokens, prices, overhead_bytes)
+    return SearchResult(
+        setups=setups,
+        candidates=grid_size(space),
+        evaluated=evaluated,
+        utilization_note=UTILIZATION_NOTE,
+    )
+
+
+UTILIZATION_NOTE = (
+    "time is weakest in GPU utilization: an assumed default per method until profiles calibrate it "
+    "(lora-budget calibrate); communication overlap is assumed too"
+)
+
+
+def _walk_part(
+    space: Space, specs: list, total_tokens: int, prices: dict[str, float], overhead_bytes: int
+) -> tuple[tuple[Setup, ...], int]:
     out: list[Setup] = []
     evaluated = 0
-    for n, strategy, offload, method, rank, opt, ckpt in _memory_specs(space):
+    for n, strategy, offload, method, rank, opt in specs:
         cards = [g for g, most in space.gpus if n <= most]
-        if not cards:
-            continue
-        try:
-            base = TrainSpec(
-                model=space.model,
-                method=method,
-                rank=rank,
-                optimizer=opt,
-                grad_ckpt=ckpt,
-                gpus=n,
-                strategy=strategy,
-                offload=offload,
-                seq_len=space.seq_len,
-                dtype=space.dtype,
-            )
-        except LoraBudgetError:
-            continue  # not a valid combination (e.g. offload on one GPU)
-        for accumulates in (False, True):
-            accums = [a for a in space.accums if (a > 1) == accumulates]
-            if not accums:
-                continue
-            probe = dataclasses.replace(base, grad_accum=accums[0])
-            model = peak_model(probe, overhead_bytes)
-            evaluated += 1
-            for gpu in cards:
-                cal = calibrated_overhead(gpu.name) if not overhead_bytes else None
-                extra = cal.overhead_bytes if cal is not None else 0  # additive: part of the constant base
-                i = _largest_fitting(model, space.batches, space.seq_len, gpu.memory_bytes - extra)
-                if i < 0:
+        capacity = {}
+        for gpu in cards:
+            cal = calibrated_overhead(gpu.name) if not overhead_bytes else None
+            capacity[gpu.name] = gpu.memory_bytes - (cal.overhead_bytes if cal is not None else 0)
+        largest = max(capacity.values(), default=0)
+        for ckpt in (True, False):  # checkpointing first: where it does not fit, nothing without it does
+            try:
+                base = TrainSpec(
+                    model=space.model,
+                    method=method,
+                    rank=rank,
+                    optimizer=opt,
+                    grad_ckpt=ckpt,
+                    gpus=n,
+                    strategy=strategy,
+                    offload=offload,
+                    seq_len=space.seq_len,
+                    dtype=space.dtype,
+                )
+            except LoraBudgetError:
+                break  # not a valid combination (e.g. offload on one GPU), with or without checkpointing
+            fitted = False
+            for accumulates in (False, True):  # accumulation only adds memory: skip it where one step fails
+                accums = [a for a in space.accums if (a > 1) == accumulates]
+                if not accums:
                     continue
-                b = space.batches[i]
-                for a in accums:
-                    spec = dataclasses.replace(probe, batch_size=b, grad_accum=a)
+                probe = dataclasses.replace(base, grad_accum=accums[-1])
+                model = peak_model(probe, overhead_bytes)
+                evaluated += 1
+                if model.fit_bytes(space.batches[0], space.seq_len) > largest:
+                    break
+                fitted = True
+                for gpu in cards:
+                    i = _largest_fitting(model, space.batches, space.seq_len, capacity[gpu.name])
+                    if i < 0:
+                        continue
+                    b = space.batches[i]
+                    # the most accumulation of the class: per-step optimizer and communication time
+                    # spread over more tokens, so it is at least as fast and as cheap per token
+                    spec = dataclasses.replace(probe, batch_size=b)
                     t = estimate_time(spec, gpu, total_tokens=total_tokens, price_usd_per_h=prices.get(gpu.name))
                     evaluated += 1
                     if t.wall_s is None:
@@ -164,18 +202,12 @@ def walk(space: Space, total_tokens: int, prices: dict[str, float], overhead_byt
                             hours=hours,
                             gpu_hours=hours * n,
                             cost_usd=t.cost_usd,
-                            peak_bytes=model.peak_bytes(b, space.seq_len) + extra,
+                            peak_bytes=model.peak_bytes(b, space.seq_len) + gpu.memory_bytes - capacity[gpu.name],
                         )
                     )
-    return SearchResult(
-        setups=tuple(out),
-        candidates=grid_size(space),
-        evaluated=evaluated,
-        utilization_note=(
-            "time is weakest in GPU utilization: an assumed default per method until profiles calibrate it "
-            "(lora-budget calibrate); communication overlap is assumed too"
-        ),
-    )
+            if not fitted:
+                break
+    return tuple(out), evaluated
 
 
 def pareto(setups: tuple[Setup, ...], by_cost: bool) -> tuple[Setup, ...]:
