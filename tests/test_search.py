@@ -179,14 +179,17 @@ def test_two_workers_give_the_same_setups():
     space = _small_space()
     one = walk(space, TOKENS, {})
     two = walk(space, TOKENS, {}, workers=2)
-    key = lambda s: (
-        s.gpu.name,
-        s.spec.gpus,
-        s.spec.strategy,
-        s.spec.method,
-        s.spec.optimizer,
-        s.spec.grad_ckpt,
-        s.spec.grad_accum,
-    )  # noqa: E731
+
+    def key(s):
+        return (
+            s.gpu.name,
+            s.spec.gpus,
+            s.spec.strategy,
+            s.spec.method,
+            s.spec.optimizer,
+            s.spec.grad_ckpt,
+            s.spec.grad_accum,
+        )
+
     assert sorted(one.setups, key=key) == sorted(two.setups, key=key)
     assert one.evaluated == two.evaluated and one.candidates == two.candidates
