@@ -189,7 +189,7 @@ def test_config_epochs_feed_dataset_tokens():
 
 def test_model_override_skips_the_files_model(tmp_path):
     bad = tmp_path / "lf.yaml"
-    bad.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: lora\ncutoff_len: 512\n")
+    bad.write_text("model_name_or_path: acme/no-such-model-8b\nfinetuning_type: lora\ncutoff_len: 512\n")
     r = run("plan", "--config", str(bad))
     assert r.exit_code == 2 and f"{bad}: model_name_or_path: unknown model" in r.output
     r = run("plan", "--config", str(bad), "--model", "8b", "--json")

@@ -188,7 +188,7 @@ def test_size_token(text, size):
 
 @pytest.mark.parametrize(
     ("text", "wrong"),
-    [("gemma-3-270m", "27B"), ("CodeLlama-34b", "405B")],
+    [("gemma-3-270m", "27B"), ("Yi-1.5-34b", "405B"), ("CodeLlama-70b", "7B")],
 )
 def test_near_miss_hint_respects_size(text, wrong):
     with pytest.raises(UnknownNameError) as exc:

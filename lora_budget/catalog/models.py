@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.catalog import hub
-from lora_budget.catalog.shape import shape_from_config
+from lora_budget.catalog.shape import SUPPORTED_TYPES, shape_from_config
 from lora_budget.core.params import param_count
 from lora_budget.errors import LoraBudgetError, UnknownNameError
 from lora_budget.spec import ModelRef
@@ -20,7 +20,12 @@ _DATA = Path(__file__).with_name("models.json")
 
 @lru_cache(maxsize=1)
 def catalog() -> tuple[dict[str, Any], ...]:
-    """Catalog entries as stored: name, hf_id, family, aliases, source, config."""
+    """Catalog entries as stored: name, hf_id, family, aliases, source, config, and optional variants.
+
+    ``variants`` are other repositories whose config.json has the same memory-relevant values (instruct /
+    chat / quantized checkpoints and mirrors of the same weights), listed explicitly per entry: no
+    suffix stripping decides that two sizes or two releases are the same model.
+    """
     return tuple(json.loads(_DATA.read_text())["models"])
 
 
@@ -37,10 +42,17 @@ def _key(text: str) -> str:
 def _index() -> dict[str, dict[str, Any]]:
     index: dict[str, dict[str, Any]] = {}
     for entry in catalog():
-        for name in (entry["name"], entry["hf_id"], *entry["aliases"]):
+        for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
             index.setdefault(name.lower(), entry)
             index.setdefault(_key(name), entry)
     return index
+
+
+@lru_cache(maxsize=1)
+def _unmodelled() -> dict[str, str]:
+    """Known Hub ids of architectures the planner does not model yet (unmodelled.json): id -> model_type."""
+    rows = json.loads(_DATA.with_name("unmodelled.json").read_text())["models"]
+    return {row["hf_id"].lower(): row["model_type"] for row in rows}
 
 
 def _ref(entry: dict[str, Any]) -> ModelRef:
@@ -72,6 +84,12 @@ def resolve_model(text: str) -> ModelRef:
     entry = index.get(text.strip().lower()) or index.get(_key(text))
     if entry is not None:
         return _ref(entry)
+    unmodelled = _unmodelled().get(text.strip().lower())
+    if unmodelled is not None:
+        raise LoraBudgetError(
+            f"{text.strip()}: architecture {unmodelled!r} is not modelled yet "
+            f"(modelled: {', '.join(SUPPORTED_TYPES)}); see `lora-budget models` for what plans"
+        )
     if repo:
         if hub.offline():
             raise UnknownNameError(hub.offline_message(text.strip()))
