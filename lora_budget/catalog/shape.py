@@ -157,6 +157,7 @@ def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
             f"{outer} is multimodal: planned its text tower ({raw['model_type']}) only; "
             "the vision tower and image tokens are not counted",
         )
+    check_config_values(raw, where)
     r = _Reader(raw, where)
     model_type = r.need("model_type")
     if model_type not in SUPPORTED_TYPES:
@@ -169,7 +170,50 @@ def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
         shape = _falcon(r)
     else:
         shape = _llama_like(r, model_type)
+    _check_shape(shape, where)
     return replace(shape, notes=notes) if notes else shape
+
+
+_POSITIVE_INT_KEYS = (
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+    "num_hidden_layers", "vocab_size", "max_position_embeddings", "num_local_experts", "num_experts",
+    "num_experts_per_tok", "moe_intermediate_size", "n_embd", "n_head", "n_layer", "n_inner",
+    "n_positions", "n_embed", "ffn_hidden_size", "sliding_window", "sliding_window_pattern",
+    "decoder_sparse_step",
+)  # fmt: skip
+"""config.json keys that must be positive integers when present (null means "not set"). 2**40
+bounds them: no real width, count or vocabulary comes near, and the byte sums stay exact."""
+
+
+def check_config_values(raw: dict[str, Any], where: str) -> None:
+    """Refuse a config.json value no model has (``num_attention_heads: 0``, ``hidden_size: 1.5``
+    or ``"abc"``, negative layers), naming the key, before any arithmetic on it."""
+    if not isinstance(raw, dict):
+        raise LoraBudgetError(f"{where}: a config must be a JSON object, got {type(raw).__name__}")
+    for key in _POSITIVE_INT_KEYS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if type(value) is not int or not 0 < value < 2**40:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise LoraBudgetError(f"{where}: {key} must be a positive integer, got {shown}")
+
+
+def _check_shape(shape: ModelShape, where: str) -> None:
+    """Relations between values: grouped-query attention shares each key/value head among
+    ``heads / kv_heads`` query heads, so kv heads must divide heads; a token is routed to at most
+    every expert."""
+    if shape.heads % shape.kv_heads:
+        raise LoraBudgetError(
+            f"{where}: num_key_value_heads ({shape.kv_heads}) must divide num_attention_heads ({shape.heads})"
+        )
+    if shape.experts and shape.experts_per_token > shape.experts:
+        raise LoraBudgetError(
+            f"{where}: num_experts_per_tok ({shape.experts_per_token}) exceeds the number of experts ({shape.experts})"
+        )
+    for name, value in (("hidden_size", shape.hidden), ("head_dim", shape.head_dim), ("layers", shape.layers)):
+        if value <= 0:
+            raise LoraBudgetError(f"{where}: {name} works out to {value}; it must be positive")
 
 
 def _llama_like(r: _Reader, model_type: str) -> ModelShape:
