@@ -285,6 +285,25 @@ def plan_spec(
     )
 
 
+_PLAN_OWN = ("model", "gpu", "methods", "batch_size", "overhead_bytes", "total_tokens", "price_usd_per_h")
+
+
+def _check_keywords(spec_options: dict[str, Any]) -> None:
+    """A misspelt keyword is a LoraBudgetError naming it and the valid ones, not TrainSpec's
+    bare TypeError (``plan("8b", "h100", method="lora")`` means ``methods=``)."""
+    import difflib
+
+    valid = [
+        f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("model", "method", "batch_size", "warnings")
+    ]
+    for key in spec_options:
+        if key not in valid:
+            names = [*_PLAN_OWN, "inter_node_gbps", *valid]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LoraBudgetError(f"plan() got an unknown keyword {key!r}{hint}; valid: {', '.join(names)}")
+
+
 def plan(
     model: str | ModelRef = "7b",
     gpu: str | GPU = "24GB",
@@ -309,6 +328,7 @@ def plan(
     >>> [m.method for m in result.methods]
     ['full', 'lora', 'qlora']
     """
+    _check_keywords(spec_options)
     ref = resolve_model(model) if isinstance(model, str) else model
     card = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
     if isinstance(methods, str):
