@@ -135,7 +135,7 @@ def batch_grid(largest_fit: int, extra: tuple[int, ...] = ()) -> list[int]:
 def gather(model: Any, gpu: Any, methods: Any = "all", *, batch_size: int | str = 1, **spec_options: Any) -> ReportData:
     """Plan ``model`` on ``gpu`` for each method and compute the curves a report draws."""
     from lora_budget.api import plan
-    from lora_budget.cli.render import _settings
+    from lora_budget.describe import spec_settings
 
     result = plan(model, gpu, methods, batch_size=batch_size, **spec_options)
     capacity = result.gpu.memory_bytes
@@ -176,7 +176,7 @@ def gather(model: Any, gpu: Any, methods: Any = "all", *, batch_size: int | str 
                 peak_bytes=pm.peak_bytes(m.max_batch_size, spec.seq_len) if m.max_batch_size else 0,
             )
         )
-    settings = sorted({_settings(m).split(", r=")[0] for m in result.methods})
+    settings = sorted({spec_settings(m.spec).split(", r=")[0] for m in result.methods})
     first = result.methods[0].spec
     if first.gpus > 1:  # every figure and table is per GPU
         offload = f", offload {first.offload}" if first.offload != "none" else ""
