@@ -166,7 +166,15 @@ def test_deepspeed_batch_and_precision(tmp_path):
     assert any("train_micro_batch_size_per_gpu 4" in n and "planned with 2" in n for n in loaded.notes)
     assert any("enables fp16" in n and "planned with bf16" in n for n in loaded.notes)
     auto = {"train_micro_batch_size_per_gpu": "auto", "bf16": {"enabled": "auto"}}
-    assert set(load_config(trl(tmp_path, deepspeed=auto)).values) == {"model", "method", "strategy"}
+    # "auto" leaves them to the training arguments, here TRL's defaults (configs/defaults.py)
+    assert set(load_config(trl(tmp_path, deepspeed=auto)).values) - {"model", "method", "strategy"} == {
+        "framework",
+        "batch_size",  # per_device_train_batch_size: transformers' 8
+        "grad_ckpt",  # TRL: on
+        "seq_len",  # TRL SFT max_length 1024
+        "targets",  # TRL lora_target_modules None: PEFT's q_proj,v_proj
+        "lora_dropout",  # TRL 0.05
+    }
 
 
 def test_non_default_buckets_are_noted(tmp_path):

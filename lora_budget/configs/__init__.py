@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.formats import MAPPERS, MODEL_KEYS
+from lora_budget.configs.objectives import objective, objective_note
 from lora_budget.configs.read import FORMAT_NAMES, read_file
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
@@ -34,6 +35,8 @@ class LoadedConfig:
     """Remarks about how values were read (tool defaults applied, values planned differently)."""
     parallel: str = ""
     """What the file's DeepSpeed / FSDP settings say (``deepspeed: ZeRO-3 ... read from ds.json``), or empty."""
+    objective: str = "sft"
+    """The training objective the file names (``sft``, ``dpo``, ``grpo``, ``reward``, ...); only SFT is modelled."""
     skipped: dict[str, str] = field(default_factory=dict)
     """CLI parameter -> file key left unread because the user typed that flag (it replaces the value)."""
 
@@ -100,6 +103,10 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
     data, fmt = read_file(path)
     reader = Reader(path=Path(path), data=data, fmt=fmt, typed=typed)
     MAPPERS[fmt](reader)
+    goal, goal_key = objective(fmt, data)
+    if goal != "sft":
+        reader.used.add(goal_key)
+        reader.notes.append(objective_note(goal, goal_key))
     unmodelled, ignored = reader.ignored()
     return LoadedConfig(
         path=str(path),
@@ -110,6 +117,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
         ignored=tuple(ignored),
         notes=tuple(reader.notes),
         parallel=reader.parallel,
+        objective=goal,
         skipped=dict(reader.skipped),
     )
 

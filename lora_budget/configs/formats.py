@@ -32,6 +32,7 @@ Key names and defaults are those each tool documents:
 
 from __future__ import annotations
 
+from lora_budget.configs import defaults
 from lora_budget.configs.parallel import deepspeed_file, read_parallel
 from lora_budget.configs.values import Reader
 
@@ -69,16 +70,18 @@ def _quant_type(r: Reader, key: str) -> None:
 
 
 def _dropout(r: Reader, key: str) -> None:
+    if r.typed_over("lora_dropout", key):
+        return
     if r.has(key):
         v = r.raw(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
             raise r.fail(key, f"must be a probability in [0, 1), got {v!r}")
-        if v > 0:
-            r.notes.append(f"{key}: {v} not modelled (planned with LoRA dropout 0, which saves less for backward)")
+        r.set("lora_dropout", float(v), key)
     r.used.add(key)
 
 
-def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16") -> None:
+def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16", both_off: str | None = "fp32") -> None:
+    """``bf16`` / ``fp16`` Trainer flags; both false is fp32 (``both_off``) unless the tool infers a dtype."""
     if r.typed_over("dtype", bf16, fp16):
         return
     b, f = r.flag(bf16), r.flag(fp16)
@@ -88,8 +91,8 @@ def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16") -> None:
         r.set("dtype", "bf16", bf16)
     elif f:
         r.set("dtype", "fp16", fp16)
-    elif b is False and f is False:
-        r.set("dtype", "fp32", bf16)
+    elif b is False and f is False and both_off:
+        r.set("dtype", both_off, bf16)
 
 
 def _grad_ckpt(r: Reader, key: str) -> None:
@@ -115,6 +118,22 @@ def axolotl(r: Reader) -> None:
     if not r.typed_over("method", "adapter", "load_in_4bit", "load_in_8bit"):
         _axolotl_method(r)
     _axolotl_rest(r)
+
+
+def _axolotl_dtype(r: Reader) -> None:
+    """axolotl v0.18.0 ``resolve_dtype`` (utils/config/__init__.py): bf16 with bf16 (true, or auto on a
+    bf16 GPU) or bfloat16; else fp16 with load_in_8bit, fp16 or float16; else fp32."""
+    keys = ("bf16", "fp16", "bfloat16", "float16")
+    if r.typed_over("dtype", *keys):
+        return
+    b, f, bb, ff = (r.flag(k) for k in keys)
+    if b and f:
+        raise r.fail("bf16", "bf16 and fp16 are both true; choose one")
+    if b or bb:
+        r.set("dtype", "bf16", "bf16" if b else "bfloat16")
+    elif f or ff or r.flag("load_in_8bit"):
+        r.set("dtype", "fp16", "fp16" if f else "float16" if ff else "load_in_8bit (axolotl loads 8-bit in fp16)")
+    # none of them: fp32, unless a DeepSpeed JSON enables bf16/fp16 (defaults.axolotl, after read_parallel)
 
 
 def _axolotl_method(r: Reader) -> None:
@@ -150,7 +169,7 @@ def _axolotl_rest(r: Reader) -> None:
     if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
         r.set("grad_accum", acc, "gradient_accumulation_steps")
     r.optimizer("optimizer")
-    _precision(r)
+    _axolotl_dtype(r)
     _grad_ckpt(r, "gradient_checkpointing")
     attn_keys = (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"))
     if r.typed_over("attn", "xformers_attention", *(key for key, _ in attn_keys)):
@@ -164,14 +183,13 @@ def _axolotl_rest(r: Reader) -> None:
     if (epochs := r.positive_number("num_epochs")) is not None:
         r.set("epochs", epochs, "num_epochs")
     r.parallel = read_parallel(r)
+    defaults.axolotl(r)
 
 
 def llamafactory(r: Reader) -> None:
     if (model := r.text("model_name_or_path")) is not None:
         r.set("model", model, "model_name_or_path")
-    stage = r.text("stage") or "sft"
-    if stage not in ("sft", "pt"):
-        r.notes.append(f"stage: {stage} planned as one supervised step (reference/reward models not counted)")
+    r.text("stage")  # the objective: configs/objectives.py
     if not r.typed_over("method", "finetuning_type", "quantization_bit", "quantization_method"):
         _llamafactory_method(r)
     _llamafactory_rest(r)
@@ -206,7 +224,7 @@ def _llamafactory_rest(r: Reader) -> None:
         r.set("double_quant", dq, "double_quantization")
     if not r.typed_over("seq_len", "cutoff_len") and (seq := r.positive_int("cutoff_len")) is not None:
         r.set("seq_len", seq, "cutoff_len")
-    _trainer_args(r)
+    _trainer_args(r, both_off=None)  # LLaMA-Factory infers bf16 where the GPU has it (defaults.py)
     if not r.typed_over("dtype", "pure_bf16") and r.flag("pure_bf16"):
         r.set("dtype", "bf16", "pure_bf16")
     key = "disable_gradient_checkpointing"
@@ -222,9 +240,10 @@ def _llamafactory_rest(r: Reader) -> None:
         if mapped:
             r.set("attn", mapped, "flash_attn")
     r.parallel = read_parallel(r)
+    defaults.llamafactory(r, str(r.data.get("stage") or "sft").lower())
 
 
-def _trainer_args(r: Reader) -> None:
+def _trainer_args(r: Reader, both_off: str | None = "fp32") -> None:
     """transformers TrainingArguments keys shared by LLaMA-Factory and TRL."""
     if (
         not r.typed_over("batch_size", "per_device_train_batch_size")
@@ -234,7 +253,7 @@ def _trainer_args(r: Reader) -> None:
     if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
         r.set("grad_accum", acc, "gradient_accumulation_steps")
     r.optimizer("optim")
-    _precision(r)
+    _precision(r, both_off=both_off)
     _grad_ckpt(r, "gradient_checkpointing")
     if (epochs := r.positive_number("num_train_epochs")) is not None:
         r.set("epochs", epochs, "num_train_epochs")
@@ -283,6 +302,7 @@ def trl(r: Reader) -> None:
             raise r.fail("attn_implementation", f"{impl!r} is not modelled; use eager, sdpa or flash_attention_2")
         r.set("attn", attn, "attn_implementation")
     r.parallel = read_parallel(r)
+    defaults.trl(r)
 
 
 def peft(r: Reader) -> None:
@@ -294,6 +314,7 @@ def peft(r: Reader) -> None:
     _rank_alpha_dropout(r, "r")
     r.targets("target_modules")
     r.set("method", "lora", "peft_type")
+    defaults.peft(r)
     r.notes.append(
         "an adapter_config.json does not say whether the base was quantized: planned as LoRA "
         "(pass --method qlora for a 4-bit base)"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_budget.configs.objectives import unmodelled_why
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import OPTIMIZERS
 
@@ -26,22 +27,6 @@ OPTIMIZER_NAMES: dict[str, str] = {
     "sgd": "sgd",
     "adafactor": "adafactor",
     **{name: name for name in OPTIMIZERS},
-}
-
-# Keys whose effect on memory or speed lora-budget does not model yet: reported apart from the rest.
-UNMODELLED = {
-    "use_dora": "DoRA (planned as plain LoRA)",
-    "modules_to_save": "modules_to_save (their trained copies are not counted)",
-    "use_unsloth": "Unsloth kernels (planned as the transformers path)",
-    "unsloth_lora_mlp": "Unsloth kernels (planned as the transformers path)",
-    "liger_kernel": "Liger kernels (planned as the transformers path)",
-    "enable_liger_kernel": "Liger kernels (planned as the transformers path)",
-    "use_liger_kernel": "Liger kernels (planned as the transformers path)",
-    "plugins": "axolotl plugins (planned as the transformers path)",
-    "gradient_checkpointing_kwargs": "gradient checkpointing options (planned as the non-reentrant default)",
-    "use_reentrant_gc": "reentrant checkpointing (planned as non-reentrant)",
-    "sequence_parallel_degree": "sequence parallelism (single-GPU plan)",
-    "tensor_parallel_size": "tensor parallelism (single-GPU plan)",
 }
 
 
@@ -181,8 +166,9 @@ class Reader:
         for key, value in self.data.items():
             if key in self.used:
                 continue
-            if key in UNMODELLED and value not in (None, False, "", [], {}):
-                unmodelled.append(f"{key} ({UNMODELLED[key]})")
+            why = unmodelled_why(key)
+            if why and value not in (None, False, "", [], {}, 0, "none"):
+                unmodelled.append(f"{key} ({why})")
             else:
                 rest.append(key)
         return unmodelled, rest
