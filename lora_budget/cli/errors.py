@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,7 @@ def boundary(invoke: Callable[[], Any], *, debug: bool) -> Any:
     a failure of the run (a full disk) exits 1; anything unexpected prints one line asking for a
     report and exits 1, with the traceback only under ``--debug`` (or LORA_BUDGET_DEBUG=1).
     """
+    quiet_third_party()
     try:
         return invoke()
     except click.ClickException as exc:
@@ -94,3 +96,21 @@ def boundary(invoke: Callable[[], Any], *, debug: bool) -> Any:
             f"internal error ({what}); please report it at the project's issue tracker "
             "(rerun as `lora-budget --debug ...` for the traceback)"
         ) from None
+
+
+class _DropBnbKernelsNote(logging.Filter):
+    """bitsandbytes 0.50 (``backends/cpu/ops.py``) logs a warning at import on CPUs with AVX512-BF16
+    when the optional ``kernels`` package (a faster CPU 4-bit matmul fetched from the Hugging Face
+    Hub) is absent, then uses its own kernel. It changes no byte that lora-budget counts and asks
+    for a package that would download code, so the CLI drops that one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def quiet_third_party() -> None:
+    """Install the filter on bitsandbytes' CPU-ops logger only (not the root logger, no warnings
+    filter): other messages from it, and everything else, still print. Called by the CLI."""
+    target = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropBnbKernelsNote) for f in target.filters):
+        target.addFilter(_DropBnbKernelsNote())
