@@ -19,8 +19,16 @@ DATA_README = P.DATA.with_name("README.md")
 
 @pytest.fixture(scope="module")
 def raw() -> dict[int, dict[str, str]]:
-    with open(P.DATA, newline="", encoding="utf-8") as f:
-        return {int(r["id"]): r for r in csv.DictReader(f)}
+    out = {}
+    for path in (P.DATA, P.ADDED):
+        with open(path, newline="", encoding="utf-8") as f:
+            out.update({int(r["id"]): r for r in csv.DictReader(f)})
+    return out
+
+
+ORIGINAL, ADDED = 54, 53
+"""54 rows in the team's shared file; 53 LitGPT config-hub rows added (the README table at
+Lightning-AI/litgpt 00af8b0d has 53 config lines)."""
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +37,24 @@ def rows() -> list[P.PublishedRow]:
 
 
 def test_csv_has_54_rows_and_the_documented_columns(raw):
-    assert len(raw) == 54
+    assert len(raw) == ORIGINAL + ADDED
     with open(P.DATA, newline="", encoding="utf-8") as f:
         header = next(csv.reader(f))
     assert tuple(header) == tuple(P.COLUMNS)
+    with open(P.ADDED, newline="", encoding="utf-8") as f:
+        added_header = next(csv.reader(f))
+    assert tuple(added_header) == tuple(P.COLUMNS) + P.MECHANISM_COLUMNS
     documented = set(re.findall(r"`([a-z_]+)`", DATA_README.read_text()))
-    assert [c for c in header if c not in documented] == []
-    assert len(P.load_rows()) == 54
+    assert [c for c in added_header if c not in documented] == []
+    assert len(P.load_rows()) == ORIGINAL + ADDED
+    assert len(P.load_rows(added=None)) == ORIGINAL
+
+
+def test_repeated_id_across_files_is_refused(tmp_path):
+    dup = tmp_path / "added.csv"
+    dup.write_text(P.ADDED.read_text().replace('"1001",', '"96",', 1))
+    with pytest.raises(P.LoraBudgetError, match="repeat"):
+        P.load_rows(added=dup)
 
 
 def test_csv_is_the_shared_file_unchanged():
@@ -71,7 +90,7 @@ def test_every_memory_gib_matches_value_and_unit(raw):
 
 
 def test_every_row_has_a_spec_or_a_reason(rows):
-    assert len(rows) == 54
+    assert len(rows) == ORIGINAL + ADDED
     for r in rows:
         assert (r.spec is None) == bool(r.reasons), r.id
         assert (r.plan_bytes is None) == (r.spec is None), r.id
@@ -192,3 +211,71 @@ def test_script_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert (tmp_path / "published.md").read_text() == md
     assert P.main(["--out", str(tmp_path), "--overwrite"]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_framework_keys(rows):
+    by_id = {r.id: r for r in rows}
+    # original rows: the framework text names the stack (torchtune recipes; PEFT README's accelerate
+    # scripts; the transformers docs' Trainer runs); added rows state it
+    assert by_id[131].framework == "torchtune"
+    assert by_id[96].framework == "plain"
+    assert by_id[214].framework == "hf-trainer"
+    assert {r.framework for r in rows if r.id > 1000} == {"litgpt"}
+    assert by_id[131].mechanisms == ()
+
+
+def test_litgpt_llama2_qlora_row_1019_field_by_field(raw):
+    """config_hub/finetune/llama-2-7b/qlora.yaml at 00af8b0d: precision bf16-true, quantize bnb.nf4
+    (no -dq: no double quantization), lora_r 32, lora_alpha 16, lora_dropout 0.05, lora_query and
+    lora_value true, the rest false, micro_batch_size 2, global_batch_size 8 on 1 device (accum 4),
+    max_seq_length 512; README table: 13.68 GB on 1xA10G; finetune/lora.py divides by 1e9."""
+    row = raw[1019]
+    assert (row["memory_value"], row["memory_unit"]) == ("13.68", "GB(1e9)")
+    assert published_bytes(row) == 13_680_000_000
+    spec = map_row(row).spec
+    assert spec.model.name == "Llama-2-7B" and spec.method == "qlora"
+    assert (spec.rank, spec.alpha, spec.targets) == (32, 16, "q_proj,v_proj")
+    assert (spec.batch_size, spec.seq_len, spec.grad_accum) == (2, 512, 4)
+    assert spec.dtype == "bf16" and spec.adapter_dtype == "bf16"
+    assert spec.double_quant is False and spec.optimizer == "paged_adamw"
+    assert not spec.grad_ckpt and spec.gpus == 1
+    assert row["lora_dropout"] == "0.05" and row["framework_key"] == "litgpt"
+    assert metric_kind(row) == "allocated"
+
+
+def test_litgpt_fused_and_all_linear_targets(raw):
+    falcon = map_row(raw[1001])  # falcon-7b/lora.yaml: lora_query + lora_value on Falcon's fused projection
+    assert falcon.spec.targets == "query_key_value"
+    assert any("fused qkv" in c for c in falcon.caveats)
+    phi3 = map_row(raw[1044])  # phi-3/lora.yaml: every lora_* flag true
+    assert phi3.spec.targets == "all-linear"
+    assert any("output projection" in c for c in phi3.caveats)  # lora_head true
+
+
+def test_litgpt_full_rows_below_the_state_floor_are_low(raw):
+    # Llama-3.2-1B: 1,235,814,400 parameters (catalog) x 8 bytes = 9.89e9 > the published 8.70e9
+    assert raw[1027]["reliability"] == "low" and "cannot be the allocated peak" in raw[1027]["notes"]
+    assert 1_235_814_400 * 8 > published_bytes(raw[1027])
+
+
+def test_framework_summary_lines(rows):
+    every, clean = P.framework_summary(rows)
+    litgpt_qlora = next(s for s in every if (s.group, s.method) == ("litgpt", "qlora"))
+    chosen = [r for r in rows if r.framework == "litgpt" and r.method == "qlora" and P.allocated_measured(r)]
+    assert litgpt_qlora.n == len(chosen) > 0
+    share = sum(abs(r.error_pct) <= 10 for r in chosen) / len(chosen)
+    assert litgpt_qlora.within_10 == share
+    n_every = {(s.group, s.method): s.n for s in every}
+    assert all(s.n <= n_every[(s.group, s.method)] for s in clean)  # the clean rows are a subset
+
+
+def test_render_does_not_import_the_comparison():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import lora_budget.validation.published_render; "
+        "print('lora_budget.validation.published' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -24,15 +24,19 @@ import io
 import statistics
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
 from lora_budget.spec import TrainSpec
+from lora_budget.validation.published_frameworks import MECHANISM_COLUMNS, framework_key, mechanisms
 from lora_budget.validation.published_map import map_row, metric_kind, null, published_bytes
+from lora_budget.validation.published_render import render
+from lora_budget.validation.published_rows import PublishedRow, SummaryLine
 
 DATA = Path(__file__).with_name("data") / "published-memory.csv"
+ADDED = DATA.with_name("published-memory-added.csv")
+"""Rows added after the original 54: the same columns plus ``MECHANISM_COLUMNS``."""
 COLUMNS = (
     "id source source_ref table_or_section model hf_model_id method method_detail framework "
     "frozen_weight_precision compute_precision trainable_precision optimizer lora_rank lora_alpha "
@@ -44,91 +48,32 @@ COLUMNS = (
 """The documented columns of published-memory.csv, in file order."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PublishedRow:
-    """One published figure, what the planner says for it, and why the two may differ."""
-
-    id: int
-    source: str
-    """torchtune, peft or transformers-docs."""
-    model: str
-    """The model as the source names it."""
-    method: str
-    batch_size: int | None
-    seq_len: int | None
-    grad_ckpt: str
-    """yes, no, or ? where the source does not say."""
-    metric: str
-    """allocated, unstated, reserved or nvidia-smi (see ``published_map.metric_kind``)."""
-    outcome: str
-    """measured or OOM."""
-    reliability: str
-    gpu: str
-    published_bytes: int | None
-    spec: TrainSpec | None
-    reasons: tuple[str, ...]
-    """Why the row has no spec; empty when it has one."""
-    caveats: tuple[str, ...]
-    material: bool
-    """A caveat changes the peak materially."""
-    plan_bytes: int | None
-    """The planner's peak as torch's allocator sees it: ``peak_bytes`` less paged optimizer state."""
-    paged_bytes: int | None
-    plan_phase: str
-    gpu_fits: bool | None
-    """Whether the plan fits the stated GPU (None: GPU not stated or not in the catalog)."""
-
-    @property
-    def usable(self) -> bool:
-        return self.spec is not None
-
-    @property
-    def error_pct(self) -> float | None:
-        """(plan - published) / published in percent, for allocated and unstated figures."""
-        if self.metric not in ("allocated", "unstated") or not self.plan_bytes or not self.published_bytes:
-            return None
-        return 100.0 * (self.plan_bytes - self.published_bytes) / self.published_bytes
-
-    @property
-    def gap_bytes(self) -> int | None:
-        """published - plan for reserved and nvidia-smi figures: allocator reserve (+ CUDA context)."""
-        if self.metric not in ("reserved", "nvidia-smi") or self.plan_bytes is None or self.published_bytes is None:
-            return None
-        return self.published_bytes - self.plan_bytes
-
-    @property
-    def in_summary(self) -> bool:
-        """Counted in the allocated-error summary: a clean allocated figure of a measured run."""
-        return (
-            self.usable
-            and self.metric == "allocated"
-            and self.outcome == "measured"
-            and self.reliability != "low"
-            and not self.material
-        )
+def load_rows(path: Path = DATA, added: Path | None = ADDED) -> list[dict[str, str]]:
+    """The original CSV then the added one, as dicts of strings in file order; ``null`` stays the
+    string ``null``, and an original row gets ``null`` for every mechanism column."""
+    rows = _read(path, tuple(COLUMNS))
+    for row in rows:
+        row.update({c: "null" for c in MECHANISM_COLUMNS if c not in row})
+    if added is not None:
+        rows += _read(added, tuple(COLUMNS) + MECHANISM_COLUMNS)
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise LoraBudgetError(f"{path}: row ids repeat across the published files")
+    return rows
 
 
-@dataclass(frozen=True, slots=True)
-class SummaryLine:
-    group: str
-    method: str
-    n: int
-    median_abs_pct: float
-    worst_abs_pct: float
-    worst_id: int
-
-
-def load_rows(path: Path = DATA) -> list[dict[str, str]]:
-    """The CSV as dicts of strings, in file order; ``null`` stays the string ``null``."""
+def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != tuple(COLUMNS):
+        if tuple(reader.fieldnames or ()) != columns:
             raise LoraBudgetError(f"{path}: columns differ from the documented ones")
         return list(reader)
 
 
 def _source(text: str) -> str:
     t = text.lower()
+    if "litgpt" in t:
+        return "litgpt"
     return "torchtune" if "torchtune" in t else "peft" if "peft" in t else "transformers-docs"
 
 
@@ -168,6 +113,8 @@ def compare_row(row: dict[str, str]) -> PublishedRow:
     return PublishedRow(
         id=int(row["id"]),
         source=_source(row["source"]),
+        framework=framework_key(row),
+        mechanisms=mechanisms(row),
         model=row["model"],
         method=row["method"],
         batch_size=None if null(row["batch_size_per_gpu"]) else int(row["batch_size_per_gpu"]),
@@ -189,9 +136,9 @@ def compare_row(row: dict[str, str]) -> PublishedRow:
     )
 
 
-def compare_published(path: Path = DATA) -> list[PublishedRow]:
+def compare_published(path: Path = DATA, added: Path | None = ADDED) -> list[PublishedRow]:
     """Every row of the published data set, planned where it can be."""
-    return [compare_row(row) for row in load_rows(path)]
+    return [compare_row(row) for row in load_rows(path, added)]
 
 
 def summarize(rows: list[PublishedRow], group: str, select) -> list[SummaryLine]:
@@ -211,9 +158,33 @@ def summarize(rows: list[PublishedRow], group: str, select) -> list[SummaryLine]
                 median_abs_pct=statistics.median(abs(r.error_pct) for r in mine),
                 worst_abs_pct=abs(worst.error_pct),
                 worst_id=worst.id,
+                median_pct=statistics.median(r.error_pct for r in mine),
+                within_10=sum(abs(r.error_pct) <= 10.0 for r in mine) / len(mine),
             )
         )
     return out
+
+
+def allocated_measured(r: PublishedRow) -> bool:
+    """A mapped, measured allocated-type figure, caveats included: what a user comparing would see
+    (rows whose source contradicts itself, reliability low, left out)."""
+    return r.usable and r.metric == "allocated" and r.outcome == "measured" and r.reliability != "low"
+
+
+def framework_summary(rows: list[PublishedRow]) -> tuple[list[SummaryLine], list[SummaryLine]]:
+    """Per framework and method: (every mapped measured allocated row, caveats included; the clean ones)."""
+    frameworks = sorted({r.framework for r in rows})
+    every = [
+        line
+        for fw in frameworks
+        for line in summarize(rows, fw, lambda r, fw=fw: r.framework == fw and allocated_measured(r))
+    ]
+    every += summarize(rows, "all frameworks", allocated_measured)
+    clean = [
+        line for fw in frameworks for line in summarize(rows, fw, lambda r, fw=fw: r.framework == fw and r.in_summary)
+    ]
+    clean += summarize(rows, "all frameworks", lambda r: r.in_summary)
+    return every, clean
 
 
 def summary(rows: list[PublishedRow]) -> list[SummaryLine]:
@@ -235,7 +206,7 @@ def exclusion_counts(rows: list[PublishedRow]) -> Counter:
 
 
 CSV_FIELDS = (
-    "id source model method batch_size seq_len grad_ckpt metric outcome reliability gpu published_bytes "
+    "id source framework model method batch_size seq_len grad_ckpt metric outcome reliability gpu published_bytes "
     "plan_bytes paged_bytes plan_phase error_pct gap_bytes in_summary gpu_fits spec reason caveats"
 ).split()
 
@@ -249,9 +220,9 @@ def published_csv(rows: list[PublishedRow]) -> str:
         err = r.error_pct
         writer.writerow(
             [
-                r.id, r.source, r.model, r.method, r.batch_size or "", r.seq_len or "", r.grad_ckpt, r.metric,
-                r.outcome, r.reliability, r.gpu, _or(r.published_bytes), _or(r.plan_bytes), _or(r.paged_bytes),
-                r.plan_phase, "" if err is None else f"{err:.2f}", _or(r.gap_bytes), r.in_summary,
+                r.id, r.source, r.framework, r.model, r.method, r.batch_size or "", r.seq_len or "", r.grad_ckpt,
+                r.metric, r.outcome, r.reliability, r.gpu, _or(r.published_bytes), _or(r.plan_bytes),
+                _or(r.paged_bytes), r.plan_phase, "" if err is None else f"{err:.2f}", _or(r.gap_bytes), r.in_summary,
                 _or(r.gpu_fits), spec_label(r.spec), "; ".join(r.reasons), "; ".join(r.caveats),
             ]
         )  # fmt: skip
@@ -274,9 +245,7 @@ def spec_label(spec: TrainSpec | None) -> str:
 
 
 def published_markdown(rows: list[PublishedRow]) -> str:
-    from lora_budget.validation.published_render import render
-
-    return render(rows, summary(rows), exclusion_counts(rows))
+    return render(rows, summary(rows), exclusion_counts(rows), framework_summary(rows))
 
 
 def _atomic_write(path: Path, text: str) -> None:

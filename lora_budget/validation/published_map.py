@@ -16,6 +16,7 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 from lora_budget.units import GiB, MiB
+from lora_budget.validation.published_frameworks import framework_key, litgpt_caveats, litgpt_targets
 
 UNIT_BYTES: dict[str, int] = {"GB(1e9)": 10**9, "GiB": GiB, "MiB": MiB}
 """Bytes per published unit: GB is decimal (torchtune's older logs divide by 1e9), GiB/MiB binary."""
@@ -24,6 +25,15 @@ SAME_SHAPE: dict[str, tuple[str, str]] = {
     "meta-llama/Meta-Llama-3-8B": (
         "Llama-3.1-8B",
         "Meta-Llama-3-8B planned as Llama-3.1-8B: identical tensor shapes (only RoPE scaling and max positions differ)",
+    ),
+    "meta-llama/Meta-Llama-3.1-8B": (
+        "Llama-3.1-8B",
+        "meta-llama/Meta-Llama-3.1-8B is the earlier name of the meta-llama/Llama-3.1-8B repository",
+    ),
+    "unsloth/Mistral-7B-v0.2": (
+        "Mistral-7B-v0.1",
+        "Mistral-7B-v0.2 (base) planned as Mistral-7B-v0.1: identical tensor shapes (v0.2 changes RoPE theta "
+        "and drops the sliding window)",
     ),
 }
 """Published models absent from the catalog whose every tensor shape equals a catalog entry's."""
@@ -219,12 +229,20 @@ def map_row(row: dict[str, str]) -> Mapped:
     )
     caveats: list[str] = [model_note] if model_note else []
     output_lora = False
+    litgpt = framework_key(row) == "litgpt"
     if method != "full":
+        from lora_budget.core.params import linear_names
+
         names, output_lora = lora_targets(row["lora_targets"])
         kwargs.update(rank=int(row["lora_rank"]), alpha=int(row["lora_alpha"]), adapter_dtype=_adapter_dtype(row))
         kwargs["targets"] = ",".join(names)
+        if litgpt:
+            kwargs["targets"], fused_note = litgpt_targets(names, linear_names(model.shape))
+            caveats += [fused_note] if fused_note else []
+    if method == "qlora" and "no double quant" in row["frozen_weight_precision"].lower():
+        kwargs["double_quant"] = False
     spec = TrainSpec(**kwargs)
-    if method != "full":
+    if method != "full" and not litgpt:
         from lora_budget.core.params import linear_names
 
         if set(names) == set(linear_names(model.shape)):
@@ -269,8 +287,10 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
         out.append((f"reliability low: {row['notes'].strip()}", True))
     if row["seq_len_kind"].lower().startswith("max"):
         out.append(_seq_bound(spec, published_bytes(row)))
-    if spec.method == "qlora":
+    if spec.method == "qlora" and framework_key(row) == "torchtune":
         out.extend(_qlora_caveats(spec, row))
+    if framework_key(row) == "litgpt":
+        out.extend(litgpt_caveats(row, spec.method))
     if output_lora:
         logits_lora = alloc_gib(spec.tokens * spec.model.shape.vocab * 2)
         out.append(

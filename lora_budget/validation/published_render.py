@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from lora_budget.units import GiB
-
-if TYPE_CHECKING:
-    from lora_budget.validation.published import PublishedRow, SummaryLine
+from lora_budget.validation.published_rows import PublishedRow, SummaryLine
 
 TORCHTUNE_NOTES = (
     "torchtune runs its own model code in pure bf16 (same tensor shapes as transformers) and its own "
@@ -39,13 +36,45 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
-def render(rows: list[PublishedRow], lines: list[SummaryLine], excluded: Counter) -> str:
+LITGPT_NOTES = (
+    "LitGPT (config_hub/finetune table, Lightning-AI/litgpt 00af8b0d) runs its own GPT code in bf16-true: "
+    "bf16 weights, adapters and AdamW state, no autocast; q, k, v fused in one Linear with one LoRA "
+    "dropout for the three.",
+    "Its figure is `torch.cuda.max_memory_allocated() / 1e9` printed after `fit` (finetune/lora.py 234): "
+    "the whole run, model load and the periodic validation and generation included.",
+    "Its QLoRA pins bitsandbytes 0.42.0, whose MatMul4Bit keeps its input for backward, quantizes the "
+    "lm_head too, and uses bnb PagedAdamW, whose state the allocator statistics do not see.",
+)
+
+
+def _framework_table(title: str, lines: list[SummaryLine]) -> list[str]:
+    out = [
+        f"**{title}**",
+        "",
+        "| framework | method | n | median error | median abs error | within +-10 % | worst abs error (row) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in lines:
+        out.append(
+            f"| {s.group} | {s.method} | {s.n} | {s.median_pct:+.1f} % | {s.median_abs_pct:.1f} % | "
+            f"{100 * s.within_10:.0f} % | {s.worst_abs_pct:.1f} % ({s.worst_id}) |"
+        )
+    return out + [""]
+
+
+def render(
+    rows: list[PublishedRow],
+    lines: list[SummaryLine],
+    excluded: Counter,
+    by_framework: tuple[list[SummaryLine], list[SummaryLine]] = ([], []),
+) -> str:
     usable = [r for r in rows if r.usable]
     out = [
         "## Published measurements (independent check)",
         "",
-        f"{len(rows)} peak-memory figures that torchtune, PEFT and the transformers docs measured and published "
-        "(`lora_budget/validation/data/published-memory.csv`; provenance in the README beside it). Each usable row "
+        f"{len(rows)} peak-memory figures that torchtune, PEFT, the transformers docs and LitGPT measured and "
+        "published (`lora_budget/validation/data/published-memory.csv` and `published-memory-added.csv`; "
+        "provenance in the README beside them). Each usable row "
         "is mapped to a spec from what the row states; the planner's constants are never fitted to these rows. "
         "Error = (plan - published) / published: positive means the planner says more. The plan is the "
         "allocator-visible peak (bitsandbytes paged optimizer state excluded, as torch's statistics exclude it).",
@@ -61,28 +90,40 @@ def render(rows: list[PublishedRow], lines: list[SummaryLine], excluded: Counter
             f"| {s.group} | {s.method} | {s.n} | {s.median_abs_pct:.1f} % | {s.worst_abs_pct:.1f} % ({s.worst_id}) |"
         )
     out += ["", *_verdicts(rows), ""]
+    every, clean = by_framework
+    if every:
+        out += ["### By framework", ""]
+        out += _framework_table(
+            "Every mapped, measured allocated-type row, caveats included, reliability low left out "
+            "(what a user would see)",
+            every,
+        )
+        out += _framework_table("Allocated rows with no material caveat (the summary above, by framework)", clean)
     out += [
         "### Every row",
         "",
         "Σ: counted in the allocated summary. Metric: `allocated` (max_memory_allocated or torchtune's peak active), "
         "`unstated` (torchtune table that does not name its statistic), `reserved`, `nvidia-smi`.",
         "",
-        "| id | source | model | method | b | s | ckpt | metric | published GiB | plan GiB | error % | Σ | "
+        "| id | source | framework | model | method | b | s | ckpt | metric | published GiB | plan GiB | error % | Σ | "
         "caveats / reason |",
-        "| ---: | --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | --- |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         note = "; ".join(r.caveats) if r.usable else "not usable: " + "; ".join(r.reasons)
         if r.outcome == "OOM":
             note = "OOM published; " + note
         out.append(
-            f"| {r.id} | {r.source} | {_cell(r.model)} | {r.method} | {r.batch_size or ''} | {r.seq_len or ''} | "
+            f"| {r.id} | {r.source} | {r.framework} | {_cell(r.model)} | {r.method} | {r.batch_size or ''} | "
+            f"{r.seq_len or ''} | "
             f"{r.grad_ckpt} | {r.metric} | {_gib(r.published_bytes)} | {_gib(r.plan_bytes)} | {_pct(r.error_pct)} | "
             f"{'Σ' if r.in_summary else ''} | {_cell(note)} |"
         )
     out += _reserved_table(rows)
     out += ["", "### How torchtune's step differs from the planner's reference step", ""]
     out += [f"- {line}" for line in TORCHTUNE_NOTES]
+    out += ["", "### How LitGPT's step differs from the planner's reference step", ""]
+    out += [f"- {line}" for line in LITGPT_NOTES]
     return "\n".join(out) + "\n"
 
 

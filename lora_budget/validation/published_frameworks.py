@@ -1,0 +1,121 @@
+"""Which training stack a published row ran, the mechanisms it used, and LitGPT's side of the mapping.
+
+The original data set (``data/published-memory.csv``) names its stack in free text (``framework``);
+the rows added since (``data/published-memory-added.csv``) also carry a ``framework_key`` and one
+column per memory mechanism, so that each mechanism can be checked against the rows that used it.
+Nothing here is fitted to the published figures; the caveats only say what the plan leaves out.
+Sources for every LitGPT statement: Lightning-AI/litgpt at 00af8b0d (2024-09-27), files named below.
+"""
+
+from __future__ import annotations
+
+from lora_budget.errors import LoraBudgetError
+
+MECHANISM_COLUMNS: tuple[str, ...] = (
+    "framework_key",
+    "lora_dropout",
+    "loss_kernel",
+    "precision_mode",
+    "qkv_fused",
+    "kbit_prep",
+    "torch_compile",
+    "lib_versions",
+    "mechanism_notes",
+)
+"""Columns that ``published-memory-added.csv`` has beyond the original ones (meanings in data/README.md)."""
+
+FRAMEWORK_KEYS: tuple[str, ...] = ("plain", "hf-trainer", "litgpt", "torchtune", "unsloth")
+
+_FREE_TEXT: tuple[tuple[str, str], ...] = (
+    ("torchtune", "torchtune"),
+    ("litgpt", "litgpt"),
+    ("hf trainer", "hf-trainer"),
+    ("unsloth", "unsloth"),
+    ("accelerate", "plain"),
+)
+"""The original rows' ``framework`` text -> key: torchtune's recipes; the transformers docs' Trainer runs;
+PEFT's README scripts are hand-written accelerate loops (``accelerator.backward`` in a for loop)."""
+
+
+def framework_key(row: dict[str, str]) -> str:
+    """The row's ``framework_key`` where it has one, else the key its ``framework`` text names."""
+    stated = row.get("framework_key", "null").strip()
+    if stated not in ("", "null"):
+        if stated not in FRAMEWORK_KEYS:
+            raise LoraBudgetError(f"row {row['id']}: unknown framework_key {stated!r}")
+        return stated
+    text = row["framework"].lower()
+    for marker, key in _FREE_TEXT:
+        if marker in text:
+            return key
+    raise LoraBudgetError(f"row {row['id']}: cannot tell the framework from {row['framework']!r}")
+
+
+def mechanisms(row: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(column, value) for each mechanism column the row states (``null`` left out)."""
+    return tuple((c, row[c].strip()) for c in MECHANISM_COLUMNS[1:] if c in row and row[c].strip() not in ("", "null"))
+
+
+LITGPT_ALL = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+FUSED_QKV = ("query_key_value", "qkv_proj")
+
+
+def litgpt_targets(names: tuple[str, ...], linears: tuple[str, ...]) -> tuple[str, str | None]:
+    """(spec targets, caveat) for LitGPT's ``lora_query/key/value/projection/mlp`` flags.
+
+    ``names`` are the flags as transformers Llama names (``published_map.lora_targets``). Every flag
+    set is every decoder linear (``all-linear``). LitGPT always fuses q, k, v into one ``attn``
+    Linear and adapts it with one ``LoRAQKVLinear`` (litgpt/lora.py 175-435): where the catalog model
+    is fused too (Falcon's query_key_value, Phi-3's qkv_proj) q+v are planned as that projection.
+    """
+    if set(names) == LITGPT_ALL:
+        return "all-linear", None
+    fused = [f for f in FUSED_QKV if f in linears]
+    if fused and set(names) <= {"q_proj", "k_proj", "v_proj"}:
+        return fused[0], (
+            f"LitGPT adapts only the {'+'.join(n[0] for n in names)} parts of the fused qkv projection "
+            f"(A has {len(names)}r rows, B only their outputs); planned as LoRA on all of {fused[0]}"
+        )
+    missing = [n for n in names if n not in linears]
+    if missing:
+        raise LoraBudgetError(f"LoRA targets {', '.join(missing)} are not linears of this model")
+    return ",".join(names), None
+
+
+def litgpt_caveats(row: dict[str, str], method: str) -> list[tuple[str, bool]]:
+    """What LitGPT's step does that today's spec does not say (none is material: each is a mechanism
+    to model, and these rows exist to measure them)."""
+    out: list[tuple[str, bool]] = []
+    p = row.get("lora_dropout", "null").strip()
+    if method != "full" and p not in ("", "null", "0", "0.0"):
+        out.append(
+            (
+                f"LoRA dropout p={p}: each adapted input gets a dropped copy and a mask "
+                "(LitGPT: one per fused qkv, litgpt/lora.py 426); not in the plan",
+                False,
+            )
+        )
+    out.append(
+        (
+            "LitGPT's chunked_cross_entropy on bf16 logits, no fp32 upcast (litgpt/utils.py 293); "
+            "the plan has transformers' fp32 loss",
+            False,
+        )
+    )
+    out.append(
+        (
+            "the previous step's logits stay referenced while the next forward runs "
+            "(`logits = model(...)` rebinds after it, finetune/lora.py 304); not in the plan",
+            False,
+        )
+    )
+    if method == "qlora":
+        out.append(
+            (
+                "bitsandbytes 0.42.0 (LitGPT's pin): MatMul4Bit keeps each 4-bit linear's input for backward "
+                "(dropped in 0.43.2); lm_head is 4-bit too (Fabric's BitsandbytesPrecision converts every "
+                "nn.Linear); not in the plan",
+                False,
+            )
+        )
+    return out
