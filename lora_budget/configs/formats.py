@@ -32,7 +32,7 @@ Key names and defaults are those each tool documents:
 
 from __future__ import annotations
 
-from lora_budget.configs import defaults
+from lora_budget.configs import defaults, llamafactory_v1
 from lora_budget.configs.parallel import deepspeed_file, read_parallel
 from lora_budget.configs.values import Reader
 
@@ -336,6 +336,7 @@ def deepspeed(r: Reader) -> None:
 MODEL_KEYS = {
     "axolotl": "base_model",
     "llamafactory": "model_name_or_path",
+    "llamafactory_v1": "model",
     "trl": "model_name_or_path",
     "peft": "base_model_name_or_path",
 }
@@ -344,6 +345,7 @@ MODEL_KEYS = {
 MAPPERS = {
     "axolotl": axolotl,
     "llamafactory": llamafactory,
+    "llamafactory_v1": llamafactory_v1.read,
     "trl": trl,
     "peft": peft,
     "hf_config": hf_config,

@@ -8,10 +8,11 @@ from typing import Any
 
 from lora_budget.errors import LoraBudgetError
 
-FORMATS = ("axolotl", "llamafactory", "trl", "peft", "hf_config", "deepspeed")
+FORMATS = ("axolotl", "llamafactory", "llamafactory_v1", "trl", "peft", "hf_config", "deepspeed")
 FORMAT_NAMES = {
     "axolotl": "axolotl YAML",
     "llamafactory": "LLaMA-Factory YAML",
+    "llamafactory_v1": "LLaMA-Factory v1 YAML",
     "trl": "TRL / transformers training arguments",
     "peft": "PEFT adapter_config.json",
     "hf_config": "Hugging Face config.json",
@@ -19,6 +20,7 @@ FORMAT_NAMES = {
 }
 
 # keys only one tool uses, checked in this order
+_LLAMAFACTORY_V1_KEYS = ("peft_config", "quant_config", "dist_config", "kernel_config", "model_class", "optim_config")
 _LLAMAFACTORY_KEYS = ("finetuning_type", "cutoff_len", "lora_target", "quantization_bit", "template", "stage")
 _AXOLOTL_KEYS = ("base_model", "micro_batch_size", "sequence_len", "adapter", "lora_target_linear", "num_epochs")
 _TRL_KEYS = (
@@ -80,6 +82,8 @@ def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:
             return "peft"
         if "model_type" in data and ("architectures" in data or "hidden_size" in data or "n_embd" in data):
             return "hf_config"
+    if yaml and "model" in data and "base_model" not in data and any(k in data for k in _LLAMAFACTORY_V1_KEYS):
+        return "llamafactory_v1"
     if any(k in data for k in _LLAMAFACTORY_KEYS) and "base_model" not in data:
         return "llamafactory"
     if yaml and any(k in data for k in _AXOLOTL_KEYS):
