@@ -126,3 +126,9 @@ def test_objectives_are_recorded_and_noted_in_the_plan(tmp_path, name, text, obj
 def test_memory_keys_are_not_modelled_not_no_effect(tmp_path, key):
     loaded = _load(tmp_path, "a.yml", f"base_model: 7b\nadapter: lora\n{key}: 2\n")
     assert any(u.startswith(f"{key} (") for u in loaded.unmodelled) and key not in loaded.ignored
+
+
+def test_torchao_8bit_adamw_is_planned_as_8bit_adam(tmp_path):
+    # optimizer: adamw_torch_8bit is torchao's AdamW8bit: 1-byte states plus an fp32 scale per 256 (as bnb's)
+    loaded = _load(tmp_path, "a.yml", "base_model: 7b\nadapter: lora\noptimizer: adamw_torch_8bit\n")
+    assert loaded.values["optimizer"] == "adamw8bit"

@@ -21,6 +21,9 @@ OPTIMIZER_NAMES: dict[str, str] = {
     "adamw_bnb_8bit": "adamw8bit",
     "adamw_8bit": "adamw8bit",
     "adam_bnb_8bit": "adamw8bit",
+    # torchao AdamW8bit (transformers trainer_optimizer.py, ``adamw_torch_8bit``): 8-bit states in blocks of
+    # 256 with an fp32 scale each, the byte count of bitsandbytes' blockwise 8-bit Adam
+    "adamw_torch_8bit": "adamw8bit",
     "paged_adamw_32bit": "paged_adamw",
     "paged_adamw": "paged_adamw",
     "paged_adamw_8bit": "paged_adamw8bit",
