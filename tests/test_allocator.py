@@ -40,7 +40,7 @@ def test_unsplit_remainder_counts_as_allocated():
     # 11 MiB + 1 B rounds to 11 MiB + 512; its segment is 12 MiB; the remainder 1 MiB - 512 is
     # not > 1 MiB, so the whole 12 MiB block is handed out and memory_allocated counts 12 MiB.
     r = replay([11 * MiB + 1], [0])
-    assert (r.peak_reserved, r.peak_allocated) == (12 * MiB, 12 * MiB)
+    assert (r.peak_reserved, r.peak_allocated, r.peak_requested) == (12 * MiB, 12 * MiB, 11 * MiB + 512)
 
 
 def test_5_mib_requests_split_a_20_mib_segment():
@@ -58,11 +58,12 @@ def test_best_fit_takes_the_smallest_block_that_fits():
     # One 20 MiB segment: A 5 MiB @0, B 5 MiB @5, C 8 MiB @10, tail 2 MiB @18 (free).
     # Free A: free blocks are 5 MiB and 2 MiB. 1.5 MiB best-fits the 2 MiB tail (remainder
     # 0.5 MiB not > 1 MiB: unsplit, 2 MiB allocated); 5 MiB then reuses A. Still one segment:
-    # allocated at the end 5 + 5 + 8 + 2 = 20 MiB. (First fit would have split A and needed a
-    # second segment for the last 5 MiB.)
+    # allocated at the end 5 + 5 + 8 + 2 = 20 MiB, of which 19.5 MiB were requested. (First fit
+    # would have split A and needed a second segment for the last 5 MiB.)
     sizes = [5 * MiB, 5 * MiB, 8 * MiB, 3 * MiB // 2, 5 * MiB]
     r = replay(sizes, [0, 1, 2, ~0, 3, 4])
     assert (r.peak_reserved, r.segments, r.peak_allocated) == (20 * MiB, 1, 20 * MiB)
+    assert r.peak_requested == 39 * MiB // 2
 
 
 def test_fragmented_free_blocks_cannot_serve_a_larger_request():
@@ -110,8 +111,8 @@ def test_small_block_splits_down_to_512_bytes():
 
 
 def test_tiny_model_replay_peaks_where_the_trace_does():
-    # The replay sees the same allocations and frees as the tracker, so its allocated peak is the
-    # tracker's (the engine raises otherwise); reserved can never be below allocated.
+    # The replay sees the same allocations and frees as the tracker, so its peak of requested
+    # bytes is the tracker's (the engine raises otherwise); block sizes and segments only add.
     from lora_budget.spec import TrainSpec
     from lora_budget.trace.engine import trace
     from tests.tiny_models import tiny_ref
@@ -119,7 +120,8 @@ def test_tiny_model_replay_peaks_where_the_trace_does():
     for method in ("lora", "qlora", "full"):
         result = trace(TrainSpec(model=tiny_ref("llama"), method=method, batch_size=2, seq_len=16, rank=4))
         assert result.reserved is not None
-        assert result.reserved.peak_allocated == result.peak_bytes
+        assert result.reserved.peak_requested == result.peak_bytes
+        assert result.reserved.peak_allocated >= result.peak_bytes
         # every request of this width-64 model is <= 1 MiB: the small pool, 2 MiB segments
         assert result.reserved.peak_reserved % (2 * MiB) == 0
         assert result.reserved.peak_reserved >= result.peak_bytes

@@ -53,6 +53,17 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         + "".join(f"{'':>{w + 4}}{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%" for r, p in rows)
     )
     lines.append(f"{'peak during':<14}" + "".join(f"{r.breakdown.phase:>{w + 4}}{p.phase:>{w}}" for r, p in rows))
+    if all(r.reserved is not None for r, _ in rows):
+        lines.append(
+            f"{'cuda alloc':<14}" + "".join(f"{r.reserved.peak_allocated / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
+        )
+        lines.append(
+            f"{'reserved':<14}" + "".join(f"{r.reserved.peak_reserved / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
+        )
+        lines.append(
+            f"{'fragmentation':<14}"
+            + "".join(f"{r.reserved.fragmentation / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
+        )
     lines.append("")
     for r, _ in rows:
         where = f"{r.peak_op} in {r.peak_module}" if r.peak_module else r.peak_op
@@ -66,4 +77,11 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         "trace: the real transformers/peft/bitsandbytes step on fake tensors, storages rounded to the CUDA "
         "allocator's 512-byte blocks; CUDA context and fragmentation are not tensors and are not included"
     )
+    if all(r.reserved is not None for r, _ in rows):
+        lines.append(
+            "cuda alloc, reserved: the step's allocations and frees replayed through a model of the CUDA caching "
+            "allocator (max_memory_allocated counts unsplit block remainders; max_memory_reserved its segments; "
+            "fragmentation = reserved minus allocated at the reserved peak); "
+            "not yet checked on a GPU"
+        )
     return "\n".join(lines)

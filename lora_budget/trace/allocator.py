@@ -60,6 +60,7 @@ class _Block:
     offset: int
     size: int
     free: bool
+    requested: int = 0
     prev: _Block | None = None
     next: _Block | None = None
 
@@ -68,8 +69,12 @@ class _Block:
 class Replay:
     """What the allocator model saw over a whole event stream."""
 
+    peak_requested: int
+    """Most bytes requested (each rounded to 512 B) at once: what the tracker counts."""
     peak_allocated: int
-    """Most bytes in blocks handed out at once (``max_memory_allocated``)."""
+    """Most bytes in blocks handed out at once (``max_memory_allocated``): the requests plus
+    the remainders of blocks too small to split off (under 512 B small, up to 1 MiB large), as
+    ``malloc`` adds ``block->size``, not ``requested_size``, to ``allocated_bytes``."""
     peak_reserved: int
     """Most bytes in segments at once (``max_memory_reserved``)."""
     allocated_at_reserved_peak: int
@@ -98,6 +103,8 @@ class CachingAllocator:
         self._by_key: dict[tuple[int, int, int, int], _Block] = {}
         self._segments: dict[int, tuple[bool, _Block, int]] = {}
         """segment -> (small pool?, first block, size)."""
+        self.requested = 0
+        self.peak_requested = 0
         self.allocated = 0
         self.reserved = 0
         self.peak_allocated = 0
@@ -135,13 +142,16 @@ class CachingAllocator:
             block = self._by_key.pop(pool.pop(i))
         remaining = block.size - size
         if remaining >= MIN_BLOCK if small else remaining > SMALL_SIZE:
-            rest = _Block(block.segment, block.offset + size, remaining, True, block, block.next)
+            rest = _Block(block.segment, block.offset + size, remaining, True, prev=block, next=block.next)
             if block.next is not None:
                 block.next.prev = rest
             block.next = rest
             block.size = size
             self._cache(rest, small)
         block.free = False
+        block.requested = size
+        self.requested += size
+        self.peak_requested = max(self.peak_requested, self.requested)
         self.allocated += block.size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
         if self.reserved == self.peak_reserved and self.allocated > self.allocated_at_reserved_peak:
@@ -175,6 +185,7 @@ class CachingAllocator:
     def free(self, block: _Block) -> None:
         small = self._segments[block.segment][0]
         self.allocated -= block.size
+        self.requested -= block.requested
         block.free = True
         prev = block.prev
         if prev is not None and prev.free:
@@ -195,6 +206,7 @@ class CachingAllocator:
 
     def result(self) -> Replay:
         return Replay(
+            peak_requested=self.peak_requested,
             peak_allocated=self.peak_allocated,
             peak_reserved=self.peak_reserved,
             allocated_at_reserved_peak=self.allocated_at_reserved_peak,

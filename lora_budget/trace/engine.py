@@ -90,6 +90,7 @@ class TraceResult:
             "state_bytes": dict(self.state_bytes),
             **(
                 {
+                    "cuda_allocated_bytes": self.reserved.peak_allocated,
                     "reserved_bytes": self.reserved.peak_reserved,
                     "fragmentation_bytes": self.reserved.fragmentation,
                 }
@@ -121,6 +122,13 @@ def trace(
 
     if steps < 1:
         raise LoraBudgetError("steps must be at least 1")
+    shape = spec.model.shape
+    if fake and spec.autocast_on and (shape.norm == "layer" or shape.act == "gelu_new"):
+        raise LoraBudgetError(
+            f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "
+            "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is traced without "
+            "autocast only (--no-autocast); `lora-budget plan` still answers"
+        )
     if spec.gpus > 1:
         from lora_budget.runtime import fsdp
 
@@ -238,15 +246,15 @@ def _result(spec: TrainSpec, tracker: Any, hooks: Hooks, wall_s: float, fake: bo
 
 
 def _reserved(tracker: Any) -> Replay:
-    """Replay the stream; the allocator model's allocated peak is the tracker's, or one is wrong.
+    """Replay the stream; the replay's peak of requested bytes is the tracker's, or one is wrong.
 
     Registered tensors (weights, quantization state) come first in the stream, in the model's
     parameter order: an approximation of the order the loader allocated them.
     """
     replayed = replay_tracker(tracker)
-    if replayed.peak_allocated != tracker.peak.bytes:
+    if replayed.peak_requested != tracker.peak.bytes:
         raise LoraBudgetError(
-            f"internal: the allocator replay peaks at {replayed.peak_allocated:,} allocated bytes, "
+            f"internal: the allocator replay peaks at {replayed.peak_requested:,} requested bytes, "
             f"the trace at {tracker.peak.bytes:,}"
         )
     return replayed
