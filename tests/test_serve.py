@@ -199,3 +199,15 @@ def test_answers_under_100_ms(base: str) -> None:
         times.append(time.perf_counter() - t0)
     times.sort()
     assert times[2] < 0.1, times
+
+
+def test_port_in_use_is_one_line_exit_2() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(main, ["serve", "--port", str(port)])
+    assert r.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in r.output and "Traceback" not in r.output

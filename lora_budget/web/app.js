@@ -58,6 +58,7 @@ async function update() {
   if (mine !== seq) return;  // a newer change is on its way
   const ms = performance.now() - t0;
   document.body.dataset.ms = ms.toFixed(1);
+  document.body.dataset.query = p.toString();
   if (!res.ok) { $("error").textContent = data.error; $("error").hidden = false; document.body.dataset.state = "error"; return; }
   $("error").hidden = true;
   render(data);
