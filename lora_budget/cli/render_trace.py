@@ -60,10 +60,6 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         lines.append(
             f"{'reserved':<14}" + "".join(f"{r.reserved.peak_reserved / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
         )
-        lines.append(
-            f"{'fragmentation':<14}"
-            + "".join(f"{r.reserved.fragmentation / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
-        )
     lines.append("")
     for r, _ in rows:
         where = f"{r.peak_op} in {r.peak_module}" if r.peak_module else r.peak_op
@@ -80,8 +76,7 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
     if all(r.reserved is not None for r, _ in rows):
         lines.append(
             "cuda alloc, reserved: the step's allocations and frees replayed through a model of the CUDA caching "
-            "allocator (max_memory_allocated counts unsplit block remainders; max_memory_reserved its segments; "
-            "fragmentation = reserved minus allocated at the reserved peak); "
+            "allocator (max_memory_allocated counts unsplit block remainders; max_memory_reserved its segments); "
             "not yet checked on a GPU"
         )
     return "\n".join(lines)
