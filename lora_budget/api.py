@@ -112,6 +112,10 @@ class MethodPlan:
                     "gpus": spec.gpus,
                     "strategy": spec.strategy,
                     "offload": spec.offload,
+                    "framework": spec.framework,
+                    "lora_dropout": spec.lora_dropout if spec.method != "full" else None,
+                    "loss": spec.loss_kernel,
+                    "kbit_prep": spec.kbit_prepared,
                 },
             }
         )

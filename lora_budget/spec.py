@@ -16,6 +16,8 @@ Attention = Literal["eager", "sdpa", "flash"]
 Quant = Literal["nf4", "fp4"]
 Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "params"]
+Framework = Literal["plain", "hf-trainer", "torchtune"]
+Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce"]
 
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
@@ -31,6 +33,12 @@ OPTIMIZERS: tuple[Optimizer, ...] = (
 ATTENTIONS: tuple[Attention, ...] = ("eager", "sdpa", "flash")
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "params")
+FRAMEWORKS: tuple[Framework, ...] = ("plain", "hf-trainer", "torchtune")
+LOSSES: tuple[Loss, ...] = ("auto", "full-ce", "chunked-ce", "fused-ce")
+FRAMEWORK_LOSS: dict[str, str] = {"plain": "full-ce", "hf-trainer": "full-ce", "torchtune": "chunked-ce"}
+"""The loss kernel each framework's own training step uses (``loss="auto"``): transformers'
+``ForCausalLMLoss`` for the plain loop and the Trainer (TRL, axolotl and LLaMA-Factory run on it),
+torchtune's ``CEWithChunkedOutputLoss`` (8 chunks) in its recipes."""
 SHARDED_PARAMS: tuple[Strategy, ...] = ("zero3", "fsdp")
 """Strategies that shard the (frozen and trainable) parameters themselves."""
 TARGET_PRESETS = ("all-linear", "attn", "mlp")
@@ -103,6 +111,33 @@ class TrainSpec:
     """optimizer: optimizer state, master weights and gradient partitions live in CPU memory
     (DeepSpeed ZeRO-Offload, zero1/2/3); params: parameters too (zero3 ``offload_param``, FSDP2
     ``CPUOffloadPolicy``, which moves sharded parameters, gradients and optimizer state)."""
+    framework: Framework = "plain"
+    """The training code that runs the step. plain: the reference loop in README.md (no autocast,
+    transformers' loss); hf-trainer: transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory,
+    which run on it): QLoRA and 8-bit LoRA models go through peft's
+    ``prepare_model_for_kbit_training`` unless ``kbit_prep`` says otherwise; torchtune: its
+    recipes' chunked cross-entropy (``loss="auto"``)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout p (peft's ``lora_dropout``; its default is 0). Above 0 every adapted linear runs
+    its adapter on ``dropout(x)``: a new input-sized tensor and a 1-byte mask per adapted layer."""
+    loss: Loss = "auto"
+    """Loss kernel. full-ce: the whole b x s x V logits, upcast to fp32 (transformers'
+    ``ForCausalLMLoss``); chunked-ce: logits made and upcast per chunk (torchtune, 8 chunks);
+    fused-ce: a fused linear cross-entropy that never materializes the logits (Liger, Cut
+    Cross-Entropy); auto: the framework's own."""
+    loss_chunks: int = 8
+    """chunked-ce: number of chunks along the sequence (torchtune's ``num_output_chunks``)."""
+    kbit_prep: bool | None = None
+    """QLoRA / 8-bit LoRA: the model went through peft's ``prepare_model_for_kbit_training``,
+    which casts every non-quantized parameter (embeddings, norms, lm_head, biases) to fp32, so the
+    residual stream, the norms' outputs and the logits are fp32 too. None: the framework's default
+    (on for hf-trainer, whose QLoRA recipes call it; off for plain and torchtune)."""
+    autocast: bool | None = None
+    """Mixed precision as the Trainer runs it (``bf16=True`` / ``fp16=True``: accelerate wraps the
+    forward in ``torch.autocast``): linears and attention run in the 16-bit dtype, so peft's fp32
+    adapters keep a 16-bit copy of their input and the fp32 logits of a kbit-prepared head come out
+    16-bit. None: the framework's default (on for hf-trainer with 16-bit weights). Planned for
+    16-bit weights only (fp32 weights under autocast are not modelled yet)."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
 
@@ -118,6 +153,7 @@ class TrainSpec:
             raise LoraBudgetError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.attn not in ATTENTIONS:
             raise LoraBudgetError(f"unknown attention {self.attn!r}; choose one of {', '.join(ATTENTIONS)}")
+        self._check_framework()
         if self.quant not in ("nf4", "fp4"):
             raise LoraBudgetError(f"unknown 4-bit type {self.quant!r}; choose nf4 or fp4")
         for label, value in (
@@ -162,6 +198,50 @@ class TrainSpec:
                 ),
             )
 
+    def _check_framework(self) -> None:
+        """Framework, loss kernel, LoRA dropout and kbit preparation; resolves the framework defaults."""
+        if self.framework not in FRAMEWORKS:
+            raise LoraBudgetError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+        if self.loss not in LOSSES:
+            raise LoraBudgetError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        p = self.lora_dropout
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+            raise LoraBudgetError(f"LoRA dropout must be a probability in [0, 1), got {p!r}")
+        object.__setattr__(self, "lora_dropout", float(p))
+        n = self.loss_chunks
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4096:
+            raise LoraBudgetError(f"loss chunks must be an integer from 1 to 4096, got {n!r}")
+        if self.kbit_prep is not None and not isinstance(self.kbit_prep, bool):
+            raise LoraBudgetError(f"kbit_prep must be true, false or None, got {self.kbit_prep!r}")
+        if self.autocast is not None and not isinstance(self.autocast, bool):
+            raise LoraBudgetError(f"autocast must be true, false or None, got {self.autocast!r}")
+        if self.autocast and self.dtype == "fp32":
+            raise LoraBudgetError(
+                "autocast over fp32 weights (a model loaded without torch_dtype) is not modelled yet; "
+                "plan with --dtype bf16 or --no-autocast"
+            )
+
+    @property
+    def loss_kernel(self) -> str:
+        """The loss kernel that runs: ``loss``, or the framework's own for ``auto``."""
+        return FRAMEWORK_LOSS[self.framework] if self.loss == "auto" else self.loss
+
+    @property
+    def autocast_on(self) -> bool:
+        """Whether the forward runs under ``torch.autocast``: ``autocast`` or, when None, the
+        framework's default (hf-trainer with 16-bit weights)."""
+        if self.autocast is None:
+            return self.framework == "hf-trainer" and self.dtype != "fp32"
+        return self.autocast
+
+    @property
+    def kbit_prepared(self) -> bool:
+        """Whether ``prepare_model_for_kbit_training`` ran: quantized methods only (it prepares a
+        bitsandbytes-loaded model); ``kbit_prep`` or, when None, the framework's default."""
+        if self.method not in ("qlora", "lora8bit"):
+            return False
+        return self.framework == "hf-trainer" if self.kbit_prep is None else self.kbit_prep
+
     def _check_parallel(self) -> None:
         """World size, strategy and offload: one message naming the option for each bad combination."""
         if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 1:
@@ -204,6 +284,24 @@ class TrainSpec:
     @property
     def compute_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per element of the residual stream and of what the layers save.
+
+        The compute dtype, except after ``prepare_model_for_kbit_training``: its fp32 embedding
+        output starts an fp32 residual stream, fp32 norm weights keep the norms' outputs fp32, and
+        bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` return their output in their input's dtype
+        (``.to(inp_dtype)``, bitsandbytes 0.50 ``nn/modules.py``): every activation is fp32, only
+        the 4-bit / 8-bit matmuls run in the compute dtype.
+        """
+        return 4 if self.kbit_prepared else DTYPE_BYTES[self.dtype]
+
+    @property
+    def frozen_dense_bytes(self) -> int:
+        """Bytes per element of the non-quantized frozen weights (embeddings, norms, lm_head):
+        fp32 after ``prepare_model_for_kbit_training``, else the storage dtype."""
+        return 4 if self.kbit_prepared else DTYPE_BYTES[self.dtype]
 
     @property
     def tokens(self) -> int:

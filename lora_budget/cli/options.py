@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OFFLOADS, OPTIMIZERS, STRATEGIES
+from lora_budget.spec import ATTENTIONS, DTYPES, FRAMEWORKS, LOSSES, METHODS, OFFLOADS, OPTIMIZERS, STRATEGIES
 
 MODEL_HELP = (
     "Catalog name, alias, HF repo id, config.json path or model directory. Aliases: 7b = Llama-2-7B, "
@@ -128,6 +128,35 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="LoRA weight dtype (peft keeps fp32 by default).",
         ),
         click.option(
+            "--framework",
+            type=click.Choice(FRAMEWORKS),
+            default="plain",
+            show_default=True,
+            help="Training code: plain (the reference loop), hf-trainer (transformers Trainer, TRL, axolotl, "
+            "LLaMA-Factory: QLoRA through prepare_model_for_kbit_training), torchtune (chunked loss).",
+        ),
+        click.option(
+            "--lora-dropout",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="LoRA dropout p; above 0 each adapted layer keeps a dropped copy of its input and a mask.",
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice(LOSSES),
+            default="auto",
+            show_default=True,
+            help="Loss kernel: full-ce (transformers), chunked-ce (torchtune), fused-ce (Liger / Cut "
+            "Cross-Entropy); auto: the framework's.",
+        ),
+        click.option(
+            "--kbit-prep/--no-kbit-prep",
+            default=None,
+            help="QLoRA / 8-bit: peft's prepare_model_for_kbit_training ran (fp32 non-quantized weights and "
+            "activations); default: on for hf-trainer.",
+        ),
+        click.option(
             "--gpus",
             type=int,
             default=1,
@@ -232,8 +261,12 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "gpus",
         "strategy",
         "offload",
+        "framework",
+        "lora_dropout",
+        "loss",
+        "kbit_prep",
     )
-    return {k: kw[k] for k in keys}
+    return {k: kw[k] for k in keys if k in kw}
 
 
 def parse_batch(text: str) -> int | str:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.core.params import param_count
+from lora_budget.describe import spec_settings
 from lora_budget.units import GiB, fmt_gib
 
 if TYPE_CHECKING:
@@ -26,14 +27,18 @@ def _params(n: int) -> str:
 
 
 def _settings(m: MethodPlan) -> str:
+    return spec_settings(m.spec)
+
+
+def _code(m: MethodPlan) -> str:
+    """The training code line: framework and loss kernel (both change what the step allocates)."""
     s = m.spec
-    parts = [f"batch {s.batch_size}", f"seq {s.seq_len}"]
-    if s.grad_accum > 1:
-        parts.append(f"accum {s.grad_accum}")
-    parts += [s.dtype, s.optimizer, f"attn {s.attn}", "grad-ckpt" if s.grad_ckpt else "no grad-ckpt"]
-    if s.method != "full":
-        parts.append(f"r={s.rank} {s.targets}")
-    return ", ".join(parts)
+    what = {
+        "plain": "the reference loop",
+        "hf-trainer": "transformers Trainer",
+        "torchtune": "torchtune recipe",
+    }[s.framework]
+    return f"framework {s.framework} ({what}), loss {s.loss_kernel}"
 
 
 def render_table(result: PlanResult) -> str:
@@ -50,6 +55,9 @@ def render_table(result: PlanResult) -> str:
     shared = {_settings(m).split(", r=")[0] for m in methods}
     if len(shared) == 1:
         lines.append(f"Step   {shared.pop()}")
+    codes = {_code(m) for m in methods}
+    if len(codes) == 1:
+        lines.append(f"Code   {codes.pop()}")
     lines.append("")
     width = 12
     head = f"{'memory (GiB)':<16}" + "".join(f"{LABELS[m.method]:>{width}}" for m in methods)

@@ -103,6 +103,16 @@ class StepSettings:
     rank: int
     attn: str
     """eager, sdpa or flash."""
+    lora_dropout: bool = False
+    """peft runs each adapter on ``dropout(x)`` (LoRA dropout p > 0)."""
+    autocast: bool = False
+    """The forward runs under ``torch.autocast``: linears and attention take 16-bit (``lowp``) copies
+    of any other-dtype input, and those copies are what they keep."""
+    lowp: int = 2
+    """Bytes per element of autocast's lower-precision dtype (bf16 / fp16)."""
+    fused_loss: bool = False
+    """A fused linear cross-entropy takes lm_head's input and computes its gradients in the
+    forward: lm_head keeps no input of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,20 +185,40 @@ def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
     return w.new("norm_out", c * width, x.rg or st.base_trainable)
 
 
-def _linear(w: _Walk, st: StepSettings, name: str, x: _T, fan_in: int, fan_out: int) -> _T:
-    """nn.Linear / Conv1D, with a peft LoRA adapter when ``name`` is targeted."""
+def _linear(
+    w: _Walk, st: StepSettings, name: str, x: _T, fan_in: int, fan_out: int, in_bytes: int = 0, out_bytes: int = 0
+) -> _T:
+    """nn.Linear / Conv1D, with a peft LoRA adapter when ``name`` is targeted.
+
+    ``in_bytes`` / ``out_bytes``: element size of the input and output when they differ from the
+    activations' (under autocast after kbit preparation, attention's output and the o projection's
+    are 16-bit: bitsandbytes returns its output in its input's dtype).
+    """
     c = st.compute_bytes
+    in_b = in_bytes or c
     if st.base_trainable:
         w.save(x)
     out_rg = x.rg or st.base_trainable
     if name in st.lora_targets:
         a = st.adapter_bytes
         # peft casts the input to the adapter dtype; a copy unless the dtypes already match
-        xa = x if a == c else w.new(f"lora_in_{name}", a * fan_in, x.rg)
+        xa = x if a == in_b else w.new(f"lora_in_{name}", a * fan_in, x.rg)
+        if st.lora_dropout:
+            # peft: lora_B(lora_A(dropout(x))), each adapted layer with its own nn.Dropout: a new
+            # tensor for lora_A to keep (the cast copy is then only a transient) and, when x
+            # needs a gradient, dropout's 1-byte mask (CUDA's fused kernel)
+            if x.rg:
+                w.save(w.new(f"lora_dropout_mask_{name}", fan_in, False))
+            xa = w.new(f"lora_dropout_{name}", a * fan_in, x.rg)
+        if st.autocast and a != st.lowp:
+            # autocast casts lora_A's fp32 input to 16 bits for the matmul: that copy is what it
+            # keeps (a new tensor per adapted layer: autocast caches casts of leaf weights only)
+            xa = w.new(f"lora_in16_{name}", st.lowp * fan_in, x.rg)
         w.save(xa)  # lora_A keeps its input for dA
-        w.save(w.new(f"lora_mid_{name}", a * st.rank, True))  # lora_B keeps lora_A's output for dB
+        mid = st.lowp if st.autocast else a
+        w.save(w.new(f"lora_mid_{name}", mid * st.rank, True))  # lora_B keeps lora_A's output for dB
         out_rg = True
-    return w.new(f"{name}_out", c * fan_out, out_rg)
+    return w.new(f"{name}_out", (out_bytes or c) * fan_out, out_rg)
 
 
 def _act(w: _Walk, s: ModelShape, st: StepSettings, g: _T, width: int) -> _T:
@@ -251,20 +281,38 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
         q = w.new("q_rot", c * qw, q.rg)
         k_ = w.new("k_rot", c * kw, k_.rg)
     fwd_t = ZERO
+    o_bytes = 0
+    if st.autocast and c != st.lowp and st.attn != "eager" and not _sdpa_math(s):
+        # kbit-prepared model under autocast: SDPA casts its fp32 q, k, v to 16 bits and keeps the
+        # copies; its 16-bit output feeds the o projection, whose 4-bit matmul returns 16 bits too
+        ck = st.lowp
+        q = w.new("q_16", ck * qw, q.rg)
+        k_ = w.new("k_16", ck * kw, k_.rg)
+        v = w.new("v_16", ck * kw, v.rg)
+        o_bytes = ck
+    else:
+        ck = c
     if st.attn == "eager":
+        # under autocast, a kbit-prepared (fp32) model's matmuls cast q, the repeated k and v and
+        # the fp32 probabilities to 16 bits and keep those copies; the output is 16-bit
+        ck = st.lowp if st.autocast else c
+        o_bytes = ck if ck != c else 0
         if rg:
-            k_rep = k_ if k == a else w.new("k_rep", c * qw, True)
-            v_rep = v if k == a else w.new("v_rep", c * qw, True)
-            w.save(q, k_rep, v_rep)
-            w.save(w.new("softmax_f32", 0, True, quad=4 * a), w.new("probs", 0, True, quad=c * a))
+            k_rep = k_ if k == a and ck == c else w.new("k_rep", ck * qw, True)
+            v_rep = v if k == a and ck == c else w.new("v_rep", ck * qw, True)
+            q_kept = q if ck == c else w.new("q_16", ck * qw, True)
+            w.save(q_kept, k_rep, v_rep)
+            w.save(w.new("softmax_f32", 0, True, quad=4 * a))
+            if ck != 4:  # .to(query.dtype) / autocast's cast: a second s x s tensor unless all is fp32
+                w.save(w.new("probs", 0, True, quad=ck * a))
             if s.attn_softcap:
-                w.save(w.new("softcap_tanh", 0, True, quad=c * a))
+                w.save(w.new("softcap_tanh", 0, True, quad=ck * a))
             if s.dropout > 0:
                 w.save(w.new("attn_dropout_mask", 0, False, quad=1 * a))
         # scores in c, scaled/masked copy in c, the fp32 upcast for softmax, alive together briefly
-        fwd_t = Coeff(0, (2 * c + 4) * a)
-        bwd_t = Coeff(c * 3 * qw, (2 * c + 8) * a)
-        out = w.new("attn_out", c * qw, rg)  # transpose(1, 2).contiguous() copy
+        fwd_t = Coeff(0, (2 * ck + 4) * a)
+        bwd_t = Coeff(ck * 3 * qw, (2 * ck + 8) * a)
+        out = w.new("attn_out", ck * qw, rg)  # transpose(1, 2).contiguous() copy
     elif _sdpa_math(s):
         # SDPA's math path, which upcasts to fp32: scaled q and k, v, and the fp32 probabilities
         if rg:
@@ -281,7 +329,7 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
     else:
         if rg:
             w.save(q, k_, v)
-        out = w.new("attn_out", c * qw, rg)
+        out = w.new("attn_out", ck * qw, rg)
         if rg:
             # sdpa keeps its output; flash's output is already (b, s, heads, d) in memory, so
             # transpose(1, 2).contiguous() is a no-op and o_proj reads the same storage
@@ -289,11 +337,11 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
         if s.model_type == "phi3":
             # Phi-3's rotary ends in torch.cat, so q is laid out heads-major; the flash output
             # follows q's layout and transpose(1, 2).contiguous() copies it (found by the trace)
-            out = w.new("attn_out_copy", c * qw, rg)
+            out = w.new("attn_out_copy", ck * qw, rg)
         # flash backward: dq, dk, dv, an fp32 dq accumulator
-        bwd_t = Coeff(c * (qw + 2 * kw) + c * qw + 4 * qw, 0)
+        bwd_t = Coeff(ck * (qw + 2 * kw) + ck * qw + 4 * qw, 0)
     before_o = w.total()
-    o = _linear(w, st, names["o"], out, qw, s.hidden)
+    o = _linear(w, st, names["o"], out, qw, s.hidden, in_bytes=o_bytes, out_bytes=o_bytes)
     o = _dropout(w, s, o, s.hidden)
     return o, fwd_t, bwd_t, w.total() + before_o.scale(-1)
 
@@ -421,7 +469,7 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
     shared = w.total()
     x = w.new("final_in", c * h, True)
     xn = _norm(w, s, st, x, h)
-    if st.base_trainable:
+    if st.base_trainable and not st.fused_loss:
         w.save(xn)  # lm_head keeps its input for the weight gradient
     once = w.total()
     head = once + shared.scale(-1)

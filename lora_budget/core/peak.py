@@ -110,8 +110,13 @@ class PeakModel:
                 all_acts += mask * k.sliding_layers
                 acts_last += mask * k.sliding_layers
                 acts_first += mask
-        loss_fwd = T * k.loss_fwd
-        loss_bwd = T * k.loss_bwd
+        loss_fwd = T * k.loss_fwd + k.loss_fixed
+        loss_bwd = T * k.loss_bwd + k.loss_fixed
+        if k.fused_chunk_inc:
+            # Liger's fused linear cross-entropy makes one chunk of logits at a time:
+            # next_power_of_2(ceil(T / ceil(V / h))) tokens, at most T
+            chunk = min(T, 1 << (-(-T // k.fused_chunk_inc) - 1).bit_length())
+            loss_fwd += chunk * k.fused_chunk_bytes
         fwd_transient = T * (k.forward_transient[0] + k.forward_transient[1] * seq_len) + k.dequant_bytes
         fwd_acts = all_acts
         if not k.grad_ckpt and k.kernel_transient[1]:
@@ -140,8 +145,8 @@ class PeakModel:
         embed_temp = T * k.embed_per_token + k.embed_fixed
         return [
             ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
-            ("loss", g_fwd, int(all_acts), int(loss_fwd), 0),
-            ("backward", g_fwd, int(all_acts), int(loss_bwd), 0),
+            ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
+            ("backward", g_fwd, int(all_acts) + k.autocast_bwd, int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
             ("backward", head_grads + early_grads, int(acts_last - attn_done), 0, int(attn_transient)),
             ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
@@ -204,10 +209,20 @@ class _Constants:
     sliding_window: int
     repeat_kv: int
     """Bytes per token of k/v repeated to every query head beside such a mask."""
-    loss_fwd: int
-    """Logits spike per token in the loss forward: c V (+ 8 V for the fp32 copy and log_softmax)."""
-    loss_bwd: int
-    """Per token at the start of backward: 12 V."""
+    loss_fwd: float
+    """Logits spike per token in the loss forward (full-ce: c V + 8 V for the fp32 copy and log_softmax)."""
+    loss_bwd: float
+    """Per token at the start of backward (full-ce: 12 V)."""
+    loss_fixed: int
+    """Loss-kernel bytes independent of the tokens (fused-ce: the lm_head weight gradient it makes)."""
+    fused_chunk_inc: int
+    """fused-ce: ceil(V / h), the divisor of Liger's chunk size (0: not fused)."""
+    fused_chunk_bytes: int
+    """fused-ce: bytes per token of one logits chunk (c V)."""
+    autocast_fwd: int
+    """16-bit weight copies autocast makes that are alive in the loss phase (see ``_autocast_copies``)."""
+    autocast_bwd: int
+    """The part of them still alive when backward starts."""
     grads: tuple[int, int, int, int, int]
     """Gradients alive: (forward and loss, last layer, first layer, made before a layer's attention
     kernel, all)."""
@@ -223,7 +238,7 @@ def _pair(coeff: Coeff) -> tuple[float, float]:
 def _constants(model: PeakModel) -> _Constants:
     spec, st, a = model.spec, model.static, model.acts
     s = spec.model.shape
-    c = spec.compute_bytes
+    c = spec.activation_bytes
     V = s.vocab
     accum = spec.grad_accum > 1
     sliding = s.sliding_layers if (s.sliding_layers and spec.attn != "eager") else 0
@@ -269,8 +284,8 @@ def _constants(model: PeakModel) -> _Constants:
         sliding_layers=sliding,
         sliding_window=s.sliding_window,
         repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
-        loss_fwd=(8 if c == 4 else c + 8) * V + softcap,
-        loss_bwd=12 * V + softcap,
+        **_loss_terms(spec, 2 if spec.autocast_on else c, softcap),
+        **_autocast_copies(spec, st.adapter),
         grads=grads,
         embed_per_token=s.hidden * c if full else 0,
         embed_fixed=st.embedding_grad_temp if full else 0,
@@ -278,17 +293,88 @@ def _constants(model: PeakModel) -> _Constants:
     )
 
 
+def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]:
+    """The logits' bytes per loss kernel (``spec.loss_kernel``), for T = b s tokens, vocabulary V,
+    logits bytes c (16-bit under autocast, which casts an fp32 lm_head's matmul too).
+
+    - full-ce (transformers' ``ForCausalLMLoss``): the logits (c V), their fp32 copy and the fp32
+      ``log_softmax`` output (8 V) in the forward; at the start of backward the saved output, its
+      incoming gradient and the gradient of the fp32 logits (12 V).
+    - chunked-ce (torchtune's ``CEWithChunkedOutputLoss``, n = ``loss_chunks``): the output
+      projection runs per chunk of the sequence and every chunk's logits (c V) stay referenced
+      until the loss is taken; each chunk is upcast (4 V / n, transient; none when c = 4) and its
+      ``log_softmax`` output kept (4 V over all chunks). Backward takes the chunks one at a time:
+      all saved outputs (4 V) plus one chunk's nll gradient and log_softmax gradient (8 V / n).
+    - fused-ce (Liger's ``LigerFusedLinearCrossEntropyFunction``, ``ops/fused_linear_cross_entropy.py``):
+      no logits tensor. Its forward computes the gradients at once and saves them: the hidden
+      state's (c h per token), the fp32 per-token loss (4), and, when lm_head trains, the weight
+      gradient (V h, the weight's dtype); one chunk of next_power_of_2(ceil(T / ceil(V / h))) tokens
+      of logits (c V each) is alive at a time. Cut Cross-Entropy keeps less (no hidden-state
+      gradient in the forward); it is planned as Liger, an upper bound.
+    """
+    s = spec.model.shape
+    V = s.vocab
+    if spec.loss_kernel == "chunked-ce":
+        n = spec.loss_chunks
+        return dict(
+            loss_fwd=(c + 4 + (4 / n if c != 4 else 0)) * V,
+            loss_bwd=(4 + 8 / n) * V,
+            loss_fixed=0,
+            fused_chunk_inc=0,
+            fused_chunk_bytes=0,
+        )
+    if spec.loss_kernel == "fused-ce":
+        head = s.vocab * s.hidden * DTYPE_BYTES[spec.dtype] if spec.method == "full" else 0
+        return dict(
+            loss_fwd=c * s.hidden + 4,
+            loss_bwd=c * s.hidden,
+            loss_fixed=head,
+            fused_chunk_inc=-(-V // s.hidden),
+            fused_chunk_bytes=c * V,
+        )
+    return dict(
+        loss_fwd=(8 if c == 4 else c + 8) * V + softcap,
+        loss_bwd=12 * V + softcap,
+        loss_fixed=0,
+        fused_chunk_inc=0,
+        fused_chunk_bytes=0,
+    )
+
+
+def _autocast_copies(spec: TrainSpec, adapter_bytes: int) -> dict[str, int]:
+    """16-bit copies of fp32 weights that ``torch.autocast`` makes for the matmuls.
+
+    Autocast casts an fp32 weight to 16 bits for every linear; the linear's backward needs that
+    copy for its input gradient, so autograd keeps it. Casts of leaf tensors that require grad
+    (peft's fp32 adapters) are cached for the autocast region: one copy each, alive through the
+    forward and the loss; without checkpointing the graph keeps them into backward, with it the
+    cache is the last owner and they go when autocast exits, before backward (recomputation casts
+    again, one layer at a time). A frozen fp32 lm_head (after ``prepare_model_for_kbit_training``)
+    is cast anew, V x h x 2 bytes, and kept until its backward, which runs first.
+    """
+    if not spec.autocast_on:
+        return dict(autocast_fwd=0, autocast_bwd=0)
+    s = spec.model.shape
+    lowp = 2
+    adapters = adapter_bytes * lowp // DTYPE_BYTES[spec.adapter_dtype] if spec.adapter_dtype == "fp32" else 0
+    head = s.vocab * s.hidden * lowp if spec.kbit_prepared else 0
+    return dict(autocast_fwd=adapters + head, autocast_bwd=head + (0 if spec.grad_ckpt else adapters))
+
+
 def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
     static = static_memory(spec)
     s = spec.model.shape
     targets = frozenset() if spec.method == "full" else frozenset(resolve_targets(s, spec.targets, spec.rank))
     settings = StepSettings(
-        compute_bytes=spec.compute_bytes,
+        compute_bytes=spec.activation_bytes,
         adapter_bytes=DTYPE_BYTES[spec.adapter_dtype],
         base_trainable=spec.method == "full",
         lora_targets=targets,
         rank=spec.rank,
         attn=spec.attn,
+        lora_dropout=spec.lora_dropout > 0 and spec.method != "full",
+        autocast=spec.autocast_on,
+        fused_loss=spec.loss_kernel == "fused-ce",
     )
     acts = activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
     model = PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)

@@ -86,6 +86,7 @@ def _quant4_state(numel: int, blocksize: int, double_quant: bool) -> int:
 def static_memory(spec: TrainSpec) -> StaticMemory:
     s = spec.model.shape
     w = DTYPE_BYTES[spec.dtype]
+    dense = spec.frozen_dense_bytes  # the non-quantized weights of a QLoRA / 8-bit model
     weights = quant = adapter = master = grads = head_grads = embed_grads = embed_temp = 0
     trainable: list[tuple[int, int, tuple[int, ...]]] = []  # (numel, count, shape) of trainable tensors
     dequant = dequant_attn = 0
@@ -102,7 +103,9 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
             if t.group == "attn":
                 dequant_attn = max(dequant_attn, alloc(t.numel * w))
             continue
-        weights += alloc(t.numel * w) * t.count
+        # a quantized linear's bias goes back to the compute dtype on its first forward
+        # (``bias.data = bias.data.to(x.dtype)`` in bitsandbytes' Linear4bit), fp32 or not before
+        weights += alloc(t.numel * (dense if quantized_linears and t.role != "linear_bias" else w)) * t.count
         if spec.method == "full":
             trainable.append((t.numel, t.count, t.shape))
             if t.role in ("lm_head",) or (t.role == "norm" and t.name == "final_norm"):

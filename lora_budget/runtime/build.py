@@ -8,9 +8,11 @@ tensors on CPU or GPU), so that both run exactly the modules the planner describ
 2. QLoRA / 8-bit LoRA: every ``nn.Linear`` except the output head becomes a bitsandbytes
    ``Linear4bit`` (compute dtype = spec dtype, uint8 storage) or ``Linear8bitLt`` (int8 weights,
    threshold 6.0), as transformers' bitsandbytes integration does when loading a checkpoint.
-3. peft ``LoraConfig`` on the spec's target modules, dropout 0, adapters in the spec's adapter
+3. With ``spec.kbit_prepared``, peft's ``prepare_model_for_kbit_training`` (fp32 non-quantized
+   parameters), as the Trainer-based frameworks' QLoRA recipes run it.
+4. peft ``LoraConfig`` on the spec's target modules and LoRA dropout, adapters in the spec's adapter
    dtype (peft's default keeps them in fp32).
-4. Gradient checkpointing: transformers' ``gradient_checkpointing_enable`` with the
+5. Gradient checkpointing: transformers' ``gradient_checkpointing_enable`` with the
    non-reentrant implementation (its default).
 
 peft moving adapters with ``.to()`` fails on fake parameters, so the fake path builds on ``meta``
@@ -131,6 +133,8 @@ def build(
         load_weights(model, weights)
     if spec.method in ("qlora", "lora8bit"):
         _replace_linears(model, spec, real_device=None if fake_mode is not None else device)
+    if spec.kbit_prepared:
+        _prepare_kbit(model, spec)
     if spec.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _apply_lora(model, spec)
@@ -296,6 +300,25 @@ def _prime_bnb_tables(device: str) -> None:
         functional.name2qmap["dynamic"] = functional.create_dynamic_map().to(device)
 
 
+def _prepare_kbit(model: Any, spec: TrainSpec) -> None:
+    """peft's own ``prepare_model_for_kbit_training`` on the quantized model (still on meta for the
+    trace, so its fp32 casts change dtypes only): every fp16/bf16 parameter that is not a 4-bit
+    weight becomes fp32. Its gradient checkpointing is the spec's, enabled as TRL's SFTTrainer asks
+    for it (``use_gradient_checkpointing=args.gradient_checkpointing``); with the non-reentrant
+    implementation peft registers no input-grad hook, and checkpointing makes the embedding
+    output require grad itself."""
+    import peft
+
+    model.is_loaded_in_4bit = spec.method == "qlora"  # what transformers sets when it loads in 4/8 bit
+    model.is_loaded_in_8bit = spec.method == "lora8bit"
+    peft.prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=spec.grad_ckpt,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        auto_clear_cache=False,
+    )
+
+
 def _apply_lora(model: Any, spec: TrainSpec) -> Any:
     if spec.method == "full":
         return model
@@ -306,7 +329,7 @@ def _apply_lora(model: Any, spec: TrainSpec) -> Any:
         r=spec.rank,
         lora_alpha=spec.alpha,
         target_modules=targets,
-        lora_dropout=0.0,
+        lora_dropout=spec.lora_dropout,
         bias="none",
         task_type="CAUSAL_LM",
         # GPT-2's Conv1D stores (in, out); under QLoRA it became a Linear4bit

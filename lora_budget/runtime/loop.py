@@ -69,6 +69,67 @@ def optimizer_state_tensors(optimizer: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def step_loss(model: Any, spec: TrainSpec, batch: Any) -> Any:
+    """The loss of one micro-batch as ``spec.loss_kernel`` computes it.
+
+    - full-ce: ``model(input_ids, labels=labels).loss`` (transformers' ``ForCausalLMLoss``), the
+      output object and with it the logits dropped before backward, as the Trainer does.
+    - chunked-ce: torchtune's recipe step on the same model: the decoder's last hidden state is
+      split along the sequence into ``loss_chunks`` chunks (``tensor_split``), the output head runs
+      per chunk, labels are shifted left with an ignored last position, and the loss is the sum
+      of ``cross_entropy(chunk.float(), labels, reduction="sum")`` over the chunks divided by the
+      number of counted tokens (``CEWithChunkedOutputLoss``); the chunks are dropped before backward.
+    - fused-ce: Liger's and Cut Cross-Entropy's kernels are Triton-only, so no CPU trace; the
+      planner derives them from their source.
+
+    With ``spec.autocast_on`` the forward and the loss run under ``torch.autocast`` in the spec's
+    16-bit dtype, as accelerate wraps the Trainer's forward (backward runs outside it, as there).
+    On fake CPU tensors that is CPU autocast, whose lower-precision list holds linear, matmul and
+    SDPA as CUDA's does; CUDA's fp32 list (layer_norm, pow, softmax, ...) is not CPU's, so the
+    trace refuses autocast for LayerNorm and tanh-GELU models, where the two would differ.
+    """
+    if spec.autocast_on:
+        import torch
+
+        from lora_budget.runtime.build import torch_dtype
+
+        with torch.autocast(device_type=batch.device.type, dtype=torch_dtype(spec.dtype)):
+            return _loss(model, spec, batch)
+    return _loss(model, spec, batch)
+
+
+def _loss(model: Any, spec: TrainSpec, batch: Any) -> Any:
+    kernel = spec.loss_kernel
+    if kernel == "full-ce":
+        out = model(input_ids=batch, labels=batch)
+        loss = out.loss
+        del out
+        return loss
+    if kernel == "fused-ce":
+        raise LoraBudgetError(
+            "--loss fused-ce (Liger, Cut Cross-Entropy) runs Triton GPU kernels that cannot run on fake "
+            "CPU tensors; `lora-budget plan` models it from Liger's source"
+        )
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, base.base_model_prefix)
+    head = base.get_output_embeddings()
+    hidden = decoder(input_ids=batch).last_hidden_state
+    labels = torch.cat([batch[:, 1:], torch.full_like(batch[:, :1], -100)], dim=1)
+    logits = [head(chunk) for chunk in hidden.tensor_split(spec.loss_chunks, dim=1)]
+    del hidden
+    total = None
+    for chunk, target in zip(logits, labels.tensor_split(spec.loss_chunks, dim=1), strict=True):
+        part = F.cross_entropy(
+            chunk.reshape(-1, chunk.size(-1)).float(), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total = part if total is None else total + part
+    del logits, chunk
+    return total / (labels != -100).sum()
+
+
 def run_steps(
     model: Any,
     optimizer: Any,
@@ -102,9 +163,7 @@ def run_steps(
     for step in range(1, steps + 1):
         for _ in range(spec.grad_accum):
             on_phase("forward", step)
-            out = model(input_ids=batch, labels=batch)
-            loss = out.loss
-            del out
+            loss = step_loss(model, spec, batch)
             on_phase("backward", step)
             (loss / spec.grad_accum if spec.grad_accum > 1 else loss).backward()
             on_loss(step, loss.detach())
