@@ -81,9 +81,7 @@ def trl(r: Reader) -> None:
             "modelled (activations planned in fp32, an over-estimate)"
         )
     elif no_dtype and "dtype" not in r.typed:
-        r.notes.append(
-            "dtype: without a dtype key TRL's 4-/8-bit compute dtype is float32; planned with bf16 compute"
-        )
+        r.notes.append("dtype: without a dtype key TRL's 4-/8-bit compute dtype is float32; planned with bf16 compute")
     if r.values.get("method") in ("lora", "qlora", "lora8bit"):
         default(r, "targets", "q_proj,v_proj", "lora_target_modules", f"{TRL}: PEFT's per-model, for Llama-like")
         default(r, "lora_dropout", 0.05, "lora_dropout", TRL)
@@ -120,7 +118,10 @@ def llamafactory(r: Reader, stage: str) -> None:
 
 def axolotl(r: Reader) -> None:
     r.set("framework", "hf-trainer", "(axolotl)")
-    default(r, "dtype", "fp32", "bf16", f"{AXOLOTL} resolve_dtype: no bf16/fp16/bfloat16/float16 key loads fp32;")
+    if r.values.get("method") in ("qlora", "lora8bit") and "dtype" not in r.values:
+        r.notes.append("dtype: axolotl loads fp32 without bf16/fp16 keys; a 4-/8-bit base is planned with bf16 compute")
+    else:
+        default(r, "dtype", "fp32", "bf16", f"{AXOLOTL} resolve_dtype: no bf16/fp16/bfloat16/float16 key loads fp32;")
     if r.values.get("method") in ("qlora", "lora8bit"):
         fsdp_qlora = r.values.get("method") == "qlora" and r.values.get("strategy") == "fsdp"
         skip = fsdp_qlora or r.values.get("strategy") == "zero3"
