@@ -45,6 +45,14 @@ TARGET_PRESETS = ("all-linear", "attn", "mlp")
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """``"0.43.1"`` -> (0, 43, 1); a missing patch is 0; () when it is not a release number."""
+    parts = text.strip().split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() and len(p) <= 6 for p in parts):
+        return ()
+    return tuple(int(p) for p in parts) + (0,) * (3 - len(parts))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRef:
     """A resolved model: its catalog name (or file path), where its numbers come from, and its shape."""
@@ -114,9 +122,8 @@ class TrainSpec:
     framework: Framework = "plain"
     """The training code that runs the step. plain: the reference loop in README.md (no autocast,
     transformers' loss); hf-trainer: transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory,
-    which run on it): QLoRA and 8-bit LoRA models go through peft's
-    ``prepare_model_for_kbit_training`` unless ``kbit_prep`` says otherwise; torchtune: its
-    recipes' chunked cross-entropy (``loss="auto"``)."""
+    which run on it): the forward under autocast with 16-bit weights (``bf16=True``/``fp16=True``);
+    torchtune: its recipes' chunked cross-entropy (``loss="auto"``)."""
     lora_dropout: float = 0.0
     """LoRA dropout p (peft's ``lora_dropout``; its default is 0). Above 0 every adapted linear runs
     its adapter on ``dropout(x)``: a new input-sized tensor and a 1-byte mask per adapted layer."""
@@ -130,14 +137,20 @@ class TrainSpec:
     kbit_prep: bool | None = None
     """QLoRA / 8-bit LoRA: the model went through peft's ``prepare_model_for_kbit_training``,
     which casts every non-quantized parameter (embeddings, norms, lm_head, biases) to fp32, so the
-    residual stream, the norms' outputs and the logits are fp32 too. None: the framework's default
-    (on for hf-trainer, whose QLoRA recipes call it; off for plain and torchtune)."""
+    residual stream, the norms' outputs and the logits are fp32 too. axolotl's QLoRA loader calls
+    it (``loaders/model.py``); TRL's SFTTrainer and LLaMA-Factory do not, so no framework turns it
+    on by default (None: off); ``--config`` sets it from the file's tool."""
     autocast: bool | None = None
     """Mixed precision as the Trainer runs it (``bf16=True`` / ``fp16=True``: accelerate wraps the
     forward in ``torch.autocast``): linears and attention run in the 16-bit dtype, so peft's fp32
     adapters keep a 16-bit copy of their input and the fp32 logits of a kbit-prepared head come out
     16-bit. None: the framework's default (on for hf-trainer with 16-bit weights). Planned for
     16-bit weights only (fp32 weights under autocast are not modelled yet)."""
+    bitsandbytes: str = "0.50"
+    """bitsandbytes release (major.minor[.patch]) whose ``MatMul4Bit`` runs. Up to 0.43.1 it kept its
+    16-bit input for backward whenever that input needed a gradient (``ctx.tensors = (A, B)``,
+    added in 13c0a4dc, 2023); 0.43.2 (commit 9e753741, bitsandbytes#1270, July 2024) keeps only the
+    packed weight. The default is the release the trace runs."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
 
@@ -213,6 +226,8 @@ class TrainSpec:
             raise LoraBudgetError(f"loss chunks must be an integer from 1 to 4096, got {n!r}")
         if self.kbit_prep is not None and not isinstance(self.kbit_prep, bool):
             raise LoraBudgetError(f"kbit_prep must be true, false or None, got {self.kbit_prep!r}")
+        if not isinstance(self.bitsandbytes, str) or not _version(self.bitsandbytes):
+            raise LoraBudgetError(f"bitsandbytes version must look like 0.42 or 0.43.1, got {self.bitsandbytes!r}")
         if self.autocast is not None and not isinstance(self.autocast, bool):
             raise LoraBudgetError(f"autocast must be true, false or None, got {self.autocast!r}")
         if self.autocast and self.dtype == "fp32":
@@ -225,6 +240,11 @@ class TrainSpec:
     def loss_kernel(self) -> str:
         """The loss kernel that runs: ``loss``, or the framework's own for ``auto``."""
         return FRAMEWORK_LOSS[self.framework] if self.loss == "auto" else self.loss
+
+    @property
+    def bnb_keeps_input(self) -> bool:
+        """QLoRA with a bitsandbytes release whose 4-bit matmul keeps its input (<= 0.43.1)."""
+        return self.method == "qlora" and _version(self.bitsandbytes) <= (0, 43, 1)
 
     @property
     def autocast_on(self) -> bool:
@@ -240,7 +260,7 @@ class TrainSpec:
         bitsandbytes-loaded model); ``kbit_prep`` or, when None, the framework's default."""
         if self.method not in ("qlora", "lora8bit"):
             return False
-        return self.framework == "hf-trainer" if self.kbit_prep is None else self.kbit_prep
+        return bool(self.kbit_prep)
 
     def _check_parallel(self) -> None:
         """World size, strategy and offload: one message naming the option for each bad combination."""

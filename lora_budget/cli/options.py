@@ -133,7 +133,7 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             default="plain",
             show_default=True,
             help="Training code: plain (the reference loop), hf-trainer (transformers Trainer, TRL, axolotl, "
-            "LLaMA-Factory: QLoRA through prepare_model_for_kbit_training), torchtune (chunked loss).",
+            "LLaMA-Factory: bf16/fp16 autocast), torchtune (chunked loss).",
         ),
         click.option(
             "--lora-dropout",
@@ -154,7 +154,7 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--kbit-prep/--no-kbit-prep",
             default=None,
             help="QLoRA / 8-bit: peft's prepare_model_for_kbit_training ran (fp32 non-quantized weights and "
-            "activations); default: on for hf-trainer.",
+            "activations), as axolotl's QLoRA loader does.",
         ),
         click.option(
             "--gpus",

@@ -110,6 +110,9 @@ class StepSettings:
     of any other-dtype input, and those copies are what they keep."""
     lowp: int = 2
     """Bytes per element of autocast's lower-precision dtype (bf16 / fp16)."""
+    bnb_input_bytes: int = 0
+    """QLoRA on bitsandbytes <= 0.43.1: bytes per element of the compute-dtype input every 4-bit
+    matmul keeps for backward (0: newer releases keep nothing)."""
     fused_loss: bool = False
     """A fused linear cross-entropy takes lm_head's input and computes its gradients in the
     forward: lm_head keeps no input of its own."""
@@ -198,6 +201,10 @@ def _linear(
     in_b = in_bytes or c
     if st.base_trainable:
         w.save(x)
+    if st.bnb_input_bytes and x.rg:
+        # Linear4bit casts x to the compute dtype (a copy unless it already is) and MatMul4Bit
+        # keeps that cast; in a kbit-prepared (fp32) model each linear casts its own copy
+        w.save(x if in_b == st.bnb_input_bytes else w.new(f"bnb_in_{name}", st.bnb_input_bytes * fan_in, True))
     out_rg = x.rg or st.base_trainable
     if name in st.lora_targets:
         a = st.adapter_bytes

@@ -143,6 +143,16 @@ class PeakModel:
         )
         g_fwd, head_grads, layer_grads, early_grads, grads = k.grads
         embed_temp = T * k.embed_per_token + k.embed_fixed
+        chunked_head = []
+        if k.chunk_head_grad:
+            # chunked-ce with a trainable lm_head: autograd runs every chunk's loss backward first
+            # (those nodes were made after all the head's), leaving each chunk's 16-bit logits
+            # gradient; the head's backward then takes the chunks one by one and adds each weight
+            # gradient to the sum out of place: sum, new gradient and new sum alive at once
+            n, g = k.loss_chunks, k.chunk_logit_grad
+            chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 1)), k.chunk_head_grad))
+            if n >= 2:
+                chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 2)), 3 * k.chunk_head_grad))
         return [
             ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
@@ -153,6 +163,7 @@ class PeakModel:
             ("backward", layer_grads + early_grads, int(acts_first - first_attn_done), 0, int(attn_transient)),
             ("backward", grads, 0, 0, int(embed_temp)),
             ("optimizer", grads, 0, 0, k.optimizer_step_temp),
+            *chunked_head,
         ]
 
     def breakdown(self, batch_size: int, seq_len: int) -> Breakdown:
@@ -219,6 +230,11 @@ class _Constants:
     """fused-ce: ceil(V / h), the divisor of Liger's chunk size (0: not fused)."""
     fused_chunk_bytes: int
     """fused-ce: bytes per token of one logits chunk (c V)."""
+    chunk_head_grad: int
+    """chunked-ce with full fine-tuning: bytes of one lm_head weight gradient (0 otherwise)."""
+    chunk_logit_grad: float
+    """chunked-ce: bytes per token of one chunk's logits gradient (c V / n)."""
+    loss_chunks: int
     autocast_fwd: int
     """16-bit weight copies autocast makes that are alive in the loss phase (see ``_autocast_copies``)."""
     autocast_bwd: int
@@ -286,6 +302,11 @@ def _constants(model: PeakModel) -> _Constants:
         repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
         **_loss_terms(spec, 2 if spec.autocast_on else c, softcap),
         **_autocast_copies(spec, st.adapter),
+        chunk_head_grad=(
+            V * s.hidden * DTYPE_BYTES[spec.dtype] if spec.loss_kernel == "chunked-ce" and full else 0
+        ),
+        chunk_logit_grad=(2 if spec.autocast_on else c) * V / spec.loss_chunks,
+        loss_chunks=spec.loss_chunks,
         grads=grads,
         embed_per_token=s.hidden * c if full else 0,
         embed_fixed=st.embedding_grad_temp if full else 0,
@@ -374,6 +395,7 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         attn=spec.attn,
         lora_dropout=spec.lora_dropout > 0 and spec.method != "full",
         autocast=spec.autocast_on,
+        bnb_input_bytes=spec.compute_bytes if spec.bnb_keeps_input else 0,
         fused_loss=spec.loss_kernel == "fused-ce",
     )
     acts = activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)

@@ -82,7 +82,8 @@ PHASES = ("forward", "loss", "backward_start", "backward_last", "backward_first"
 
 SLOT = (0, 1, 2, 3, 3, 4, 4, 5, 6)
 """The kind of each of ``PeakModel._phases``' nine candidates: a layer's MLP backward and its
-attention backward (which comes after) share the layer's transform."""
+attention backward (which comes after) share the layer's transform. Candidates after these
+(chunked-ce's lm_head backward) are of the loss-backward kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ class ShardedPeakModel(PeakModel):
     def _phases(self, batch_size: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
         out = []
         for i, (phase, grads, acts, logits, temp) in enumerate(self.single._phases(batch_size, seq_len)):
-            j = SLOT[i]
+            j = SLOT[i] if i < len(SLOT) else 2  # chunked-ce's head phases are loss-backward moments
             num, den = self.grad_scale[j]
             out.append((phase, grads * num // den + self.grad_extra[j], acts, logits, temp + self.comm[j]))
         if self.middle[1]:

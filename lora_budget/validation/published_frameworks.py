@@ -90,8 +90,8 @@ def litgpt_caveats(row: dict[str, str], method: str) -> list[tuple[str, bool]]:
     if method != "full" and p not in ("", "null", "0", "0.0"):
         out.append(
             (
-                f"LoRA dropout p={p}: each adapted input gets a dropped copy and a mask "
-                "(LitGPT: one per fused qkv, litgpt/lora.py 426); not in the plan",
+                f"LoRA dropout p={p} planned as peft's, one dropped copy and mask per adapted layer; LitGPT "
+                "drops the fused qkv input once (litgpt/lora.py 426), so the plan counts q, k, v's twice more",
                 False,
             )
         )
@@ -112,9 +112,8 @@ def litgpt_caveats(row: dict[str, str], method: str) -> list[tuple[str, bool]]:
     if method == "qlora":
         out.append(
             (
-                "bitsandbytes 0.42.0 (LitGPT's pin): MatMul4Bit keeps each 4-bit linear's input for backward "
-                "(dropped in 0.43.2); lm_head is 4-bit too (Fabric's BitsandbytesPrecision converts every "
-                "nn.Linear); not in the plan",
+                "lm_head is 4-bit too (Fabric's BitsandbytesPrecision converts every nn.Linear) and dequantized "
+                "each step; not in the plan (bitsandbytes 0.42.0's kept matmul inputs are)",
                 False,
             )
         )

@@ -241,6 +241,7 @@ def map_row(row: dict[str, str]) -> Mapped:
             caveats += [fused_note] if fused_note else []
     if method == "qlora" and "no double quant" in row["frozen_weight_precision"].lower():
         kwargs["double_quant"] = False
+    kwargs.update(_mechanisms(row, method))
     spec = TrainSpec(**kwargs)
     if method != "full" and not litgpt:
         from lora_budget.core.params import linear_names
@@ -252,6 +253,27 @@ def map_row(row: dict[str, str]) -> Mapped:
         caveats.append(caveat)
         material = material or is_material
     return Mapped(spec=spec, reasons=(), caveats=tuple(caveats), material=material)
+
+
+def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
+    """The framework mechanisms the row states, as spec fields: torchtune's recipes (chunked
+    cross-entropy), LoRA dropout, and the bitsandbytes release of QLoRA runs."""
+    import re
+
+    out: dict[str, Any] = {}
+    if framework_key(row) == "torchtune":
+        # chunked cross-entropy only where the row says the recipe used it: earlier recipes (and the
+        # baseline of the cumulative technique table) take cross-entropy of the whole fp32 logits
+        out["framework"] = "torchtune"
+        settings = row["other_memory_settings"] + " " + row["method_detail"]
+        out["loss"] = "chunked-ce" if "CEWithChunkedOutputLoss" in settings else "full-ce"
+    p = row.get("lora_dropout", "null").strip()
+    if method != "full" and not null(p) and p:
+        out["lora_dropout"] = float(p)
+    found = re.search(r"bitsandbytes (\d+\.\d+(?:\.\d+)?)", row.get("lib_versions", "") or "")
+    if method == "qlora" and found:
+        out["bitsandbytes"] = found.group(1)
+    return out
 
 
 def _replace(spec: TrainSpec, **changes: Any) -> TrainSpec:
@@ -267,7 +289,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     optimizer = row["optimizer"]
     if "compile" in settings.lower():
         out.append((COMPILE_NOTE, True))
-    if "CEWithChunkedOutputLoss" in settings:
+    if "CEWithChunkedOutputLoss" in settings and spec.loss_kernel != "chunked-ce":
         out.append(("chunked cross-entropy: the fp32 logits are never whole (planner: transformers' loss)", True))
     if "activation offloading" in settings:
         out.append(("activation offloading to CPU: saved activations leave the GPU", True))
