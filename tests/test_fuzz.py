@@ -4,6 +4,7 @@ exit code in {0, 1, 2}, no traceback, one error line, nothing outside the temp f
 from __future__ import annotations
 
 import importlib.util
+import sys
 import random
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("fuzz", Path(__file__).parents[1] / "scripts" / "fuzz.py")
 fuzz = importlib.util.module_from_spec(_spec)
+sys.modules["fuzz"] = fuzz  # dataclasses look their module up there
 _spec.loader.exec_module(fuzz)
 
 NAMES = [n for n in fuzz.COMMANDS if n not in fuzz.SKIP]

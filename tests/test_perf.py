@@ -198,7 +198,7 @@ def test_cli_bare_size_says_why_no_speed():
         (["--tokens", "0"], "at least 1 token"),
         (["--tokens", "1M", "--dataset-tokens", "1M"], "not both"),
         (["--epochs", "2"], "needs --dataset-tokens"),
-        (["--price", "-1"], "positive USD"),
+        (["--price", "-1"], "--price must be a finite number"),
     ],
 )
 def test_cli_bad_speed_input(args, message):

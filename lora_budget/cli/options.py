@@ -151,6 +151,18 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "Cross-Entropy); auto: the framework's.",
         ),
         click.option(
+            "--autocast/--no-autocast",
+            default=None,
+            help="The forward under torch.autocast in the 16-bit dtype (Trainer bf16=True); default: on for "
+            "hf-trainer.",
+        ),
+        click.option(
+            "--bitsandbytes",
+            default="0.50",
+            show_default=True,
+            help="bitsandbytes release; up to 0.43.1 every 4-bit matmul keeps its input for backward.",
+        ),
+        click.option(
             "--kbit-prep/--no-kbit-prep",
             default=None,
             help="QLoRA / 8-bit: peft's prepare_model_for_kbit_training ran (fp32 non-quantized weights and "
@@ -265,6 +277,8 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "lora_dropout",
         "loss",
         "kbit_prep",
+        "autocast",
+        "bitsandbytes",
     )
     return {k: kw[k] for k in keys if k in kw}
 
