@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from lora_budget.cli import main

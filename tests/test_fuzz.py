@@ -4,8 +4,8 @@ exit code in {0, 1, 2}, no traceback, one error line, nothing outside the temp f
 from __future__ import annotations
 
 import importlib.util
-import sys
 import random
+import sys
 import tempfile
 from pathlib import Path
 
