@@ -275,6 +275,7 @@ def _constants(model: PeakModel) -> _Constants:
     # the embedding backward: every gradient, the incoming gradient of the embedding output
     # (T h c) and, for tied embeddings, a second vocabulary-sized gradient added into the first
     full = spec.method == "full"
+    logits_c = 2 if spec.autocast_on else c  # autocast casts even an fp32 lm_head's matmul to 16 bits
     return _Constants(
         base=st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer + model.overhead_bytes,
         layers=s.layers,
@@ -300,12 +301,12 @@ def _constants(model: PeakModel) -> _Constants:
         sliding_layers=sliding,
         sliding_window=s.sliding_window,
         repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
-        **_loss_terms(spec, 2 if spec.autocast_on else c, softcap),
+        **_loss_terms(spec, logits_c, softcap),
         **_autocast_copies(spec, st.adapter),
         chunk_head_grad=(
             V * s.hidden * DTYPE_BYTES[spec.dtype] if spec.loss_kernel == "chunked-ce" and full else 0
         ),
-        chunk_logit_grad=(2 if spec.autocast_on else c) * V / spec.loss_chunks,
+        chunk_logit_grad=logits_c * V / spec.loss_chunks,
         loss_chunks=spec.loss_chunks,
         grads=grads,
         embed_per_token=s.hidden * c if full else 0,

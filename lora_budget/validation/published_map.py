@@ -265,8 +265,7 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
         # chunked cross-entropy only where the row says the recipe used it: earlier recipes (and the
         # baseline of the cumulative technique table) take cross-entropy of the whole fp32 logits
         out["framework"] = "torchtune"
-        settings = row["other_memory_settings"] + " " + row["method_detail"]
-        out["loss"] = "chunked-ce" if "CEWithChunkedOutputLoss" in settings else "full-ce"
+        out["loss"] = "chunked-ce" if "CEWithChunkedOutputLoss" in _run_settings(row) else "full-ce"
     p = row.get("lora_dropout", "null").strip()
     if method != "full" and not null(p) and p:
         out["lora_dropout"] = float(p)
@@ -274,6 +273,11 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     if method == "qlora" and found:
         out["bitsandbytes"] = found.group(1)
     return out
+
+
+def _run_settings(row: dict[str, str]) -> str:
+    """The row's free-text settings, where the memory features its run used are named."""
+    return row["other_memory_settings"] + " " + row["method_detail"]
 
 
 def _replace(spec: TrainSpec, **changes: Any) -> TrainSpec:
@@ -285,7 +289,7 @@ def _replace(spec: TrainSpec, **changes: Any) -> TrainSpec:
 def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tuple[str, bool]]:
     """(caveat, material) for everything the published run did that the spec does not."""
     out: list[tuple[str, bool]] = []
-    settings = row["other_memory_settings"] + " " + row["method_detail"]
+    settings = _run_settings(row)
     optimizer = row["optimizer"]
     if "compile" in settings.lower():
         out.append((COMPILE_NOTE, True))
