@@ -42,13 +42,13 @@ wins over the ``fsdp`` tokens, as in transformers (``setdefault``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import InputFileError, read_json
 
 Fail = Callable[[str, str], LoraBudgetError]
 
@@ -121,11 +121,9 @@ def _deepspeed(r: Reader, value: Any) -> str:
     found = next((p for p in candidates if p.is_file()), None)
     if found is not None:
         try:
-            data = json.loads(found.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise r.fail("deepspeed", f"{found}: cannot read it ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise r.fail("deepspeed", f"{found}: not valid JSON ({exc})") from None
+            data = read_json(found)
+        except InputFileError as exc:
+            raise r.fail("deepspeed", str(exc)) from None
         if not isinstance(data, dict):
             raise r.fail("deepspeed", f"{found}: expected a JSON object at the top level")
         return _from_ds_dict(r, data, found.name, f"deepspeed: {found}: ")
@@ -301,9 +299,9 @@ def _fsdp_config(r: Reader) -> dict[str, Any]:
             r.notes.append(f"fsdp_config: {cfg} not found; planned with FSDP's defaults (FULL_SHARD, no offload)")
             return {}
         try:
-            cfg = json.loads(found.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise r.fail("fsdp_config", f"{found}: not valid JSON ({exc})") from None
+            cfg = read_json(found)
+        except InputFileError as exc:
+            raise r.fail("fsdp_config", str(exc)) from None
     if not isinstance(cfg, dict):
         raise r.fail("fsdp_config", f"must be a mapping or a path to a JSON file, got {cfg!r}")
     return {(k[5:] if k.startswith("fsdp_") else k): v for k, v in cfg.items()}

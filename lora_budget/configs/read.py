@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import parse_json, parse_yaml
 
 FORMATS = ("axolotl", "llamafactory", "llamafactory_v1", "trl", "peft", "hf_config", "deepspeed")
 FORMAT_NAMES = {
@@ -46,12 +46,9 @@ def read_file(path: str | Path) -> tuple[dict[str, Any], str]:
         raise LoraBudgetError(f"{p}: cannot read it ({exc})") from None
     suffix = p.suffix.lower()
     if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LoraBudgetError(f"{p}: not valid JSON ({exc})") from None
+        data = parse_json(text, str(p))  # one line naming the file: bad JSON, too deep, a huge integer
     elif suffix in (".yaml", ".yml"):
-        data = _yaml(text, p)
+        data = parse_yaml(text, str(p))
     else:
         raise LoraBudgetError(
             f"{p}: unsupported config format {suffix or '(no extension)'}; give an axolotl or LLaMA-Factory "
@@ -60,18 +57,6 @@ def read_file(path: str | Path) -> tuple[dict[str, Any], str]:
     if not isinstance(data, dict):
         raise LoraBudgetError(f"{p}: expected a mapping of keys to values at the top level")
     return data, detect(data, p, yaml=suffix != ".json")
-
-
-def _yaml(text: str, p: Path) -> Any:
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - pyyaml is a core dependency
-        raise LoraBudgetError(f"{p}: reading YAML needs PyYAML: pip install pyyaml") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LoraBudgetError(f"{p}: not valid YAML ({first})") from None
 
 
 def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:

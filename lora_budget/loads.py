@@ -1,0 +1,144 @@
+"""Reading JSON and YAML that a user gave: every way a file can be bad is one line naming it.
+
+Every reader of a user's file (``--config`` files and the DeepSpeed / FSDP files they name, model
+``config.json`` files and cached Hub configs, profiles, baselines, calibration files) goes through
+``read_json`` / ``parse_json`` / ``read_yaml`` so that the three failures Python's parsers raise
+past their own error classes become an ``InputFileError``:
+
+- nesting: CPython's JSON decoder and PyYAML's composer recurse once per level and raise
+  ``RecursionError`` near 1,000 levels (``'[' * 100000`` is 200 kB); anything nested less than
+  that but deeper than ``MAX_DEPTH`` would make later code recurse instead, so it is refused too.
+  No configuration, profile or baseline this project reads nests more than 6 levels.
+- a huge integer: Python 3.11+ refuses ``int()`` of a string over 4,300 digits
+  (``sys.get_int_max_str_digits()``) with a ``ValueError`` from inside the parser;
+- ``NaN`` / ``Infinity`` (JSON's non-standard constants), refused where the caller says numbers
+  must be finite (profiles, baselines).
+
+YAML aliases are shared references, not copies, so the size walk stops after ``MAX_NODES``
+containers (an alias bomb of nine nested lists of nine would otherwise be walked 9**9 times).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+
+MAX_DEPTH = 100
+"""Deepest nesting of lists and mappings accepted (the files read here nest at most 6 levels)."""
+MAX_NODES = 1_000_000
+"""Most containers walked while checking depth (a YAML alias bomb is refused, not walked)."""
+MAX_INT_DIGITS = 4300
+"""Python's default ``int_max_str_digits``: longer integer strings cannot be converted."""
+
+
+class InputFileError(LoraBudgetError):
+    """A user's file could not be read; ``source`` names it, ``reason`` says why (no file name)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NumberTooLong(len(text.lstrip("-")))
+    return int(text)
+
+
+class _NumberTooLong(Exception):
+    def __init__(self, digits: int) -> None:
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+class _Constant(Exception):
+    pass
+
+
+def check_depth(data: Any, source: str) -> Any:
+    """``data`` itself, or an InputFileError when it nests deeper than MAX_DEPTH (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    walked = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        walked += 1
+        if depth > MAX_DEPTH:
+            raise InputFileError(source, f"nested deeper than {MAX_DEPTH} levels; no file this tool reads is")
+        if walked > MAX_NODES:
+            raise InputFileError(source, f"holds over {MAX_NODES:,} lists and mappings (a YAML alias bomb?)")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return data
+
+
+def parse_json(text: str, source: str, *, finite: bool = False) -> Any:
+    """The value of JSON ``text``; ``source`` names it in errors. ``finite``: refuse NaN and Infinity."""
+    try:
+        data = json.loads(text, parse_int=_int, **({"parse_constant": _no_constant} if finite else {}))
+    except json.JSONDecodeError as exc:
+        raise InputFileError(source, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise InputFileError(source, f"nested deeper than {MAX_DEPTH} levels; no file this tool reads is") from None
+    except _NumberTooLong as exc:
+        why = f"holds an integer of {exc.digits:,} digits (at most {MAX_INT_DIGITS:,})"
+        raise InputFileError(source, why) from None
+    except _Constant as exc:
+        raise InputFileError(source, f"holds {exc.args[0]}, which is not a finite number") from None
+    return check_depth(data, source)
+
+
+def _read_text(path: Path, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(source, f"not UTF-8 text (byte {exc.start})") from None
+    except IsADirectoryError:
+        raise InputFileError(source, "is a folder, not a file") from None
+    except OSError as exc:
+        raise InputFileError(source, f"cannot read it ({exc.strerror or exc})") from None
+
+
+def read_json(path: str | Path, source: str | None = None, *, finite: bool = False) -> Any:
+    """The JSON value in the file at ``path`` (see ``parse_json``); errors name ``source`` (default: the path)."""
+    path = Path(path)
+    where = str(path) if source is None else source
+    return parse_json(_read_text(path, where), where, finite=finite)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The value of YAML ``text`` (``yaml.safe_load``); ``source`` names it in errors."""
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a core dependency
+        raise InputFileError(source, "reading YAML needs PyYAML: pip install pyyaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputFileError(source, f"not valid YAML ({first})") from None
+    except RecursionError:
+        raise InputFileError(source, f"nested deeper than {MAX_DEPTH} levels; no file this tool reads is") from None
+    except ValueError as exc:  # int() of a scalar over 4,300 digits, a timestamp like 2024-13-45
+        why = str(exc).split(":")[0][:80]
+        raise InputFileError(source, f"holds a value that cannot be read ({why})") from None
+    return check_depth(data, source)
+
+
+def read_yaml(path: str | Path, source: str | None = None) -> Any:
+    """The YAML value in the file at ``path`` (see ``parse_yaml``)."""
+    path = Path(path)
+    where = str(path) if source is None else source
+    return parse_yaml(_read_text(path, where), where)
