@@ -1,0 +1,62 @@
+"""Caching in ``plan()`` and ``search`` changes no answer.
+
+The golden files under ``tests/golden/`` were written by ``tests/golden/make_api_golden.py`` from
+commit 1799243, before the planner cached anything: the SHA-256 of the exact JSON of ``plan()``
+for 400 varied specs (models of 10 architectures, 9 GPUs, every method, batch/sequence,
+checkpointing, optimizers, parallelism, frameworks, loss kernels, token counts and prices; 20 of
+them refused, whose error line is the golden value) and of whole ``search`` walks. A deliberate
+change to the memory or time model regenerates them with that script (say so in the commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+
+import make_api_golden as golden  # noqa: E402
+
+
+def _rows(name: str) -> list[dict]:
+    return json.loads((GOLDEN / name).read_text(encoding="utf-8"))
+
+
+def test_golden_cases_are_the_generator_cases():
+    """The stored keywords are the generator's: the digests below cover the specs they claim to."""
+    assert [r["kwargs"] for r in _rows("plan_api.json")] == golden.cases()
+
+
+def test_plan_json_is_byte_identical_to_the_uncached_planner():
+    rows = _rows("plan_api.json")
+    assert len(rows) == 400
+    bad = []
+    for row in rows:
+        text = golden.answer(row["kwargs"])
+        if golden.digest(text) != row["sha256"]:
+            bad.append((row["kwargs"], row["peaks"], golden.peaks(text)))
+    assert not bad, f"{len(bad)} of {len(rows)} differ; first: {bad[0]}"
+
+
+def test_plan_answers_do_not_depend_on_call_order():
+    """The same specs in reverse order (every cache warmed by other specs first) give the same bytes."""
+    rows = _rows("plan_api.json")[::-1][:120]
+    for row in rows:
+        assert golden.digest(golden.answer(row["kwargs"])) == row["sha256"], row["kwargs"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param(r, id=r["case"]["model"], marks=[pytest.mark.slow] if r["case"]["gpus"] is None else [])
+        for r in _rows("search_walk.json")
+    ],
+)
+def test_search_walk_is_identical_to_the_uncached_walk(row):
+    text = golden.search_answer(row["case"])
+    assert golden.digest(text) == row["sha256"]
+    assert len(json.loads(text)["setups"]) == row["setups"]
