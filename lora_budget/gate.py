@@ -36,6 +36,7 @@ from lora_budget import __version__
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
+from lora_budget.loads import InputFileError, read_json
 from lora_budget.spec import TrainSpec
 
 SCHEMA = 1
@@ -219,11 +220,9 @@ def load_baseline(path: str | Path) -> Baseline:
     if not path.exists():
         raise LoraBudgetError(f"baseline {path} does not exist; create it with --update-baseline")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _bad(path, f"cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise _bad(path, f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raw = read_json(path, finite=True)  # not JSON, too deep, a huge integer, NaN, a FIFO
+    except InputFileError as exc:
+        raise _bad(path, f"is {exc.reason}" if exc.reason.startswith("not ") else exc.reason) from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
         raise _bad(path, f"has schema {got!r}, this version reads schema {SCHEMA}")

@@ -21,6 +21,8 @@ containers (an alias bomb of nine nested lists of nine would otherwise be walked
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ MAX_DEPTH = 100
 """Deepest nesting of lists and mappings accepted (the files read here nest at most 6 levels)."""
 MAX_NODES = 1_000_000
 """Most containers walked while checking depth (a YAML alias bomb is refused, not walked)."""
+MAX_FILE_BYTES = 256 * 2**20
+"""Largest file read (256 MiB; the largest profile of a full sweep is under 1 MiB)."""
 MAX_INT_DIGITS = 4300
 """Python's default ``int_max_str_digits``: longer integer strings cannot be converted."""
 
@@ -101,6 +105,18 @@ def parse_json(text: str, source: str, *, finite: bool = False) -> Any:
 
 
 def _read_text(path: Path, source: str) -> str:
+    """The file's text. A FIFO or a device is refused before it is opened: reading one waits for a
+    writer or never ends (``/dev/zero``)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputFileError(source, f"cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError(source, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError(source, "is not a regular file (a FIFO, socket or device); give a file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputFileError(source, f"is {st.st_size:,} bytes; the files read here are under {MAX_FILE_BYTES:,}")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -6,13 +6,13 @@ profile of that card has been calibrated, in which case the plan is exactly the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import read_json
 
 PATH = Path(__file__).with_name("calibration.json")
 SCHEMA_VERSION = 1
@@ -34,10 +34,7 @@ def read(path: Path = PATH) -> dict[str, Any]:
     """The calibration file; an empty one when it does not exist."""
     if not path.exists():
         return {"schema_version": SCHEMA_VERSION, "entries": []}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoraBudgetError(f"{path}: not a readable calibration file ({exc})") from None
+    data = read_json(path, f"calibration file {path}", finite=True)
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         raise LoraBudgetError(f"{path}: not a calibration file of schema version {SCHEMA_VERSION}")
     if not isinstance(data.get("entries"), list):

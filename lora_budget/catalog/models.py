@@ -13,6 +13,7 @@ from lora_budget.catalog import hub
 from lora_budget.catalog.shape import SUPPORTED_TYPES, shape_from_config
 from lora_budget.core.params import param_count
 from lora_budget.errors import LoraBudgetError, UnknownNameError
+from lora_budget.loads import read_json
 from lora_budget.spec import ModelRef
 
 _DATA = Path(__file__).with_name("models.json")
@@ -129,10 +130,7 @@ def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise LoraBudgetError(f"{config_path}: no such file (expected a config.json or a model directory)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoraBudgetError(f"{config_path}: not a readable JSON config ({exc})") from None
+    raw = read_json(config_path)  # one line naming the file: unreadable, bad JSON, too deep, a huge integer
     if not isinstance(raw, dict):
         raise LoraBudgetError(f"{config_path}: expected a JSON object")
     return ModelRef(

@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import click
 
+from lora_budget.loads import InputFileError, parse_json
+
 VALUE_FLAGS = (
     "model",
     "gpu",
@@ -93,9 +95,9 @@ def run_plan(argv: list[str]) -> str:
 def plan_with_config(argv: list[str], config_text: str) -> str:
     """Plan a pasted config.json: written to a private temporary folder, named as --model."""
     try:
-        json.loads(config_text)
-    except ValueError as exc:
-        raise BadRequest(f"the pasted config.json is not JSON: {exc}") from None
+        parse_json(config_text, "the pasted config.json")  # not JSON, too deep, a huge integer
+    except InputFileError as exc:
+        raise BadRequest(f"the pasted config.json is not JSON this tool reads: {exc.reason}") from None
     with tempfile.TemporaryDirectory(prefix="lora-budget-serve-") as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(config_text, encoding="utf-8")

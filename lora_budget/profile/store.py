@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import InputFileError, read_json
 from lora_budget.profile.specio import SPEC_FIELDS
 
 SCHEMA_VERSION = 2
@@ -275,25 +276,12 @@ def _spec_defaults() -> dict[str, Any]:
     return out
 
 
-def _no_constant(name: str) -> Any:
-    raise ProfileError(f"{name} is not a number JSON allows (a profile holds finite numbers only)")
-
-
 def load_profile(path: Path) -> Profile:
+    """The profile in the file at ``path``, or a ProfileError naming it (a profile holds finite numbers only)."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: cannot read it ({exc})") from None
-    try:
-        data = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise ProfileError(f"{path}: nested too deeply to read") from None
-    except ProfileError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
-    except ValueError as exc:  # an integer over Python's 4,300-digit limit
-        raise ProfileError(f"{path}: cannot read a number in it ({str(exc)[:80]})") from None
+        data = read_json(path, finite=True)  # not JSON, too deep, a huge integer, NaN
+    except InputFileError as exc:
+        raise ProfileError(str(exc)) from None
     return validate(data, path)
 
 
@@ -301,7 +289,7 @@ def profile_files(paths: list[Path]) -> list[Path]:
     """The ``*.json`` files under each folder (recursively) and each file given."""
     out: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if path.is_dir():  # a FIFO or device named *.json is listed, then refused by load_profile unread
             out.extend(sorted(p for p in path.rglob("*.json") if not p.name.startswith(".")))
         elif path.exists():
             out.append(path)

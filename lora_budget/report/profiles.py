@@ -18,12 +18,12 @@ A file may also hold one row object, or a JSON list of row objects. ``method`` i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import InputFileError, read_json
 from lora_budget.profile import store
 from lora_budget.report.data import ParityRow
 
@@ -79,13 +79,9 @@ def _rows_from_profiles(paths: Iterable[str | Path]) -> list[ParityRow]:
     rows: list[ParityRow] = []
     for path in _files(paths):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LoraBudgetError(f"{path}: cannot read it as JSON ({exc})") from None
-        except RecursionError:
-            raise LoraBudgetError(f"{path}: nested too deeply to read") from None
-        except ValueError as exc:  # an integer over Python's 4,300-digit limit
-            raise LoraBudgetError(f"{path}: cannot read a number in it ({str(exc)[:80]})") from None
+            data = read_json(path)  # the store's loader too: not JSON, too deep, a huge integer, a FIFO
+        except InputFileError as exc:
+            raise LoraBudgetError(f"{path}: cannot read it as JSON ({exc.reason})") from None
         if isinstance(data, dict) and data.get("kind") == store.KIND:
             rows += _store_rows(path)
             continue
