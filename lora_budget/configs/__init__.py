@@ -39,6 +39,8 @@ class LoadedConfig:
     """The training objective the file names (``sft``, ``dpo``, ``grpo``, ``reward``, ...); only SFT is modelled."""
     skipped: dict[str, str] = field(default_factory=dict)
     """CLI parameter -> file key left unread because the user typed that flag (it replaces the value)."""
+    unknown: tuple[str, ...] = ()
+    """Keys no list in ``configs/keys.py`` names: their effect on memory is unchecked (never called no effect)."""
 
     @property
     def model_key(self) -> str:
@@ -82,6 +84,11 @@ class LoadedConfig:
             lines.append("config: not modelled yet, ignored: " + "; ".join(self.unmodelled))
         if self.ignored:
             lines.append("config: ignored (no effect on memory or speed): " + ", ".join(self.ignored))
+        if self.unknown:
+            lines.append(
+                "config: keys lora-budget does not know, ignored (check they do not change memory): "
+                + ", ".join(self.unknown)
+            )
         return lines
 
 
@@ -107,7 +114,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
     if goal != "sft":
         reader.used.add(goal_key)
         reader.notes.append(objective_note(goal, goal_key))
-    unmodelled, ignored = reader.ignored()
+    unmodelled, ignored, unknown = reader.ignored()
     return LoadedConfig(
         path=str(path),
         format=fmt,
@@ -119,6 +126,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
         parallel=reader.parallel,
         objective=goal,
         skipped=dict(reader.skipped),
+        unknown=tuple(unknown),
     )
 
 

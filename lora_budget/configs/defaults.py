@@ -126,9 +126,14 @@ def axolotl(r: Reader) -> None:
         fsdp_qlora = r.values.get("method") == "qlora" and r.values.get("strategy") == "fsdp"
         skip = fsdp_qlora or r.values.get("strategy") == "zero3"
         default(r, "kbit_prep", not skip, "(axolotl)", f"{AXOLOTL} loaders/model.py")
-    if r.flag("liger_fused_linear_cross_entropy") or r.flag("cut_cross_entropy"):
-        key = "liger_fused_linear_cross_entropy" if r.has("liger_fused_linear_cross_entropy") else "cut_cross_entropy"
-        default(r, "loss", "fused-ce", key, AXOLOTL)
+    cce_plugin = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in (r.data.get("plugins") or [])
+    cce = r.flag("cut_cross_entropy")
+    if r.flag("liger_fused_linear_cross_entropy"):
+        default(r, "loss", "fused-ce", "liger_fused_linear_cross_entropy", AXOLOTL)
+    elif cce:
+        default(r, "loss", "fused-ce", "cut_cross_entropy", AXOLOTL)
+    elif cce is None and cce_plugin:
+        default(r, "loss", "fused-ce", "cut_cross_entropy", f"{AXOLOTL} CutCrossEntropyPlugin (args.py)")
 
 
 def peft(r: Reader) -> None:

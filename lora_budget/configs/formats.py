@@ -32,158 +32,18 @@ Key names and defaults are those each tool documents:
 
 from __future__ import annotations
 
-from lora_budget.configs import defaults, llamafactory_v1
+from lora_budget.configs import axolotl, defaults, llamafactory_v1
+from lora_budget.configs.common import (
+    DTYPE_NAMES,
+    attn_implementation,
+    grad_ckpt,
+    grad_ckpt_kwargs,
+    precision,
+    quant_type,
+    rank_alpha_dropout,
+)
 from lora_budget.configs.parallel import deepspeed_file, read_parallel
 from lora_budget.configs.values import Reader
-
-_DTYPE_NAMES = {
-    "bfloat16": "bf16",
-    "bf16": "bf16",
-    "float16": "fp16",
-    "fp16": "fp16",
-    "float32": "fp32",
-    "fp32": "fp32",
-}
-
-
-def _alpha(r: Reader, key: str) -> None:
-    value = r.positive_number(key)
-    if value is not None:
-        r.set("alpha", max(1, round(value)), key)
-
-
-def _rank_alpha_dropout(r: Reader, rank_key: str) -> None:
-    """LoRA rank (under each tool's name), ``lora_alpha`` and ``lora_dropout``."""
-    if not r.typed_over("rank", rank_key) and (rank := r.positive_int(rank_key)) is not None:
-        r.set("rank", rank, rank_key)
-    _alpha(r, "lora_alpha")
-    _dropout(r, "lora_dropout")
-
-
-def _quant_type(r: Reader, key: str) -> None:
-    if r.typed_over("quant", key):
-        return
-    if (qtype := r.text(key)) is not None:
-        if qtype.lower() not in ("nf4", "fp4"):
-            raise r.fail(key, f"must be nf4 or fp4, got {qtype!r}")
-        r.set("quant", qtype.lower(), key)
-
-
-def _dropout(r: Reader, key: str) -> None:
-    if r.typed_over("lora_dropout", key):
-        return
-    if r.has(key):
-        v = r.raw(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
-            raise r.fail(key, f"must be a probability in [0, 1), got {v!r}")
-        r.set("lora_dropout", float(v), key)
-    r.used.add(key)
-
-
-def _precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16", both_off: str | None = "fp32") -> None:
-    """``bf16`` / ``fp16`` Trainer flags; both false is fp32 (``both_off``) unless the tool infers a dtype."""
-    if r.typed_over("dtype", bf16, fp16):
-        return
-    b, f = r.flag(bf16), r.flag(fp16)
-    if b and f:
-        raise r.fail(bf16, f"{bf16} and {fp16} are both true; choose one")
-    if b:
-        r.set("dtype", "bf16", bf16)
-    elif f:
-        r.set("dtype", "fp16", fp16)
-    elif b is False and f is False and both_off:
-        r.set("dtype", both_off, bf16)
-
-
-def _grad_ckpt(r: Reader, key: str) -> None:
-    """``gradient_checkpointing``; axolotl's ``offload`` (checkpoints kept in CPU memory) is planned as
-    checkpointing on the GPU, an over-estimate of the activations it keeps there."""
-    if r.typed_over("grad_ckpt", key):
-        return
-    if r.has(key) and isinstance(v := r.data[key], str) and v.strip().lower() in ("offload", "offload_disk"):
-        r.used.add(key)
-        r.set("grad_ckpt", True, key)
-        r.notes.append(
-            f"{key}: {v} not modelled: planned as checkpointing kept on the GPU (offload would move the "
-            "per-layer checkpoints to CPU memory, lowering the planned activations)"
-        )
-        return
-    if (ckpt := r.flag(key)) is not None:
-        r.set("grad_ckpt", ckpt, key)
-
-
-def axolotl(r: Reader) -> None:
-    if (model := r.text("base_model")) is not None:
-        r.set("model", model, "base_model")
-    if not r.typed_over("method", "adapter", "load_in_4bit", "load_in_8bit"):
-        _axolotl_method(r)
-    _axolotl_rest(r)
-
-
-def _axolotl_dtype(r: Reader) -> None:
-    """axolotl v0.18.0 ``resolve_dtype`` (utils/config/__init__.py): bf16 with bf16 (true, or auto on a
-    bf16 GPU) or bfloat16; else fp16 with load_in_8bit, fp16 or float16; else fp32."""
-    keys = ("bf16", "fp16", "bfloat16", "float16")
-    if r.typed_over("dtype", *keys):
-        return
-    b, f, bb, ff = (r.flag(k) for k in keys)
-    if b and f:
-        raise r.fail("bf16", "bf16 and fp16 are both true; choose one")
-    if b or bb:
-        r.set("dtype", "bf16", "bf16" if b else "bfloat16")
-    elif f or ff or r.flag("load_in_8bit"):
-        r.set("dtype", "fp16", "fp16" if f else "float16" if ff else "load_in_8bit (axolotl loads 8-bit in fp16)")
-    # none of them: fp32, unless a DeepSpeed JSON enables bf16/fp16 (defaults.axolotl, after read_parallel)
-
-
-def _axolotl_method(r: Reader) -> None:
-    adapter = r.text("adapter")
-    four, eight = r.flag("load_in_4bit"), r.flag("load_in_8bit")
-    if four and eight:
-        raise r.fail("load_in_4bit", "load_in_4bit and load_in_8bit are both true; choose one")
-    if adapter is None:
-        if four or eight:
-            raise r.fail("load_in_4bit" if four else "load_in_8bit", "a quantized base needs adapter: lora or qlora")
-        r.set("method", "full", "adapter")
-    elif adapter.lower() == "qlora" or (adapter.lower() == "lora" and four):
-        r.set("method", "qlora", "adapter")
-    elif adapter.lower() == "lora":
-        r.set("method", "lora8bit" if eight else "lora", "adapter")
-    else:
-        raise r.fail("adapter", f"{adapter!r} is not modelled; use lora or qlora")
-
-
-def _axolotl_rest(r: Reader) -> None:
-    _rank_alpha_dropout(r, "lora_r")
-    if r.typed_over("targets", "lora_target_linear", "lora_target_modules"):
-        pass
-    elif r.flag("lora_target_linear"):
-        r.set("targets", "all-linear", "lora_target_linear")
-        r.used.add("lora_target_modules")
-    else:
-        r.targets("lora_target_modules")
-    if not r.typed_over("seq_len", "sequence_len") and (seq := r.positive_int("sequence_len")) is not None:
-        r.set("seq_len", seq, "sequence_len")
-    if not r.typed_over("batch_size", "micro_batch_size") and (b := r.positive_int("micro_batch_size")) is not None:
-        r.set("batch_size", str(b), "micro_batch_size")
-    if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
-        r.set("grad_accum", acc, "gradient_accumulation_steps")
-    r.optimizer("optimizer")
-    _axolotl_dtype(r)
-    _grad_ckpt(r, "gradient_checkpointing")
-    attn_keys = (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"))
-    if r.typed_over("attn", "xformers_attention", *(key for key, _ in attn_keys)):
-        attn_keys = ()
-    for key, attn in attn_keys:
-        if r.flag(key):
-            r.set("attn", attn, key)
-    if attn_keys and r.flag("xformers_attention"):
-        r.set("attn", "sdpa", "xformers_attention")
-        r.notes.append("xformers_attention: planned as sdpa (both keep no s x s scores)")
-    if (epochs := r.positive_number("num_epochs")) is not None:
-        r.set("epochs", epochs, "num_epochs")
-    r.parallel = read_parallel(r)
-    defaults.axolotl(r)
 
 
 def llamafactory(r: Reader) -> None:
@@ -217,9 +77,9 @@ def _llamafactory_method(r: Reader) -> None:
 
 
 def _llamafactory_rest(r: Reader) -> None:
-    _rank_alpha_dropout(r, "lora_rank")
+    rank_alpha_dropout(r, "lora_rank")
     r.targets("lora_target")
-    _quant_type(r, "quantization_type")
+    quant_type(r, "quantization_type")
     if (dq := r.flag("double_quantization")) is not None:
         r.set("double_quant", dq, "double_quantization")
     if not r.typed_over("seq_len", "cutoff_len") and (seq := r.positive_int("cutoff_len")) is not None:
@@ -253,8 +113,9 @@ def _trainer_args(r: Reader, both_off: str | None = "fp32") -> None:
     if (acc := r.positive_int("gradient_accumulation_steps")) is not None:
         r.set("grad_accum", acc, "gradient_accumulation_steps")
     r.optimizer("optim")
-    _precision(r, both_off=both_off)
-    _grad_ckpt(r, "gradient_checkpointing")
+    precision(r, both_off=both_off)
+    grad_ckpt(r, "gradient_checkpointing")
+    grad_ckpt_kwargs(r)
     if (epochs := r.positive_number("num_train_epochs")) is not None:
         r.set("epochs", epochs, "num_train_epochs")
 
@@ -284,23 +145,18 @@ def trl(r: Reader) -> None:
         r.set("method", "full", "use_peft")
     else:
         r.notes.append("no use_peft key: the file does not say full or LoRA, so --method decides")
-    _rank_alpha_dropout(r, "lora_r")
+    rank_alpha_dropout(r, "lora_r")
     r.targets("lora_target_modules")
-    _quant_type(r, "bnb_4bit_quant_type")
+    quant_type(r, "bnb_4bit_quant_type")
     nested = r.flag("use_bnb_nested_quant")
     if four:
         r.set("double_quant", bool(nested), "use_bnb_nested_quant")  # TRL's default is false
     for key in ("dtype", "torch_dtype"):
         if not r.typed_over("dtype", key) and (name := r.text(key)) is not None and name != "auto":
-            if name not in _DTYPE_NAMES:
+            if name not in DTYPE_NAMES:
                 raise r.fail(key, f"must be bfloat16, float16, float32 or auto, got {name!r}")
-            r.set("dtype", _DTYPE_NAMES[name], key)
-    if not r.typed_over("attn", "attn_implementation") and (impl := r.text("attn_implementation")) is not None:
-        low = impl.lower()
-        attn = "eager" if low == "eager" else "sdpa" if low == "sdpa" else "flash" if "flash" in low else None
-        if attn is None:
-            raise r.fail("attn_implementation", f"{impl!r} is not modelled; use eager, sdpa or flash_attention_2")
-        r.set("attn", attn, "attn_implementation")
+            r.set("dtype", DTYPE_NAMES[name], key)
+    attn_implementation(r)
     r.parallel = read_parallel(r)
     defaults.trl(r)
 
@@ -311,7 +167,7 @@ def peft(r: Reader) -> None:
         raise r.fail("peft_type", f"only LORA adapters are modelled, got {kind!r}")
     if (model := r.text("base_model_name_or_path")) is not None:
         r.set("model", model, "base_model_name_or_path")
-    _rank_alpha_dropout(r, "r")
+    rank_alpha_dropout(r, "r")
     r.targets("target_modules")
     r.set("method", "lora", "peft_type")
     defaults.peft(r)
@@ -343,7 +199,7 @@ MODEL_KEYS = {
 """The key each format names its base model with (a config.json is the model; a DeepSpeed JSON names none)."""
 
 MAPPERS = {
-    "axolotl": axolotl,
+    "axolotl": axolotl.read,
     "llamafactory": llamafactory,
     "llamafactory_v1": llamafactory_v1.read,
     "trl": trl,

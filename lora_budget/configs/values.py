@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_budget.configs.objectives import unmodelled_why
+from lora_budget.configs.keys import classify
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import OPTIMIZERS
 
@@ -163,15 +163,20 @@ class Reader:
             raise self.fail(key, f"regular expressions and module paths are not supported ({v!r}); use --targets")
         self.set("targets", ",".join(names), key)
 
-    def ignored(self) -> tuple[list[str], list[str]]:
-        """(keys not modelled yet, with why; keys with no effect on memory or speed)."""
-        unmodelled, rest = [], []
+    def ignored(self) -> tuple[list[str], list[str], list[str]]:
+        """(keys not modelled yet, with why; keys with no effect on memory or speed; keys no list names).
+
+        Objective settings (``keys.OBJECTIVE``) count as no effect here: the objective's note reports them.
+        """
+        unmodelled, rest, unknown = [], [], []
         for key, value in self.data.items():
             if key in self.used:
                 continue
-            why = unmodelled_why(key)
-            if why and value not in (None, False, "", [], {}, 0, "none"):
+            kind, why = classify(key, value)
+            if kind == "not-modelled":
                 unmodelled.append(f"{key} ({why})")
+            elif kind == "unknown":
+                unknown.append(key)
             else:
                 rest.append(key)
-        return unmodelled, rest
+        return unmodelled, rest, unknown

@@ -1,0 +1,130 @@
+"""Readers' helpers for keys several tools share: LoRA rank/alpha/dropout, precision flags, checkpointing."""
+
+from __future__ import annotations
+
+from lora_budget.configs.values import Reader
+
+DTYPE_NAMES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "float32": "fp32",
+    "fp32": "fp32",
+}
+
+
+def alpha(r: Reader, key: str) -> None:
+    value = r.positive_number(key)
+    if value is not None:
+        r.set("alpha", max(1, round(value)), key)
+
+
+def rank_alpha_dropout(r: Reader, rank_key: str) -> None:
+    """LoRA rank (under each tool's name), ``lora_alpha`` and ``lora_dropout``."""
+    if not r.typed_over("rank", rank_key) and (rank := r.positive_int(rank_key)) is not None:
+        r.set("rank", rank, rank_key)
+    alpha(r, "lora_alpha")
+    dropout(r, "lora_dropout")
+
+
+def quant_type(r: Reader, key: str) -> None:
+    if r.typed_over("quant", key):
+        return
+    if (qtype := r.text(key)) is not None:
+        if qtype.lower() not in ("nf4", "fp4"):
+            raise r.fail(key, f"must be nf4 or fp4, got {qtype!r}")
+        r.set("quant", qtype.lower(), key)
+
+
+def dropout(r: Reader, key: str) -> None:
+    if r.typed_over("lora_dropout", key):
+        return
+    if r.has(key):
+        v = r.raw(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
+            raise r.fail(key, f"must be a probability in [0, 1), got {v!r}")
+        r.set("lora_dropout", float(v), key)
+    r.used.add(key)
+
+
+def precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16", both_off: str | None = "fp32") -> None:
+    """``bf16`` / ``fp16`` Trainer flags; both false is fp32 (``both_off``) unless the tool infers a dtype."""
+    if r.typed_over("dtype", bf16, fp16):
+        return
+    b, f = r.flag(bf16), r.flag(fp16)
+    if b and f:
+        raise r.fail(bf16, f"{bf16} and {fp16} are both true; choose one")
+    if b:
+        r.set("dtype", "bf16", bf16)
+    elif f:
+        r.set("dtype", "fp16", fp16)
+    elif b is False and f is False and both_off:
+        r.set("dtype", both_off, bf16)
+
+
+def grad_ckpt(r: Reader, key: str) -> None:
+    """``gradient_checkpointing``; axolotl's ``offload`` (checkpoints kept in CPU memory) is planned as
+    checkpointing on the GPU, an over-estimate of the activations it keeps there."""
+    if r.typed_over("grad_ckpt", key):
+        return
+    if r.has(key) and isinstance(v := r.data[key], str) and v.strip().lower() in ("offload", "offload_disk"):
+        r.used.add(key)
+        r.set("grad_ckpt", True, key)
+        r.notes.append(
+            f"{key}: {v} not modelled: planned as checkpointing kept on the GPU (offload would move the "
+            "per-layer checkpoints to CPU memory, lowering the planned activations)"
+        )
+        return
+    if (ckpt := r.flag(key)) is not None:
+        r.set("grad_ckpt", ckpt, key)
+
+
+def grad_ckpt_kwargs(r: Reader, key: str = "gradient_checkpointing_kwargs") -> None:
+    """``{use_reentrant: false}`` is the checkpointing the planner models; other options become a note."""
+    r.used.add(key)
+    kwargs = r.data.get(key)
+    if kwargs in (None, {}) or "grad_ckpt" in r.typed:
+        return
+    if not isinstance(kwargs, dict):
+        raise r.fail(key, f"must be a mapping such as {{use_reentrant: false}}, got {kwargs!r}")
+    reentrant = kwargs.get("use_reentrant")
+    if reentrant is True or str(reentrant).lower() == "true":
+        r.notes.append(
+            f"{key}: use_reentrant true not modelled: planned as non-reentrant checkpointing (both keep each "
+            "layer's input; the reentrant kind also makes the embedding output require grad, a small tensor)"
+        )
+    if other := sorted(k for k in kwargs if k != "use_reentrant"):
+        r.notes.append(f"{key}: {', '.join(other)} not modelled (planned with torch.utils.checkpoint's defaults)")
+
+
+ATTN_NAMES = {
+    "eager": ("eager", ""),
+    "sdpa": ("sdpa", ""),
+    "flash_attention_2": ("flash", ""),
+    "flash_attention_3": ("flash", ""),
+    "flex_attention": ("sdpa", "flex_attention planned as sdpa (neither keeps the s x s scores)"),
+    "xformers": ("sdpa", "xformers planned as sdpa (neither keeps the s x s scores)"),
+    "sage": ("flash", "SageAttention (8-bit QK) planned as flash attention"),
+    "fp8": ("flash", "fp8 attention not modelled: planned as 16-bit flash attention"),
+}
+"""transformers' and axolotl's attention names (axolotl v0.18.0 ``utils/schemas/enums.py``
+CANONICAL_ATTN_IMPLS) -> (our kernel, a note); a Hub kernel path (``kernels-community/flash-attn3``)
+naming flash attention is flash."""
+
+
+def attn_implementation(r: Reader, key: str = "attn_implementation", impl: str | None = None) -> None:
+    """Map ``key`` (or ``impl``, a name another key implies) onto ``attn``."""
+    if r.typed_over("attn", key) or (impl := impl or r.text(key)) is None:
+        return
+    low = impl.lower()
+    if low in ATTN_NAMES:
+        attn, note = ATTN_NAMES[low]
+    elif "flash" in low:
+        attn, note = "flash", ""
+    else:
+        names = ", ".join(ATTN_NAMES)
+        raise r.fail(key, f"{impl!r} is not modelled; use one of {names} (or pass --attn)")
+    r.set("attn", attn, key)
+    if note:
+        r.notes.append(f"{key}: {note}")
