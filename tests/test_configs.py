@@ -214,7 +214,7 @@ def test_model_override_skips_the_files_model(tmp_path):
         ("base_model: 7b\nadapter: lora\nsequence_len: long\n", ".yml", "sequence_len: must be a positive integer"),
         ("base_model: 7b\nadapter: ia3\n", ".yml", "adapter: 'ia3' is not modelled"),
         ("base_model: 7b\nadapter: lora\nbf16: true\nfp16: true\n", ".yml", "bf16: bf16 and fp16 are both true"),
-        ("base_model: 7b\nadapter: lora\nlora_target_modules: '.*q_proj'\n", ".yml", "regular expressions"),
+        ("base_model: 7b\nadapter: lora\nlora_target_modules: '.*(q_proj'\n", ".yml", "not a valid regular expression"),
         ("model_name_or_path: 7b\nfinetuning_type: freeze\n", ".yaml", "finetuning_type: 'freeze' is not modelled"),
         ("model_name_or_path: 7b\nquantization_bit: 3\n", ".yaml", "quantization_bit: must be 4 or 8"),
         ('{"per_device_train_batch_size": 2, "optim": "galore_adamw"}', ".json", "optim: optimizer 'galore_adamw'"),

@@ -25,9 +25,9 @@ def _write(path, text):
     [
         # axolotl lora_target_modules as a regex: refused alone, its message says --targets
         (
-            "base_model: 7b\nadapter: lora\nlora_target_modules: '.*(q|v)_proj'\n",
+            "base_model: 7b\nadapter: lora\nlora_target_modules: '.*(q|v_proj'\n",
             "axo.yml",
-            "regular expressions",
+            "not a valid regular expression",
             ["--targets", "q_proj,v_proj"],
             "targets",
             "q_proj,v_proj",

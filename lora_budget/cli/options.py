@@ -225,6 +225,13 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
             continue
         out[param] = config_model(loaded) if param == "model" else value
     overridden += [p for p in loaded.skipped if p not in overridden]
+    if loaded.pattern_targets and "targets" in out and "targets" not in overridden and "model" in out:
+        from lora_budget.configs.targets import fit_to_model
+
+        try:  # a pattern adapts only the modules the model has
+            out["targets"] = fit_to_model(out["targets"], out["model"])
+        except LoraBudgetError as exc:
+            raise LoraBudgetError(f"{path}: {loaded.pattern_targets}: {exc}") from None
     ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden), held)
     return out
 

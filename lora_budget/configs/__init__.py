@@ -41,6 +41,8 @@ class LoadedConfig:
     """CLI parameter -> file key left unread because the user typed that flag (it replaces the value)."""
     unknown: tuple[str, ...] = ()
     """Keys no list in ``configs/keys.py`` names: their effect on memory is unchecked (never called no effect)."""
+    pattern_targets: str = ""
+    """The key whose regular expression gave ``targets``: keep those the model has (``targets.fit_to_model``)."""
 
     @property
     def model_key(self) -> str:
@@ -127,6 +129,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
         objective=goal,
         skipped=dict(reader.skipped),
         unknown=tuple(unknown),
+        pattern_targets=reader.pattern_targets,
     )
 
 

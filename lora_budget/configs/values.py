@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.keys import classify
+from lora_budget.configs.targets import path_targets, regex_targets
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import OPTIMIZERS
 
@@ -53,6 +55,8 @@ class Reader:
     (a target regex, an unmodelled optimizer) is not an error."""
     skipped: dict[str, str] = field(default_factory=dict)
     """CLI parameter -> the file key a typed flag replaced unread."""
+    pattern_targets: str = ""
+    """The key whose regular expression gave ``targets`` (kept to the model's linears once it is known)."""
 
     def typed_over(self, param: str, *keys: str) -> bool:
         """Whether ``param`` was typed; then ``keys`` count as read (replaced by the flag), not validated."""
@@ -159,9 +163,40 @@ class Reader:
         if len(names) == 1 and names[0].lower() in all_names:
             self.set("targets", "all-linear", key)
             return
-        if any(set(n) & set("*()[]|\\^$") or "." in n for n in names):
-            raise self.fail(key, f"regular expressions and module paths are not supported ({v!r}); use --targets")
+        if isinstance(v, str) and set(v) & set("*()[]|\\^$+?"):
+            self._regex_targets(key, v)
+            return
+        if any(set(n) & set("*()[]|\\^$+?") for n in names):
+            raise self.fail(key, f"a list entry is a module name or path, not a pattern ({v!r}); use --targets")
+        if any("." in n for n in names):
+            names_, dropped = path_targets(names)
+            if dropped:
+                self.notes.append(f"{key}: {', '.join(dropped)} not planned (only the text decoder is modelled)")
+            if not names_:
+                raise self.fail(key, "names only vision or projector modules, which are not modelled; use --targets")
+            self.notes.append(f"{key}: module paths planned by their last name ({', '.join(names_)}) on every layer")
+            names = list(names_)
         self.set("targets", ",".join(names), key)
+
+    def _regex_targets(self, key: str, pattern: str) -> None:
+        """A string target with pattern characters is a regular expression PEFT full-matches (configs/targets.py)."""
+        try:
+            names, partial = regex_targets(pattern)
+        except re.error as exc:
+            raise self.fail(key, f"not a valid regular expression ({exc}); use --targets") from None
+        if not names:
+            raise self.fail(
+                key, f"the pattern {pattern!r} matches no decoder-layer linear lora-budget knows; use --targets"
+            )
+        self.set("targets", ",".join(names), key)
+        self.notes.append(
+            f"{key}: the pattern adapts {', '.join(names)} in the decoder layers (read as PEFT matches it)"
+        )
+        if partial:
+            self.notes.append(
+                f"{key}: the pattern adapts {', '.join(partial)} on some layers only; not modelled: planned on every "
+                "layer (adapters, their gradients and optimizer state over-planned)"
+            )
 
     def ignored(self) -> tuple[list[str], list[str], list[str]]:
         """(keys not modelled yet, with why; keys with no effect on memory or speed; keys no list names).
