@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES, Breakdown
@@ -12,7 +13,8 @@ from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
 from lora_budget.catalog.models import resolve_model
 from lora_budget.core.fit import max_batch_size, max_seq_len
 from lora_budget.core.params import param_count
-from lora_budget.core.peak import PeakModel, peak_model
+from lora_budget.core.peak import PeakModel, shared_peak_model
+from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.comm import INTER_NODE_GBPS
 from lora_budget.perf.time import TimeEstimate, estimate_time
@@ -171,47 +173,95 @@ class PlanResult:
         return pd.DataFrame(rows)
 
 
+Change = tuple[tuple[str, Any], ...]
+"""A change to a spec as (field, value) pairs: hashable, so the model it makes is cached."""
+
+
 def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
-    """Single changes that make a non-fitting spec fit, cheapest in training cost first."""
-    candidates: list[tuple[str, dict[str, Any]]] = []
-    if not spec.grad_ckpt:
-        candidates.append(("--grad-ckpt", {"grad_ckpt": True}))
-    if spec.optimizer in ("adamw", "paged_adamw"):
-        candidates.append(("--optimizer adamw8bit", {"optimizer": "adamw8bit"}))
-        candidates.append(("--optimizer paged_adamw8bit", {"optimizer": "paged_adamw8bit"}))
+    """Single changes that make a non-fitting spec fit, cheapest in training cost first.
+
+    The candidates' models are shared by every spec of the same ``StepKey`` (``_changed``), so a
+    sweep over micro-batch and sequence length builds each of them once."""
+    key = StepKey(spec)
+    software, memory, method = _changes(key)
+    candidates = list(software)
     if spec.batch_size > 1:
-        candidates.append(
-            (
-                f"--batch-size 1 --grad-accum {spec.batch_size * spec.grad_accum}",
-                {"batch_size": 1, "grad_accum": spec.batch_size * spec.grad_accum},
-            )
-        )
-    if not spec.grad_ckpt and spec.optimizer == "adamw":
-        candidates.append(("--grad-ckpt --optimizer adamw8bit", {"grad_ckpt": True, "optimizer": "adamw8bit"}))
+        n = spec.batch_size * spec.grad_accum
+        candidates.append((f"--batch-size 1 --grad-accum {n}", (("batch_size", 1), ("grad_accum", n))))
+    candidates += memory
     if spec.gpus == 1:
         candidates += _multi_gpu(spec, capacity, overhead)
-    if spec.method in ("full", "lora", "lora8bit"):
-        candidates.append(("--method qlora", {"method": "qlora", "master_weights": False}))
-        if not spec.grad_ckpt:
-            candidates.append(
-                ("--method qlora --grad-ckpt", {"method": "qlora", "master_weights": False, "grad_ckpt": True})
-            )
+    candidates += method
     out: list[Suggestion] = []
     for label, change in candidates:
-        try:
-            new = dataclasses.replace(spec, **change)
-        except LoraBudgetError:
+        changed = _changed(key, change, overhead)
+        if changed is None:
             continue
         if any(set(prev.change.split()) <= set(label.split()) for prev in out):
             continue  # a smaller change already fits
-        changed = peak_model(new, overhead)
-        if changed.fit_bytes(new.batch_size, new.seq_len) <= capacity:
-            out.append(Suggestion(change=label, peak_bytes=changed.peak_bytes(new.batch_size, new.seq_len), fits=True))
-    # shorter sequences, as a last software change
-    seq = max_seq_len(model, spec.batch_size, capacity, spec.seq_len)
+        b = dict(change).get("batch_size", spec.batch_size)
+        if changed.fit_bytes(b, spec.seq_len) <= capacity:
+            out.append(Suggestion(change=label, peak_bytes=changed.peak_bytes(b, spec.seq_len), fits=True))
+    # shorter sequences, as a last software change; the spec does not fit at its own sequence
+    # length, so the longest that fits is below it at any search limit (fit_bytes grows with s)
+    seq = _max_seq_len(key, overhead, spec.batch_size, capacity, _seq_limit(spec))
     if 0 < seq < spec.seq_len:
         out.append(Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True))
     return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _changes(key: StepKey) -> tuple[tuple[tuple[str, Change], ...], ...]:
+    """The batch-independent candidate changes in three runs, in the order they are tried: software
+    changes (then the one-sequence micro-batch), checkpointing with 8-bit state (then more GPUs),
+    the method."""
+    spec = key.spec
+    software: list[tuple[str, Change]] = []
+    if not spec.grad_ckpt:
+        software.append(("--grad-ckpt", (("grad_ckpt", True),)))
+    if spec.optimizer in ("adamw", "paged_adamw"):
+        software.append(("--optimizer adamw8bit", (("optimizer", "adamw8bit"),)))
+        software.append(("--optimizer paged_adamw8bit", (("optimizer", "paged_adamw8bit"),)))
+    memory: list[tuple[str, Change]] = []
+    if not spec.grad_ckpt and spec.optimizer == "adamw":
+        memory.append(("--grad-ckpt --optimizer adamw8bit", (("grad_ckpt", True), ("optimizer", "adamw8bit"))))
+    method: list[tuple[str, Change]] = []
+    if spec.method in ("full", "lora", "lora8bit"):
+        method.append(("--method qlora", (("method", "qlora"), ("master_weights", False))))
+        if not spec.grad_ckpt:
+            method.append(
+                ("--method qlora --grad-ckpt", (("method", "qlora"), ("master_weights", False), ("grad_ckpt", True)))
+            )
+    return tuple(software), tuple(memory), tuple(method)
+
+
+@lru_cache(maxsize=65536)
+def _changed(key: StepKey, change: Change, overhead: int) -> PeakModel | None:
+    """The (shared) model of ``key``'s spec with ``change``; None where the change is not a valid spec.
+
+    Validity is taken once per ``StepKey``: ``TrainSpec``'s checks that read the micro-batch or the
+    sequence length (their positivity; GRPO's completion length) involve no field a suggestion changes.
+    """
+    try:
+        new = dataclasses.replace(key.spec, **dict(change))
+    except LoraBudgetError:
+        return None
+    return shared_peak_model(new, overhead)
+
+
+@lru_cache(maxsize=65536)
+def _max_batch_size(key: StepKey, overhead: int, seq_len: int, capacity: int) -> int:
+    return max_batch_size(shared_peak_model(key.spec, overhead), seq_len, capacity)
+
+
+@lru_cache(maxsize=65536)
+def _max_seq_len(key: StepKey, overhead: int, batch_size: int, capacity: int, limit: int) -> int:
+    return max_seq_len(shared_peak_model(key.spec, overhead), batch_size, capacity, limit)
+
+
+def _seq_limit(spec: TrainSpec) -> int:
+    """The longest sequence the fit search tries: the model's positions, or the spec's own if longer."""
+    return max(spec.model.shape.max_positions, spec.seq_len)
 
 
 GPU_COUNTS = (2, 4, 8, 16, 32, 64)
@@ -220,28 +270,35 @@ LIGHTEST_FIRST = ("zero1", "zero2", "fsdp")
 """Strategies in order of the communication they add; ddp never lowers per-GPU memory."""
 
 
-def _multi_gpu(spec: TrainSpec, capacity: int, overhead: int) -> list[tuple[str, dict[str, Any]]]:
+def _multi_gpu(spec: TrainSpec, capacity: int, overhead: int) -> list[tuple[str, Change]]:
     """The smallest GPU count whose per-GPU peak fits, with the lightest strategy at that count, adding
     gradient checkpointing only where no strategy fits without it (at most one suggestion).
 
     Activations do not shrink with data parallelism (each GPU runs its own micro-batch), so a
     spec whose activations alone overflow one GPU needs checkpointing at any GPU count.
     """
-    variants: list[dict[str, Any]] = [{}]
+    key = StepKey(spec)
+    for label, change in _multi_gpu_changes(key):
+        model = _changed(key, change, overhead)
+        if model is not None and model.fit_bytes(spec.batch_size, spec.seq_len) <= capacity:
+            return [(label, change)]
+    return []
+
+
+@lru_cache(maxsize=4096)
+def _multi_gpu_changes(key: StepKey) -> tuple[tuple[str, Change], ...]:
+    """Every GPU count x (with checkpointing or not) x strategy ``_multi_gpu`` tries, in its order."""
+    spec = key.spec
+    variants: list[Change] = [()]
     if not spec.grad_ckpt:
-        variants.append({"grad_ckpt": True})
+        variants.append((("grad_ckpt", True),))
+    out = []
     for n in GPU_COUNTS:
         for extra in variants:
             for strategy in LIGHTEST_FIRST:
-                change = {**extra, "gpus": n, "strategy": strategy}
-                try:
-                    new = dataclasses.replace(spec, **change)
-                except LoraBudgetError:
-                    continue  # e.g. lora8bit cannot be sharded by fsdp
-                if peak_model(new, overhead).fit_bytes(new.batch_size, new.seq_len) <= capacity:
-                    label = ("--grad-ckpt " if extra else "") + f"--gpus {n} --strategy {strategy}"
-                    return [(label, change)]
-    return []
+                label = ("--grad-ckpt " if extra else "") + f"--gpus {n} --strategy {strategy}"
+                out.append((label, (*extra, ("gpus", n), ("strategy", strategy))))
+    return tuple(out)
 
 
 def plan_spec(
@@ -257,12 +314,12 @@ def plan_spec(
 ) -> MethodPlan:
     """Plan one fully specified spec on one GPU; ``speed`` adds step time, tokens/s and, given
     ``total_tokens``, wall time and cost (``price_usd_per_h`` or the catalog's price)."""
-    model: PeakModel = peak_model(spec, overhead_bytes)
+    model: PeakModel = shared_peak_model(spec, overhead_bytes)  # evaluated at spec's own b and s only
+    key = StepKey(spec)
     capacity = gpu.memory_bytes
     breakdown = model.breakdown(spec.batch_size, spec.seq_len)
     paged = model.static.optimizer_pageable
     fits = breakdown.peak_bytes - paged <= capacity
-    limit = max(spec.model.shape.max_positions, spec.seq_len)
     suggestions = _suggest(spec, model, capacity, overhead_bytes) if (advise and not fits) else ()
     warnings = list(spec.warnings)
     if spec.dtype == "bf16" and not gpu.bf16:
@@ -274,8 +331,8 @@ def plan_spec(
         capacity_bytes=capacity,
         fits=fits,
         paged_bytes=paged,
-        max_batch_size=max_batch_size(model, spec.seq_len, capacity),
-        max_seq_len=max_seq_len(model, spec.batch_size, capacity, limit),
+        max_batch_size=_max_batch_size(key, overhead_bytes, spec.seq_len, capacity),
+        max_seq_len=_max_seq_len(key, overhead_bytes, spec.batch_size, capacity, _seq_limit(spec)),
         suggestions=suggestions,
         smallest_gpu=(lambda g: g.name if g else None)(smallest_fitting(breakdown.peak_bytes - paged)),
         warnings=tuple(warnings),
@@ -295,17 +352,22 @@ _PLAN_OWN = ("model", "gpu", "methods", "batch_size", "overhead_bytes", "total_t
 def _check_keywords(spec_options: dict[str, Any]) -> None:
     """A misspelt keyword is a LoraBudgetError naming it and the valid ones, not TrainSpec's
     bare TypeError (``plan("8b", "h100", method="lora")`` means ``methods=``)."""
-    import difflib
-
-    valid = [
-        f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("model", "method", "batch_size", "warnings")
-    ]
+    valid = _spec_keywords()
     for key in spec_options:
         if key not in valid:
+            import difflib
+
             names = [*_PLAN_OWN, "inter_node_gbps", *valid]
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise LoraBudgetError(f"plan() got an unknown keyword {key!r}{hint}; valid: {', '.join(names)}")
+
+
+@lru_cache(maxsize=1)
+def _spec_keywords() -> tuple[str, ...]:
+    return tuple(
+        f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("model", "method", "batch_size", "warnings")
+    )
 
 
 def plan(
@@ -359,7 +421,7 @@ def plan(
             options.pop("master_weights", None)
         spec = TrainSpec(model=ref, method=method, batch_size=1 if auto else int(batch_size), **options)
         if auto:
-            best = max_batch_size(peak_model(spec, overhead_bytes), spec.seq_len, card.memory_bytes)
+            best = _max_batch_size(StepKey(spec), overhead_bytes, spec.seq_len, card.memory_bytes)
             spec = dataclasses.replace(spec, batch_size=max(best, 1))
         plans.append(
             plan_spec(

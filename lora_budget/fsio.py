@@ -8,7 +8,8 @@ something else):
 - a symlink: written through to the file it points at (the link stays a link);
 - a device, FIFO, socket or folder: refused with a one-line error, never replaced by a file.
 
-A missing parent folder is an error, not created silently.
+A missing parent folder is an error, not created silently; ``check_folder`` vets an output
+folder (and the files a command will write in it) before the work that fills it.
 """
 
 from __future__ import annotations
@@ -50,12 +51,69 @@ def check_destination(path: str | Path) -> Path:
         raise LoraBudgetError(f"cannot write {given}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LoraBudgetError(f"cannot write {given}: folder {parent} is not writable")
+    _probe(parent, f"cannot write {given}")
     try:
         name_max = os.pathconf(parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
     if len(os.fsencode(target.name)) > name_max:
         raise LoraBudgetError(f"cannot write {given}: file name is over {name_max} bytes")
+    return target
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Make and remove an empty file in ``folder``: the only test that holds for root, for /proc
+    and for a read-only mount alike (``os.access`` says yes to root everywhere)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lora-budget-probe.", dir=folder)
+    except OSError as exc:
+        raise LoraBudgetError(f"{what}: folder {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_folder(path: str | Path, files: tuple[str, ...] = ()) -> Path:
+    """Return the real path of an output folder, or raise LoraBudgetError before any expensive work.
+
+    An existing folder must be writable, and each of ``files`` already in it must pass
+    ``check_destination`` (a FIFO named ``accuracy.csv`` is refused, not written through). A
+    missing folder will be made: its nearest existing ancestor must be a writable folder, and
+    outside the current folder only the last level may be missing (a typo such as
+    ``/nonexistent/x`` is refused rather than created as a new tree at the file system's root).
+    """
+    given = Path(path)
+    target = Path(os.path.realpath(given))
+    if target.exists():
+        if not target.is_dir():
+            raise LoraBudgetError(f"cannot write into {given}: it is not a folder")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise LoraBudgetError(f"cannot write into {given}: folder is not writable")
+        _probe(target, f"cannot write into {given}")
+        for name in files:
+            if os.path.lexists(target / name):
+                check_destination(target / name)
+        return target
+    missing = [target]
+    while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+        missing.append(missing[-1].parent)
+    for part in missing:
+        if len(os.fsencode(part.name)) > 255:
+            raise LoraBudgetError(f"cannot write into {given}: a folder name is over 255 bytes")
+    ancestor = missing[-1].parent
+    if not ancestor.is_dir():
+        raise LoraBudgetError(f"cannot write into {given}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LoraBudgetError(f"cannot write into {given}: folder {ancestor} is not writable")
+    if len(missing) > 1 and not target.is_relative_to(Path(os.path.realpath(os.getcwd()))):
+        raise LoraBudgetError(
+            f"cannot write into {given}: folder {missing[-1]} does not exist; create it first "
+            "(outside the current folder only the last folder is made)"
+        )
+    try:  # the folder is made later, by the writer; make and remove its first missing level now
+        os.mkdir(missing[-1])
+        os.rmdir(missing[-1])
+    except OSError as exc:
+        raise LoraBudgetError(f"cannot write into {given}: {exc.strerror or exc}") from None
     return target
 
 

@@ -57,6 +57,13 @@ def _unmodelled() -> dict[str, str]:
 
 
 def _ref(entry: dict[str, Any]) -> ModelRef:
+    """The catalog entry's ModelRef, built once per entry (a frozen value; plan() resolves its model per call)."""
+    return _catalog_ref(entry["name"])
+
+
+@lru_cache(maxsize=None)
+def _catalog_ref(name: str) -> ModelRef:
+    entry = next(e for e in catalog() if e["name"] == name)
     return ModelRef(
         name=entry["name"],
         hf_id=entry["hf_id"],

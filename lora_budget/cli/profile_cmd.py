@@ -248,6 +248,10 @@ def _profile(model: str, as_json: bool, **kw: Any) -> None:
         from lora_budget.fsio import claim_new
 
         claimed = claim_new(out)
+    else:  # a folder: vetted now, so an unwritable one fails before measuring
+        from lora_budget.fsio import check_folder
+
+        check_folder(out)
     try:
         _measure_and_save(model, as_json, out, claimed, specs, settings, ref, weights, kw)
     finally:
@@ -407,6 +411,10 @@ def calibrate_cmd(paths: tuple[Path, ...], out: Path | None, card: str | None, d
     from lora_budget.profile.calibrate import fit, write
     from lora_budget.profile.store import load_profiles
 
+    if not dry_run:  # an unwritable --out fails before loading and fitting
+        from lora_budget.fsio import check_destination
+
+        check_destination(out or calibration.PATH)
     profiles, errors = load_profiles(list(paths) or [DEFAULT_ROOT])
     for e in errors:
         click.echo(f"error: {e} (skipped)", err=True)

@@ -66,6 +66,7 @@ def report_cmd(
     started = time.perf_counter()
     fmts = parse_formats(formats)
     folder = out or f"reports/{_slug(kw['model'])}-{_slug(gpu)}"
+    _check_out(folder, fmts, overwrite)
     data = gather(kw["model"], gpu, kw["method"], batch_size=parse_batch(kw["batch_size"]), **spec_kwargs(kw))
     parity: tuple = ()
     if profiles:
@@ -100,6 +101,27 @@ def report_cmd(
         click.echo(f"  {stem:<16}" + "  ".join(p.name for p in paths))
     click.echo(f"  {'data':<16}" + "  ".join(p.name for p in written.files if p.suffix == ".csv"))
     click.echo(f"{len(written.files)} files in {wall_s:.1f} s")
+
+
+def _check_out(folder: str, fmts: tuple[str, ...], overwrite: bool) -> None:
+    """Vet --out before planning, tracing or drawing: a folder (or one that can be made), no report
+    in it unless --overwrite, and no FIFO, device or folder where a figure, CSV or report.md goes."""
+    from pathlib import Path
+
+    from lora_budget.errors import LoraBudgetError
+    from lora_budget.fsio import check_folder
+    from lora_budget.report.writer import REPORT_FILE
+
+    suffixes = {".csv", *(f".{f}" for f in fmts)}
+    given = Path(folder)
+    names = ()
+    if given.is_dir():
+        names = tuple(p.name for p in given.iterdir() if p.name == REPORT_FILE or p.suffix in suffixes)
+    check_folder(given, names)
+    if (given / REPORT_FILE).exists() and not overwrite:
+        raise LoraBudgetError(
+            f"{folder} already holds a report; pass --overwrite to replace it, or choose another --out"
+        )
 
 
 def _run_trace(data: Any, method: str) -> Any:

@@ -11,7 +11,7 @@ import click
 
 from lora_budget.cli.errors import user_errors
 from lora_budget.errors import LoraBudgetError
-from lora_budget.fsio import write_atomic
+from lora_budget.fsio import check_folder, write_atomic
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -78,6 +78,7 @@ def validate_cmd(quick: bool, models: str | None, out: str, fresh: bool, replan:
             raise LoraBudgetError(f"{unknown[0]!r} is not in the grid; choose from {', '.join(ARCHITECTURES)}")
     configs = grid(quick=quick, models=chosen)
     folder = Path(out)
+    check_folder(folder, ("accuracy.md", "accuracy.csv", "published.csv"))  # before minutes of tracing
     csv_path = folder / "accuracy.csv"
 
     def progress(i: int, n: int, config: Any, row: dict[str, Any] | None) -> None:

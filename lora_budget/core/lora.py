@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.params import ParamTensor, inventory, linear_names
 from lora_budget.errors import LoraBudgetError
 
 
+@lru_cache(maxsize=4096)
 def resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ...]:
-    """Module names LoRA wraps, validated against the architecture.
+    """Module names LoRA wraps, validated against the architecture (cached; a refusal is not).
 
     Presets: ``all-linear`` (peft's preset: every linear in the decoder layers, never lm_head),
     ``attn`` (the attention projections), ``mlp`` (the MLP projections). MoE expert weights are
@@ -48,7 +51,12 @@ def resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ..
 
 def adapted(shape: ModelShape, chosen: tuple[str, ...]) -> list[ParamTensor]:
     """The linear weights that get an adapter."""
-    return [t for t in inventory(shape) if t.role == "linear" and t.name in chosen]
+    return list(_adapted(shape, tuple(chosen)))
+
+
+@lru_cache(maxsize=1024)
+def _adapted(shape: ModelShape, chosen: tuple[str, ...]) -> tuple[ParamTensor, ...]:
+    return tuple(t for t in inventory(shape) if t.role == "linear" and t.name in chosen)
 
 
 def adapter_tensors(shape: ModelShape, chosen: tuple[str, ...], rank: int) -> list[tuple[int, int, tuple[int, int]]]:

@@ -19,6 +19,7 @@ Roles decide what each method does with a tensor:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from lora_budget.catalog.shape import ModelShape
@@ -60,8 +61,10 @@ def _linear(name: str, fan_in: int, fan_out: int, count: int, group: Group, bias
     return out
 
 
+@lru_cache(maxsize=256)
 def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
-    """All parameter tensors of the model, grouped by shape."""
+    """All parameter tensors of the model, grouped by shape (cached: a shape is frozen and hashable,
+    and the planner asks for the same model's inventory dozens of times per plan)."""
     s = shape
     L = s.layers
     h = s.hidden
@@ -134,6 +137,7 @@ def module_names(s: ModelShape) -> dict[str, str]:
     }
 
 
+@lru_cache(maxsize=256)
 def linear_names(shape: ModelShape) -> tuple[str, ...]:
     """Names of the decoder-layer linear modules, in model order, without duplicates."""
     seen: dict[str, None] = {}
@@ -143,6 +147,7 @@ def linear_names(shape: ModelShape) -> tuple[str, ...]:
     return tuple(seen)
 
 
+@lru_cache(maxsize=256)
 def param_count(shape: ModelShape) -> int:
     """Exact number of parameters transformers instantiates (tied weights counted once)."""
     return sum(t.total_numel for t in inventory(shape))

@@ -29,11 +29,12 @@ a dense fp32 gradient of the same size, so the spike is (c + 8) V bytes/token in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from lora_budget.breakdown import Breakdown
 from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
 from lora_budget.core.lora import resolve_targets
-from lora_budget.core.static import StaticMemory, static_memory
+from lora_budget.core.static import StaticMemory, StepKey, static_memory
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 
@@ -399,13 +400,30 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         bnb_input_bytes=spec.compute_bytes if spec.bnb_keeps_input else 0,
         fused_loss=spec.loss_kernel == "fused-ce",
     )
-    acts = activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
+    acts = _activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
     model = PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
     if spec.gpus > 1:
         from lora_budget.core.sharding import shard_peak_model
 
         return shard_peak_model(model)  # per GPU
     return model
+
+
+_activation_model = lru_cache(maxsize=4096)(activation_model)
+"""``activation_model`` cached: its arguments are frozen, and optimizers, world sizes and accumulation
+share one walk."""
+
+
+def shared_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
+    """``peak_model(spec)``, shared by every spec that differs from ``spec`` only in micro-batch and
+    sequence length (``StepKey``). Its ``spec`` is the first such spec seen, so evaluate it at the
+    caller's own b and s (``breakdown(b, s)``, ``fit_bytes(b, s)``) and read the spec from the caller."""
+    return _shared_peak_model(StepKey(spec), overhead_bytes)
+
+
+@lru_cache(maxsize=4096)
+def _shared_peak_model(key: StepKey, overhead_bytes: int) -> PeakModel:
+    return peak_model(key.spec, overhead_bytes)
 
 
 def estimate(spec: TrainSpec, overhead_bytes: int = 0) -> Breakdown:

@@ -7,7 +7,10 @@ For a 7B model that changes totals by kilobytes; it matters for tiny models and 
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lora_budget.core.lora import adapted, adapter_tensors, resolve_targets
 from lora_budget.core.params import ParamTensor, inventory, module_names
@@ -83,7 +86,42 @@ def _quant4_state(numel: int, blocksize: int, double_quant: bool) -> int:
     return alloc(blocks) + alloc(4 * -(-blocks // 256)) + alloc(4) + code + nested_code
 
 
+PER_STEP_FIELDS = frozenset({"batch_size", "seq_len", "warnings"})
+"""``TrainSpec`` fields no batch- and sequence-independent part of a plan reads (warnings change no byte)."""
+
+
+class StepKey:
+    """A spec seen without its micro-batch and sequence length: equal (and hashing equal) for specs
+    that differ only there. Everything ``PeakModel`` holds is a function of it, so caches of static
+    memory and of whole models key on it; ``spec`` is the first spec seen, the one built from."""
+
+    __slots__ = ("spec", "_values", "_hash")
+    _get: operator.attrgetter | None = None
+
+    def __init__(self, spec: TrainSpec) -> None:
+        if StepKey._get is None:
+            names = [f.name for f in dataclasses.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
+            StepKey._get = operator.attrgetter(*names)
+        self.spec = spec
+        self._values = StepKey._get(spec)
+        self._hash = hash(self._values)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepKey) and self._values == other._values
+
+
 def static_memory(spec: TrainSpec) -> StaticMemory:
+    """Weights, quantization state, adapters, gradients and optimizer state of ``spec`` (cached by
+    ``StepKey``: none of it depends on the micro-batch or the sequence length)."""
+    return _static_memory(StepKey(spec))
+
+
+@lru_cache(maxsize=4096)
+def _static_memory(key: StepKey) -> StaticMemory:
+    spec = key.spec
     s = spec.model.shape
     w = DTYPE_BYTES[spec.dtype]
     dense = spec.frozen_dense_bytes  # the non-quantized weights of a QLoRA / 8-bit model

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES
+from lora_budget.fsio import check_destination
 from lora_budget.report.data import BreakdownRow, Crossing, ParityRow, ScalingPoint, Timeline
 from lora_budget.report.style import (
     CATEGORY_STYLE,
@@ -267,10 +268,11 @@ def save(fig: Any, folder: Path, stem: str, formats: Sequence[str]) -> list[Path
     with _style():
         for fmt in formats:
             path = folder / f"{stem}.{fmt}"
-            tmp = folder / f".{stem}.{fmt}.tmp-{os.getpid()}"
+            target = check_destination(path)  # a symlink is written through; a FIFO or device refused
+            tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
             try:
                 fig.savefig(tmp, format=fmt, metadata=_METADATA[fmt])
-                os.replace(tmp, path)
+                os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
             out.append(path)
