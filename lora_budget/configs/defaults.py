@@ -28,6 +28,7 @@ the file does not set it):
 
 from __future__ import annotations
 
+from lora_budget.configs.objectives import objective
 from lora_budget.configs.values import Reader
 
 TRL = "TRL v1.9.0"
@@ -88,7 +89,14 @@ def trl(r: Reader) -> None:
         if r.values.get("method") != "lora":
             default(r, "kbit_prep", False, "(SFTTrainer)", f"{TRL}: no prepare_model_for_kbit_training")
     if r.flag("use_liger_kernel"):
-        default(r, "loss", "fused-ce", "use_liger_kernel", "Liger: fused linear cross-entropy")
+        goal, _ = objective("trl", r.data)
+        if goal == "sft":
+            default(r, "loss", "fused-ce", "use_liger_kernel", "Liger: fused linear cross-entropy")
+        else:  # TRL's preference / RL trainers use Liger's fused losses of their own objective
+            r.notes.append(
+                f"use_liger_kernel: Liger's fused {goal} loss never materializes the logits; not modelled "
+                "(planned with the logits)"
+            )
 
 
 def llamafactory(r: Reader, stage: str) -> None:

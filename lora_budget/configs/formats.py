@@ -73,7 +73,9 @@ def _llamafactory_method(r: Reader) -> None:
             "method", {None: "lora", 4: "qlora", 8: "lora8bit"}[bits], "quantization_bit" if bits else "finetuning_type"
         )
     else:
-        raise r.fail("finetuning_type", f"{kind!r} is not modelled; use full or lora")
+        raise r.fail(
+            "finetuning_type", f"{kind!r} is not modelled; use full or lora (or pass --method full for an upper bound)"
+        )
 
 
 def _llamafactory_rest(r: Reader) -> None:
@@ -164,7 +166,10 @@ def trl(r: Reader) -> None:
 def peft(r: Reader) -> None:
     kind = r.text("peft_type")
     if kind is None or kind.upper() != "LORA":
-        raise r.fail("peft_type", f"only LORA adapters are modelled, got {kind!r}")
+        raise r.fail(
+            "peft_type",
+            f"only LORA adapters are modelled, got {kind!r}; plan a LoRA of the base instead (--model M, no --config)",
+        )
     if (model := r.text("base_model_name_or_path")) is not None:
         r.set("model", model, "base_model_name_or_path")
     rank_alpha_dropout(r, "r")

@@ -63,7 +63,9 @@ def read(r: Reader) -> None:
     if not r.typed_over("attn", "flash_attn") and (attn := r.text("flash_attn")) is not None:
         mapped = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash", "fa2": "flash"}.get(attn.lower())
         if mapped is None:
-            raise r.fail("flash_attn", f"must be eager, sdpa or flash_attention_2, got {attn!r}")
+            raise r.fail(  # model_args.py AttentionFunction: LLaMA-Factory refuses other names too
+                "flash_attn", f"must be eager, sdpa or flash_attention_2, got {attn!r} (or pass --attn)"
+            )
         r.set("attn", mapped, "flash_attn")
     _optimizer(r)
     _kernels(r)

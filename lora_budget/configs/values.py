@@ -34,6 +34,15 @@ OPTIMIZER_NAMES: dict[str, str] = {
     **{name: name for name in OPTIMIZERS},
 }
 
+OPTIMIZER_BOUNDS: dict[str, tuple[str, str]] = {
+    "adamw_torch_4bit": (
+        "adamw8bit",
+        "torchao AdamW4bit (transformers trainer_optimizer.py) keeps 4-bit states; planned as 8-bit AdamW, "
+        "1 byte per trainable parameter more (an over-estimate)",
+    ),
+}
+"""Optimizers planned as a modelled one whose state is at least as large, with a note."""
+
 
 @dataclass
 class Reader:
@@ -140,9 +149,12 @@ class Reader:
         if name is None:
             return
         ours = OPTIMIZER_NAMES.get(name.lower())
+        if name.lower() in OPTIMIZER_BOUNDS:
+            ours, why = OPTIMIZER_BOUNDS[name.lower()]
+            self.notes.append(f"{key}: {name} not modelled: {why}")
         if ours is None:
             known = ", ".join(sorted(OPTIMIZER_NAMES))
-            raise self.fail(key, f"optimizer {name!r} is not modelled; supported: {known}")
+            raise self.fail(key, f"optimizer {name!r} is not modelled; pass --optimizer to plan one of {known}")
         self.set("optimizer", ours, key)
 
     def targets(self, key: str, all_names: tuple[str, ...] = ("all-linear", "all")) -> None:
