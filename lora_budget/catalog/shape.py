@@ -85,6 +85,9 @@ class ModelShape:
     """How many layers attend within ``sliding_window``."""
     notes: tuple[str, ...] = field(default=(), compare=False)
     """What the shape leaves out (a multimodal config's vision tower); plans carry these as warnings."""
+    arch_config: str = field(default="", repr=False)
+    """A non-analytical architecture's config (canonical JSON, depth left out): the planner reads its
+    inventory and activation terms from trace-derived records keyed on it (``core/derived.py``)."""
 
     @property
     def q_width(self) -> int:
@@ -97,6 +100,11 @@ class ModelShape:
     @property
     def is_moe(self) -> bool:
         return self.experts > 0
+
+    @property
+    def derived(self) -> bool:
+        """Planned from trace-derived records rather than the analytical walk."""
+        return bool(self.arch_config)
 
 
 SUPPORTED_TYPES = (
@@ -161,9 +169,10 @@ def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
     r = _Reader(raw, where)
     model_type = r.need("model_type")
     if model_type not in SUPPORTED_TYPES:
-        raise LoraBudgetError(
-            f"{where}: architecture {model_type!r} is not modelled yet (modelled: {', '.join(SUPPORTED_TYPES)})"
-        )
+        from lora_budget.core.derived import derived_shape  # trace-derived records, torch-free
+
+        shape = derived_shape(raw, where)
+        return replace(shape, notes=notes) if notes else shape
     if model_type == "gpt2":
         shape = _gpt2(r)
     elif model_type == "falcon":

@@ -65,6 +65,10 @@ def _linear(name: str, fan_in: int, fan_out: int, count: int, group: Group, bias
 def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     """All parameter tensors of the model, grouped by shape (cached: a shape is frozen and hashable,
     and the planner asks for the same model's inventory dozens of times per plan)."""
+    if shape.derived:  # an architecture outside the walk: its measured inventory (core/derived.py)
+        from lora_budget.core.derived import inventory as derived_inventory
+
+        return derived_inventory(shape)
     s = shape
     L = s.layers
     h = s.hidden

@@ -400,7 +400,12 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         bnb_input_bytes=spec.compute_bytes if spec.bnb_keeps_input else 0,
         fused_loss=spec.loss_kernel == "fused-ce",
     )
-    acts = _activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
+    if s.derived:  # coefficients traced from the model itself (core/derived.py)
+        from lora_budget.core.derived import derived_activations
+
+        acts, static = derived_activations(spec, static)
+    else:
+        acts = _activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
     model = PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
     if spec.gpus > 1:
         from lora_budget.core.sharding import shard_peak_model

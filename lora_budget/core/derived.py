@@ -1,0 +1,383 @@
+"""Trace-derived models: the planner's inputs for an architecture the analytical walk does not know.
+
+For a ``model_type`` outside ``SUPPORTED_TYPES`` nothing here is hand-derived. Two records, both
+measured on the model transformers builds (``lora_budget/derive``), stand in for the walk:
+
+- the **architecture** record (one per architecture config, depth left out): every parameter tensor
+  of one decoder layer and of the rest of the model, from the model built on the meta device, with
+  its role (``nn.Linear`` / ``Conv1D`` weights are LoRA targets and what bitsandbytes quantizes),
+  plus the config values the rest of the planner reads (width, heads, vocabulary). The inventory of
+  an L-layer model is the rest plus L times the layer, exact because same-type layers are identical.
+- the **coefficients** record (one per architecture and step settings): the per-token ``lin + quad s``
+  terms of an ``ActivationModel``, traced on a 2-layer copy at real width (``derive/measure.py``
+  says how each one is measured), and the measured constants of the backward moment.
+
+This module only reads them (plain JSON, no torch): from the user cache first
+(``$LORA_BUDGET_COEFFICIENTS``, else ``$XDG_CACHE_HOME/lora-budget/coefficients``), then from the
+shipped ``catalog/coefficients.json``. When a record is missing and torch and transformers are
+installed it is derived on the spot (a logged note gives the time and the cache folder); without
+them a one-line error says how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lora_budget.catalog.shape import ModelShape
+from lora_budget.core.activations import ZERO, ActivationModel, Coeff
+from lora_budget.core.params import ParamTensor
+from lora_budget.errors import LoraBudgetError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+"""Version of the two record layouts; a record of another schema is ignored (derived again)."""
+
+ENV_DIR = "LORA_BUDGET_COEFFICIENTS"
+"""Environment variable naming the coefficient cache folder (tests point it at a temporary one)."""
+
+SHIPPED = Path(__file__).resolve().parent.parent / "catalog" / "coefficients.json"
+
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+"""config.json keys that hold the decoder depth, in the order transformers' config classes name them."""
+
+IGNORED_KEYS = frozenset(
+    {
+        "architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "auto_map",
+        "quantization_config", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+        "initializer_range", "id2label", "label2id", "task_specific_params", "_attn_implementation_autoset",
+        "output_attentions", "output_hidden_states", "return_dict", "model_name", "tokenizer_class",
+    }
+)  # fmt: skip
+"""Keys that change no tensor a training step allocates (token ids, initialisation, bookkeeping)."""
+
+PER_LAYER = "__per_layer__"
+"""Marks a per-layer list whose entries are all equal (``layer_types``): stored once, depth-free."""
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def depth_key(raw: dict[str, Any]) -> str:
+    for key in DEPTH_KEYS:
+        if isinstance(raw.get(key), int):
+            return key
+    raise LoraBudgetError(f"config of {raw.get('model_type')!r} has no layer count ({' or '.join(DEPTH_KEYS)})")
+
+
+def arch_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The architecture config without its depth: what the records are keyed on.
+
+    Per-layer lists (``layer_types``, length L) whose entries are all equal are stored as one value;
+    lists whose entries differ stay, so layers of different types never share a record.
+    """
+    key = depth_key(raw)
+    depth = raw[key]
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in IGNORED_KEYS or name == key:
+            continue
+        if isinstance(value, list) and len(value) == depth and depth > 1:
+            if all(v == value[0] for v in value):
+                value = {PER_LAYER: value[0]}
+            else:
+                out["__heterogeneous__"] = name
+                out["__depth__"] = depth
+        out[name] = value
+    out["__depth_key__"] = key
+    return out
+
+
+def canonical(arch: dict[str, Any]) -> str:
+    return json.dumps(arch, sort_keys=True, separators=(",", ":"))
+
+
+def arch_key(arch_json: str) -> str:
+    """16 hex digits of the SHA-256 of the canonical architecture config."""
+    return hashlib.sha256(arch_json.encode()).hexdigest()[:16]
+
+
+def config_at_depth(arch: dict[str, Any], layers: int) -> dict[str, Any]:
+    """The config.json values of the architecture with ``layers`` decoder layers."""
+    out = {k: v for k, v in arch.items() if not k.startswith("__")}
+    for name, value in out.items():
+        if isinstance(value, dict) and set(value) == {PER_LAYER}:
+            out[name] = [value[PER_LAYER]] * layers
+    out[arch["__depth_key__"]] = layers
+    return out
+
+
+def heterogeneous(arch: dict[str, Any]) -> str:
+    """The name of a per-layer list whose entries differ ('' when every layer is alike)."""
+    return str(arch.get("__heterogeneous__", ""))
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where derived records are cached: ``$LORA_BUDGET_COEFFICIENTS``, else the XDG cache dir."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "lora-budget" / "coefficients"
+
+
+@lru_cache(maxsize=1)
+def shipped() -> dict[str, Any]:
+    """The shipped records: ``{"architectures": {key: record}, "coefficients": {key: {settings: record}}}``."""
+    if not SHIPPED.is_file():
+        return {"architectures": {}, "coefficients": {}}
+    data = json.loads(SHIPPED.read_text())
+    return data if data.get("schema") == SCHEMA else {"architectures": {}, "coefficients": {}}
+
+
+def cache_file(key: str) -> Path:
+    return cache_dir() / f"{key}.json"
+
+
+def read_cache(key: str) -> dict[str, Any]:
+    """The cached records of one architecture (``{"architecture": ..., "coefficients": {...}}``)."""
+    path = cache_file(key)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {}
+
+
+def architecture_record(shape: ModelShape) -> dict[str, Any] | None:
+    key = arch_key(shape.arch_config)
+    return read_cache(key).get("architecture") or shipped()["architectures"].get(key)
+
+
+# -- the shape and the inventory ---------------------------------------------------------------
+
+
+def derived_shape(raw: dict[str, Any], where: str) -> ModelShape:
+    """A :class:`ModelShape` for a non-analytical ``model_type``.
+
+    The widths come from the architecture record (transformers' own config attributes) when one is
+    stored, else from the usual config.json keys; the activation terms never read them, the time
+    model (heads, head width) and the reports do.
+    """
+    arch = arch_config(raw)
+    arch_json = canonical(arch)
+    layers = int(raw[depth_key(raw)])
+    key = arch_key(arch_json)
+    record = read_cache(key).get("architecture") or shipped()["architectures"].get(key)
+    values = dict(record["shape"]) if record else _shape_values(raw, where)
+    return ModelShape(
+        model_type=str(raw["model_type"]),
+        layers=layers,
+        gated_mlp=False,
+        act="gelu",
+        norm="layer",
+        norm_scheme="pre",
+        qk_norm="none",
+        qkv_bias=False,
+        o_bias=False,
+        mlp_bias=False,
+        fused_qkv=False,
+        fused_gate_up=False,
+        parallel_block=False,
+        learned_positions=0,
+        experts=0,
+        experts_per_token=0,
+        attn_softcap=False,
+        final_softcap=False,
+        dropout=0.0,
+        checkpoint_dtype=str(raw.get("torch_dtype", raw.get("dtype", "unknown"))),
+        arch_config=arch_json,
+        **values,
+    )
+
+
+def _first(raw: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
+            return raw[key]
+    return None
+
+
+def _shape_values(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Widths from config.json under the names transformers' config classes map (``attribute_map``)."""
+    hidden = _first(raw, "hidden_size", "n_embd", "d_model", "n_embed", "dim")
+    heads = _first(raw, "num_attention_heads", "n_head", "n_heads", "num_heads")
+    vocab = _first(raw, "vocab_size", "padded_vocab_size")
+    if hidden is None or heads is None or vocab is None:
+        raise LoraBudgetError(f"{where}: config has no hidden size, head count or vocabulary size")
+    kv = _first(raw, "num_key_value_heads", "num_kv_heads", "n_head_kv") or heads
+    if raw.get("multi_query") is True:
+        kv = 1
+    head_dim = _first(raw, "head_dim", "kv_channels") or hidden // heads
+    return dict(
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        intermediate=_first(raw, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size") or 4 * hidden,
+        vocab=vocab,
+        max_positions=_first(raw, "max_position_embeddings", "n_positions", "max_seq_len") or 2048,
+        tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
+    )
+
+
+def _tensor(row: list[Any], count: int) -> ParamTensor:
+    name, shape, per, role, group, fan_in, fan_out = row
+    return ParamTensor(name, tuple(shape), per * count, role, group, fan_in, fan_out)
+
+
+def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
+    """The parameter tensors of a derived model: the rest of the model plus ``layers`` decoder layers."""
+    record = architecture_record(shape) or _derive_architecture(shape)
+    rest = [_tensor(row, 1) for row in record["other"]]
+    layer = [_tensor(row, shape.layers) for row in record["layer"]]
+    # the planner's convention: the embedding first, lm_head last
+    head = [t for t in rest if t.role == "lm_head"]
+    return tuple([t for t in rest if t.role != "lm_head"] + layer + head)
+
+
+def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
+    arch = json.loads(shape.arch_config)
+    where = shape.model_type
+    if not _torch_available():
+        raise LoraBudgetError(
+            f"{where} is not modelled analytically and has no derived parameter inventory here; "
+            f"install torch and transformers (pip install 'lora-budget[torch]') and the planner derives it "
+            f"from the model itself (or run `lora-budget derive` where they are installed)"
+        )
+    from lora_budget.derive.arch import derive_architecture
+
+    return derive_architecture(arch)
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+
+
+# -- step settings and coefficients ------------------------------------------------------------
+
+
+def settings(spec: Any) -> dict[str, Any]:
+    """What the traced activations depend on, besides batch and sequence: the coefficient key.
+
+    Attention ``flash`` is traced as SDPA's flash kernel (what FlashAttention-2 keeps, see
+    ``runtime/build.py``), so it shares sdpa's record.
+    """
+    out: dict[str, Any] = {
+        "method": spec.method,
+        "dtype": spec.dtype,
+        "attn": "sdpa" if spec.attn == "flash" else spec.attn,
+        "grad_ckpt": spec.grad_ckpt,
+        "autocast": spec.autocast_on,
+        "loss": spec.loss_kernel,
+    }
+    if spec.method != "full":
+        out.update(
+            adapter_dtype=spec.adapter_dtype,
+            rank=spec.rank,
+            targets=spec.targets,
+            lora_dropout=spec.lora_dropout > 0,
+            kbit_prep=spec.kbit_prepared,
+        )
+    objective = getattr(spec, "objective", "sft")
+    if objective != "sft":
+        out["objective"] = objective
+    return out
+
+
+def settings_key(values: dict[str, Any]) -> str:
+    return ",".join(f"{k}={values[k]}" for k in sorted(values))
+
+
+def describe(values: dict[str, Any]) -> str:
+    """One short phrase for messages: ``lora, sdpa, grad-ckpt``."""
+    parts = [values["method"], values["attn"], values["dtype"]]
+    if values["grad_ckpt"]:
+        parts.append("grad-ckpt")
+    return ", ".join(parts)
+
+
+def coefficients_record(spec: Any) -> dict[str, Any]:
+    """The stored coefficients of ``spec``'s architecture and settings; derived when missing."""
+    shape = spec.model.shape
+    key = arch_key(shape.arch_config)
+    values = settings(spec)
+    skey = settings_key(values)
+    record = read_cache(key).get("coefficients", {}).get(skey) or shipped()["coefficients"].get(key, {}).get(skey)
+    if record is not None:
+        return record
+    if not _torch_available():
+        raise LoraBudgetError(
+            f"{spec.model.name} ({shape.model_type}) is planned from trace-derived coefficients, and none are "
+            f"stored for {describe(values)}; install torch, transformers and peft (pip install "
+            f"'lora-budget[torch]') and the planner derives them in about a minute, or run "
+            f"`lora-budget derive -m {spec.model.hf_id or spec.model.name}` where they are installed"
+        )
+    from lora_budget.derive import derive_coefficients
+
+    return derive_coefficients(spec)
+
+
+def _coeff(pair: list[float]) -> Coeff:
+    return Coeff(float(pair[0]), float(pair[1]))
+
+
+def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
+    """The ``ActivationModel`` and the static memory the peak model composes, from the record.
+
+    The backward moment of a decoder layer is stored as its per-token line plus two measured
+    constants: the gradients that layer has made by then (``layer_gradients_before_attention``,
+    which the peak model adds in that phase) and other fixed bytes (a dequantized weight:
+    ``dequant_attn_bytes``). The attention/MLP split of the analytical walk is not measured: the
+    whole layer is one half (``layer_attention`` = ``layer``, tails zero), so each layer's backward
+    has one moment.
+    """
+    r = coefficients_record(spec)
+    layer = _coeff(r["layer"])
+    first = _coeff(r["first_layer"])
+    backward = _coeff(r["backward_transient"])
+    acts = ActivationModel(
+        layer=layer,
+        first_layer=first,
+        once=_coeff(r["once"]),
+        checkpoint=_coeff(r["checkpoint"]),
+        head=_coeff(r["head"]),
+        forward_transient=_coeff(r["forward_transient"]),
+        forward_transient_kernel=ZERO,
+        backward_transient=backward,
+        layer_attention=layer,
+        first_layer_attention=first,
+        backward_transient_attention=backward,
+        attention_tail=ZERO,
+        first_attention_tail=ZERO,
+        batched_extra=ZERO,
+        backward_transient_dequant=ZERO,
+        dequant_bytes=int(r["forward_fixed_bytes"]),
+    )
+    static = replace(
+        static,
+        layer_gradients_before_attention=int(r["backward_gradient_bytes"]),
+        dequant_attn_bytes=int(r["backward_fixed_bytes"]),
+    )
+    return acts, static
+
+
+def kind(raw: dict[str, Any]) -> str:
+    """``analytical`` or ``trace-derived``: how the planner models a config's architecture."""
+    from lora_budget.catalog.shape import SUPPORTED_TYPES
+
+    inner = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    return "analytical" if inner.get("model_type") in SUPPORTED_TYPES else "trace-derived"

@@ -1,0 +1,148 @@
+"""Derive the planner's inputs for any transformers causal LM from a truncated traced step.
+
+``derive_coefficients(spec)`` traces a 2-layer copy of ``spec``'s model (real width, fake tensors)
+at the points of ``fit.points``, fits each measured term (``measure.py``) and stores the result in
+the user cache (``core/derived.py`` reads it). Imports torch; the planner imports this package only
+when a record is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from lora_budget.core.derived import (
+    SCHEMA,
+    arch_key,
+    cache_dir,
+    depth_key,
+    describe,
+    settings,
+    settings_key,
+)
+from lora_budget.derive import fit
+from lora_budget.derive.arch import PROBE_LAYERS
+from lora_budget.derive.store import save_coefficients, versions
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import ModelRef, TrainSpec
+
+log = logging.getLogger(__name__)
+
+REFERENCE: fit.Point = (4, 2048)
+"""(b, s) at which the largest forward and backward moments are chosen (see ``_moment``)."""
+
+
+def truncated_config(raw: dict[str, Any], layers: int = PROBE_LAYERS) -> dict[str, Any]:
+    """``raw`` with ``layers`` decoder layers (per-layer lists cut to match)."""
+    key = depth_key(raw)
+    depth = raw[key]
+    out = dict(raw)
+    for name, value in raw.items():
+        if isinstance(value, list) and len(value) == depth and depth > 1:
+            out[name] = value[:layers]
+    out[key] = layers
+    return out
+
+
+def truncated_spec(spec: TrainSpec, layers: int = PROBE_LAYERS) -> TrainSpec:
+    """``spec`` on a ``layers``-layer copy of its model, one GPU, plain SGD (the optimizer changes no
+    activation; its state and step are planned from the inventory)."""
+    from lora_budget.catalog.shape import shape_from_config
+
+    raw = truncated_config(dict(spec.model.config), layers)
+    ref = ModelRef(
+        name=f"{spec.model.name} ({layers} layers)",
+        hf_id=spec.model.hf_id,
+        source=spec.model.source,
+        shape=shape_from_config(raw, where=spec.model.name),
+        config=raw,
+    )
+    return dataclasses.replace(
+        spec, model=ref, gpus=1, strategy="ddp", offload="none", grad_accum=1, optimizer="sgd", warnings=()
+    )
+
+
+def _moment(at: list[fit.Point], series: list[tuple[int, ...]], what: str) -> tuple[tuple[float, ...], int]:
+    """The event whose fitted bytes are largest at ``REFERENCE``: (its coefficients, its index).
+
+    The peak model holds one line per transient, so one moment of the layer stands for all; at a
+    (b, s) far from the reference another moment may be larger (known error, small beside the
+    activations: the candidates are the same layer's working sets).
+    """
+    lengths = {len(s) for s in series}
+    if len(lengths) != 1:
+        raise LoraBudgetError(f"the layer's {what} runs a different number of ops at different sizes; not derivable")
+    best, best_at = None, -1
+    for j in range(lengths.pop()):
+        coeffs = fit.fit(at, [s[j] for s in series])
+        value = fit.evaluate(coeffs, *REFERENCE)
+        if best is None or value > fit.evaluate(best, *REFERENCE):
+            best, best_at = coeffs, j
+    return best, best_at
+
+
+def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]:
+    """Trace, fit and (unless ``save`` is off) cache the coefficients record of ``spec``."""
+    from lora_budget.derive.measure import probe
+
+    values = settings(spec)
+    if spec.loss_kernel == "fused-ce":
+        raise LoraBudgetError("fused-ce runs Triton kernels the trace cannot run; no derived coefficients for it")
+    if values.get("objective"):
+        raise LoraBudgetError(f"derived coefficients cover the sft objective only, not {values['objective']}")
+    started = time.perf_counter()
+    small = truncated_spec(spec)
+    at, check = fit.points(spec.model.shape.max_positions)
+    probes = [probe(dataclasses.replace(small, batch_size=b, seq_len=s)) for b, s in (*at, check)]
+    grid = [*at, check]
+
+    def term(name: str, get: Any) -> tuple[list[float], float, float]:
+        measured = [get(p) for p in probes]
+        coeffs = fit.fit(grid, measured)
+        residual = measured[4] - fit.evaluate(coeffs, *check)
+        return fit.per_token(coeffs), coeffs[0], residual
+
+    terms = {
+        "first_layer": term("first_layer", lambda p: p.own[0]),
+        "own": term("layer", lambda p: p.own[PROBE_LAYERS - 1]),
+        "once": term("once", lambda p: p.total - sum(p.own)),
+        "head": term("head", lambda p: p.head),
+    }
+    fwd, fwd_j = _moment(grid, [p.forward for p in probes], "forward")
+    bwd, bwd_j = _moment(grid, [p.backward for p in probes], "backward")
+    own = terms["own"][0]
+    record = {
+        "schema": SCHEMA,
+        "settings": values,
+        "layer": [0.0, 0.0] if spec.grad_ckpt else own,
+        "first_layer": terms["first_layer"][0],
+        "checkpoint": own if spec.grad_ckpt else [0.0, 0.0],
+        "once": terms["once"][0],
+        "head": terms["head"][0],
+        "forward_transient": fit.per_token(fwd),
+        "forward_fixed_bytes": max(0, round(fwd[0])),
+        "backward_transient": fit.per_token(bwd),
+        "backward_gradient_bytes": probes[0].grads[bwd_j],
+        "backward_fixed_bytes": max(0, round(bwd[0])),
+        "fixed_bytes": {name: round(t[1]) for name, t in terms.items()},
+        "check_residual_bytes": {name: round(t[2]) for name, t in terms.items()},
+        "moments": {"forward": fwd_j, "backward": bwd_j},
+        "points": [list(p) for p in grid],
+        "layers_traced": PROBE_LAYERS,
+        "versions": versions(),
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    if save:
+        key = arch_key(spec.model.shape.arch_config)
+        save_coefficients(key, settings_key(values), record)
+        log.warning(
+            "note: derived %s coefficients (%s) from a %d-layer trace in %.0f s; cached in %s",
+            spec.model.shape.model_type,
+            describe(values),
+            PROBE_LAYERS,
+            record["wall_s"],
+            cache_dir(),
+        )
+    return record

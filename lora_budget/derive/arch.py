@@ -1,0 +1,190 @@
+"""The architecture record: a model's parameter inventory, read from the model transformers builds.
+
+The model is built from its config on the ``meta`` device (shapes and dtypes, no memory, nothing
+downloaded) with two decoder layers; the tensors of layer 0 are the per-layer inventory (layer 1 must
+hold the same ones, or the layers are not alike and truncation cannot stand for depth) and every
+other parameter is counted once. Tied parameters are one tensor (``named_parameters`` lists a shared
+tensor once), so a tied lm_head adds nothing, as in transformers' own count.
+
+Roles, as the planner uses them (``core/params.py``):
+
+- ``linear`` / ``linear_bias``: weight and bias of an ``nn.Linear`` or GPT-2 style ``Conv1D`` other
+  than the output head: what peft's ``all-linear`` preset adapts and what transformers' bitsandbytes
+  integration quantizes. Named by the module's last path component, as peft matches them; grouped
+  ``attn`` / ``mlp`` by the words in their module path.
+- ``embedding``: ``nn.Embedding`` weights (the input embedding is named ``embed_tokens``).
+- ``lm_head``: the untied output head. ``norm``: every other parameter (norm weights and biases,
+  learned scalars), which no method quantizes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from lora_budget.core.derived import SCHEMA, arch_key, canonical, config_at_depth, heterogeneous
+from lora_budget.derive.store import save_architecture
+from lora_budget.errors import LoraBudgetError
+
+PROBE_LAYERS = 2
+"""Decoder layers in the truncated model: layer 0 (whose input may need no gradient) and one more."""
+
+_ATTN_WORDS = ("attn", "attention")
+_MLP_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "experts", "moe")
+
+
+def build_meta(config_values: dict[str, Any], dtype: str = "bf16") -> Any:
+    """The transformers model of ``config_values`` on the meta device, or a one-line error."""
+    from lora_budget.runtime.build import import_stack, torch_dtype
+
+    torch, transformers, _, _ = import_stack()
+    raw = dict(config_values)
+    model_type = raw.pop("model_type")
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **raw)
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+    except Exception as exc:  # transformers raises its own classes (config validators, unknown types)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoraBudgetError(f"transformers cannot build a {model_type!r} causal LM: {first}") from None
+
+
+def decoder_layers(model: Any, layers: int) -> tuple[str, Any]:
+    """(path, ModuleList) of the decoder layers: the ``nn.ModuleList`` of ``layers`` modules of one
+    class, preferring the class transformers names in ``_no_split_modules``."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    no_split = set(getattr(base, "_no_split_modules", None) or ())
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            kinds = {type(m).__name__ for m in module}
+            if len(kinds) == 1:
+                found.append((next(iter(kinds)) in no_split, name, module))
+    if not found:
+        raise LoraBudgetError(f"{type(base).__name__}: no list of {layers} alike decoder layers found")
+    found.sort(key=lambda f: not f[0])
+    return found[0][1], found[0][2]
+
+
+def _group(path: str) -> str:
+    low = path.lower()
+    if any(w in low for w in _ATTN_WORDS):
+        return "attn"
+    if any(w in low for w in _MLP_WORDS):
+        return "mlp"
+    return "other"
+
+
+def _rows(model: Any, prefix: str, head: Any, input_embedding: Any) -> list[list[Any]]:
+    """Inventory rows ``[name, shape, count, role, group, in_features, out_features]`` of one module
+    subtree, tensors of the same (name, shape, role, group) merged."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    owner = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            owner.setdefault(id(p), (mod_name, module, p_name))
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for full, p in model.named_parameters():
+        if prefix and not full.startswith(prefix + "."):
+            continue
+        mod_name, module, p_name = owner[id(p)]
+        leaf = mod_name.rsplit(".", 1)[-1]
+        fan_in = fan_out = 0
+        if module is head:
+            role, name = "lm_head", "lm_head"
+        elif isinstance(module, torch.nn.Embedding):
+            role, name = "embedding", "embed_tokens" if module is input_embedding else leaf
+        elif isinstance(module, (torch.nn.Linear, Conv1D)):
+            name = leaf if p_name == "weight" else f"{leaf}.{p_name}"
+            role = "linear" if p_name == "weight" else "linear_bias"
+            if role == "linear":
+                if isinstance(module, Conv1D):  # stores (in, out)
+                    fan_in, fan_out = p.shape
+                else:
+                    fan_in, fan_out = module.in_features, module.out_features
+        else:
+            role, name = "norm", f"{leaf}.{p_name}" if leaf else p_name
+        key = (name, tuple(p.shape), role, _group(mod_name), fan_in, fan_out)
+        row = merged.setdefault(key, [name, list(p.shape), 0, role, _group(mod_name), fan_in, fan_out])
+        row[2] += 1
+    return list(merged.values())
+
+
+def inventory_rows(model: Any, layers: int) -> tuple[list[list[Any]], list[list[Any]]]:
+    """(per-layer rows from layer 0, rows of everything outside the decoder layers)."""
+    path, stack = decoder_layers(model, layers)
+    head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    per_layer = [_rows(model, f"{path}.{i}", head, embedding) for i in range(layers)]
+    if any(sorted(map(str, r)) != sorted(map(str, per_layer[0])) for r in per_layer[1:]):
+        raise LoraBudgetError(f"the decoder layers of {type(model).__name__} hold different tensors")
+    everything = _rows(model, "", head, embedding)
+    layer_keys = {}
+    for row in per_layer[0]:
+        layer_keys[tuple(map(str, row[:2] + row[3:]))] = row[2] * layers
+    other = []
+    for row in everything:
+        k = tuple(map(str, row[:2] + row[3:]))
+        rest = row[2] - layer_keys.get(k, 0)
+        if rest:
+            other.append([*row[:2], rest, *row[3:]])
+    return per_layer[0], other
+
+
+def shape_values(config: Any) -> dict[str, Any]:
+    """The widths the rest of the planner reads, from transformers' config object (its ``attribute_map``
+    resolves each model type's own key names)."""
+    hidden = int(config.hidden_size)
+    heads = int(getattr(config, "num_attention_heads", 0) or 1)
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    if getattr(config, "multi_query", False) is True:
+        kv = 1
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    return dict(
+        hidden=hidden,
+        heads=heads,
+        kv_heads=int(kv),
+        head_dim=int(head_dim),
+        intermediate=int(intermediate),
+        vocab=int(config.vocab_size),
+        max_positions=int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)),
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+    )
+
+
+def derive_architecture(arch: dict[str, Any], save: bool = True) -> dict[str, Any]:
+    """The architecture record of ``arch`` (``core.derived.arch_config``), cached unless ``save`` is off."""
+    started = time.perf_counter()
+    field = heterogeneous(arch)
+    if field:
+        raise LoraBudgetError(f"{arch['model_type']}: its layers differ ({field}); truncation cannot stand for depth")
+    model = build_meta(config_at_depth(arch, PROBE_LAYERS))
+    layer, other = inventory_rows(model, PROBE_LAYERS)
+    tied = model.get_output_embeddings() is None or (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
+    values = shape_values(model.config)
+    values["tied_embeddings"] = bool(tied)
+    from lora_budget.derive.store import versions
+
+    record = {
+        "schema": SCHEMA,
+        "key": arch_key(canonical(arch)),
+        "model_type": arch["model_type"],
+        "model_class": type(model).__name__,
+        "shape": values,
+        "layer": layer,
+        "other": other,
+        "versions": versions(),
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    json.dumps(record)  # every value is plain JSON
+    if save:
+        save_architecture(record)
+    return record
