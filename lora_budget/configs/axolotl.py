@@ -10,8 +10,7 @@ from lora_budget.configs.values import Reader
 
 
 def read(r: Reader) -> None:
-    if (model := r.text("base_model")) is not None:
-        r.set("model", model, "base_model")
+    r.model("base_model")
     if not r.typed_over("method", "adapter", "load_in_4bit", "load_in_8bit"):
         _axolotl_method(r)
     _axolotl_rest(r)

@@ -47,8 +47,7 @@ from lora_budget.configs.values import Reader
 
 
 def llamafactory(r: Reader) -> None:
-    if (model := r.text("model_name_or_path")) is not None:
-        r.set("model", model, "model_name_or_path")
+    r.model("model_name_or_path")
     r.text("stage")  # the objective: configs/objectives.py
     if not r.typed_over("method", "finetuning_type", "quantization_bit", "quantization_method"):
         _llamafactory_method(r)
@@ -123,8 +122,7 @@ def _trainer_args(r: Reader, both_off: str | None = "fp32") -> None:
 
 
 def trl(r: Reader) -> None:
-    if (model := r.text("model_name_or_path")) is not None:
-        r.set("model", model, "model_name_or_path")
+    r.model("model_name_or_path")
     _trainer_args(r)
     for key in ("max_length", "max_seq_length"):
         if not r.typed_over("seq_len", key) and (seq := r.positive_int(key)) is not None:
@@ -170,8 +168,7 @@ def peft(r: Reader) -> None:
             "peft_type",
             f"only LORA adapters are modelled, got {kind!r}; plan a LoRA of the base instead (--model M, no --config)",
         )
-    if (model := r.text("base_model_name_or_path")) is not None:
-        r.set("model", model, "base_model_name_or_path")
+    r.model("base_model_name_or_path")
     rank_alpha_dropout(r, "r")
     r.targets("target_modules")
     r.set("method", "lora", "peft_type")

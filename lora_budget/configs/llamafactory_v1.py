@@ -39,8 +39,7 @@ def _name(r: Reader, key: str, section: dict[str, Any]) -> str:
 
 
 def read(r: Reader) -> None:
-    if (model := r.text("model")) is not None:
-        r.set("model", model, "model")
+    r.model("model")
     peft = _section(r, "peft_config")
     quant = _section(r, "quant_config")
     if not r.typed_over("method", "peft_config", "quant_config"):

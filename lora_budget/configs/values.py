@@ -43,6 +43,9 @@ OPTIMIZER_BOUNDS: dict[str, tuple[str, str]] = {
 }
 """Optimizers planned as a modelled one whose state is at least as large, with a note."""
 
+PREQUANTIZED = ("-gptq", "-awq", "-aqlm", "-hqq", "-eetq", "-fp8", "-int4", "-int8", "-mxfp4", "-nvfp4")
+"""Model-id parts of checkpoints stored quantized (their config.json's quantization_config decides; the id hints)."""
+
 
 @dataclass
 class Reader:
@@ -90,6 +93,17 @@ class Reader:
     def set(self, param: str, value: Any, key: str) -> None:
         self.values[param] = value
         self.sources[param] = key
+
+    def model(self, key: str) -> None:
+        """The model id under ``key``; an id naming a pre-quantized checkpoint (GPTQ, AWQ, ...) gets a note."""
+        if (model := self.text(key)) is None:
+            return
+        self.set("model", model, key)
+        if kind := next((k for k in PREQUANTIZED if k in model.lower()), None):
+            self.notes.append(
+                f"{key}: {model} looks pre-quantized ({kind.strip('-_').upper()}): not modelled, its weights are "
+                "planned in the configured dtype (an over-estimate of the frozen base)"
+            )
 
     def positive_int(self, key: str) -> int | None:
         if not self.has(key):
