@@ -118,6 +118,17 @@ class MethodPlan:
                     "lora_dropout": spec.lora_dropout if spec.method != "full" else None,
                     "loss": spec.loss_kernel,
                     "kbit_prep": spec.kbit_prepared,
+                    **(
+                        {
+                            "objective": spec.objective,
+                            "reference": spec.reference_kind,
+                            "sequences_per_example": spec.sequences_per_example,
+                            "completion_len": spec.completion_tokens or None,
+                            "vllm": spec.vllm if spec.objective == "grpo" else None,
+                        }
+                        if spec.objective != "sft"
+                        else {}
+                    ),
                 },
             }
         )

@@ -18,6 +18,8 @@ Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "params"]
 Framework = Literal["plain", "hf-trainer", "torchtune"]
 Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce"]
+Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward"]
+Reference = Literal["auto", "none", "adapter", "copy", "precomputed"]
 
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
@@ -39,6 +41,18 @@ FRAMEWORK_LOSS: dict[str, str] = {"plain": "full-ce", "hf-trainer": "full-ce", "
 """The loss kernel each framework's own training step uses (``loss="auto"``): transformers'
 ``ForCausalLMLoss`` for the plain loop and the Trainer (TRL, axolotl and LLaMA-Factory run on it),
 torchtune's ``CEWithChunkedOutputLoss`` (8 chunks) in its recipes."""
+OBJECTIVES: tuple[Objective, ...] = ("sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward")
+REFERENCES: tuple[Reference, ...] = ("auto", "none", "adapter", "copy", "precomputed")
+PAIRED: frozenset[str] = frozenset({"dpo", "ipo", "orpo", "simpo", "reward"})
+"""Objectives whose micro-batch of b examples runs as 2b sequences: TRL's ``DataCollatorForPreference``
+stacks the chosen and the rejected completions of each example (``dpo_trainer.py``, v1.9.0), and its
+reward collator the chosen and rejected sequences (``reward_trainer.py``), into one forward."""
+WITH_REFERENCE: frozenset[str] = frozenset({"dpo", "ipo", "grpo"})
+"""Objectives whose loss compares against a frozen reference policy (TRL v1.9.0: DPO and IPO always
+unless ``precompute_ref_log_probs``; GRPO only when ``beta`` > 0, its default being 0.0). ORPO and
+SimPO are reference-free by construction."""
+GRPO_COMPLETION = 256
+"""TRL v1.9.0 ``GRPOConfig.max_completion_length`` default (``grpo_config.py``)."""
 SHARDED_PARAMS: tuple[Strategy, ...] = ("zero3", "fsdp")
 """Strategies that shard the (frozen and trainable) parameters themselves."""
 TARGET_PRESETS = ("all-linear", "attn", "mlp")
@@ -151,6 +165,31 @@ class TrainSpec:
     16-bit input for backward whenever that input needed a gradient (``ctx.tensors = (A, B)``,
     added in 13c0a4dc, 2023); 0.43.2 (commit 9e753741, bitsandbytes#1270, July 2024) keeps only the
     packed weight. The default is the release the trace runs."""
+    objective: Objective = "sft"
+    """What the step optimizes. sft: next-token cross-entropy on every position. dpo / ipo (a frozen
+    reference), orpo / simpo (none): preference pairs, as TRL's ``DPOTrainer`` runs them: the chosen
+    and the rejected sequence of each example go through one forward (2b sequences) and per-token
+    log-probabilities come from ``selective_log_softmax`` instead of a cross-entropy. grpo: TRL's
+    ``GRPOTrainer`` step: b completions of ``completion_len`` tokens after a prompt, logits only
+    for the completion (``logits_to_keep``), and a generation phase before it. reward: a sequence
+    classifier with one output (``AutoModelForSequenceClassification(num_labels=1)``, TRL's
+    ``RewardTrainer``) on chosen + rejected pairs: a scalar head replaces lm_head and its logits."""
+    reference: Reference = "auto"
+    """Where a dpo / ipo / grpo loss gets its reference log-probabilities. adapter: the policy with
+    its adapters disabled (TRL's default with PEFT: no extra weights); copy: a second, frozen copy of
+    the model in the weights' dtype (TRL's default for full fine-tuning); precomputed: computed once
+    before training (``precompute_ref_log_probs``); none: no reference (grpo with ``beta`` = 0).
+    auto: TRL's default for the objective and method (grpo: none, as ``beta`` defaults to 0.0)."""
+    completion_len: int = 0
+    """grpo: completion tokens per sequence (``max_completion_length``); the prompt is the rest of
+    ``seq_len``. 0: TRL's default, 256 (at most ``seq_len`` - 1)."""
+    generations: int = 8
+    """grpo: completions sampled per prompt (``num_generations``, TRL's default 8). The micro-batch
+    counts completions, so this sets how many prompts it holds, not its size."""
+    vllm: bool = False
+    """grpo: completions come from vLLM (``use_vllm``), whose engine memory (another GPU in server
+    mode, a ``vllm_gpu_memory_utilization`` share in colocate mode) is not planned. Off: transformers'
+    ``generate`` on the training GPU, planned as its own phase."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
 
@@ -167,6 +206,7 @@ class TrainSpec:
         if self.attn not in ATTENTIONS:
             raise LoraBudgetError(f"unknown attention {self.attn!r}; choose one of {', '.join(ATTENTIONS)}")
         self._check_framework()
+        self._check_objective()
         if self.quant not in ("nf4", "fp4"):
             raise LoraBudgetError(f"unknown 4-bit type {self.quant!r}; choose nf4 or fp4")
         for label, value in (
@@ -235,6 +275,85 @@ class TrainSpec:
                 "autocast over fp32 weights (a model loaded without torch_dtype) is not modelled yet; "
                 "plan with --dtype bf16 or --no-autocast"
             )
+
+    def _check_objective(self) -> None:
+        """Objective, reference and completion length: one message naming the option for each bad value."""
+        if self.objective not in OBJECTIVES:
+            raise LoraBudgetError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.reference not in REFERENCES:
+            raise LoraBudgetError(f"unknown reference {self.reference!r}; choose one of {', '.join(REFERENCES)}")
+        for label, value, low in (("completion length", self.completion_len, 0), ("generations", self.generations, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise LoraBudgetError(f"{label} must be an integer >= {low}, got {value!r}")
+        if self.reference not in ("auto", "none") and self.objective not in WITH_REFERENCE:
+            raise LoraBudgetError(
+                f"--reference {self.reference} applies to dpo, ipo and grpo; {self.objective} has no reference model"
+            )
+        if self.reference == "adapter" and self.method == "full":
+            raise LoraBudgetError("--reference adapter disables LoRA adapters; full fine-tuning has none (use copy)")
+        if self.reference == "precomputed" and self.objective == "grpo":
+            raise LoraBudgetError("GRPO scores fresh completions each step; its reference cannot be precomputed")
+        if self.objective != "grpo" and (self.completion_len or self.vllm):
+            raise LoraBudgetError("--completion-len and --vllm apply to grpo only")
+        if self.objective == "grpo" and self.completion_len >= self.seq_len:
+            raise LoraBudgetError(
+                f"completion length {self.completion_len} leaves no prompt in sequence length {self.seq_len}"
+            )
+        if self.objective not in ("sft", "reward") and not self.autocast_on and self.activation_bytes == 4:
+            raise LoraBudgetError(
+                f"{self.objective} is planned with 16-bit logits, as TRL runs it (bf16=True, the default); "
+                "fp32 logits (fp32 weights, or a kbit-prepared model without autocast) are not modelled yet"
+            )
+        if self.objective != "sft" and self.loss_kernel != "full-ce":
+            raise LoraBudgetError(
+                f"--loss {self.loss_kernel} is a cross-entropy kernel; {self.objective} computes its own loss "
+                "(plan it with --loss auto)"
+            )
+
+    @property
+    def objective_note(self) -> str:
+        """One line on what the objective adds to the step, for the plan's output ('' for sft)."""
+        if self.objective == "sft":
+            return ""
+        ref = {
+            "adapter": "reference: the policy with adapters disabled (no extra weights)",
+            "copy": "reference: a frozen copy of the model (in weights)",
+            "precomputed": "reference: log-probs precomputed before training",
+            "none": "no reference model",
+        }[self.reference_kind]
+        if self.objective == "reward":
+            return "reward: a scalar score head instead of lm_head, 2 sequences per example (chosen + rejected)"
+        if self.objective == "grpo":
+            gen = "vLLM, not planned" if self.vllm else "transformers generate, planned"
+            return (
+                f"grpo: b = {self.batch_size} completions ({self.generations} per prompt) of "
+                f"{self.completion_tokens} tokens, logits for the completion only; {ref}; generation: {gen}"
+            )
+        return f"{self.objective}: 2 sequences per example (chosen + rejected); {ref}"
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences one example puts through the forward: 2 for preference pairs, else 1."""
+        return 2 if self.objective in PAIRED else 1
+
+    @property
+    def reference_kind(self) -> str:
+        """The reference that runs: ``reference``, or for auto TRL's default (v1.9.0): dpo / ipo use
+        the adapter-disabled policy under PEFT and a frozen copy for full fine-tuning; grpo none."""
+        if self.objective not in WITH_REFERENCE:
+            return "none"
+        if self.reference != "auto":
+            return self.reference
+        if self.objective == "grpo":
+            return "none"
+        return "copy" if self.method == "full" else "adapter"
+
+    @property
+    def completion_tokens(self) -> int:
+        """grpo: completion tokens per sequence (0 for other objectives)."""
+        if self.objective != "grpo":
+            return 0
+        return self.completion_len or min(GRPO_COMPLETION, self.seq_len - 1)
 
     @property
     def loss_kernel(self) -> str:

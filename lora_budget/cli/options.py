@@ -10,7 +10,18 @@ import click
 from click.core import ParameterSource
 
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ATTENTIONS, DTYPES, FRAMEWORKS, LOSSES, METHODS, OFFLOADS, OPTIMIZERS, STRATEGIES
+from lora_budget.spec import (
+    ATTENTIONS,
+    DTYPES,
+    FRAMEWORKS,
+    LOSSES,
+    METHODS,
+    OBJECTIVES,
+    OFFLOADS,
+    OPTIMIZERS,
+    REFERENCES,
+    STRATEGIES,
+)
 
 MODEL_HELP = (
     "Catalog name, alias, HF repo id, config.json path or model directory. Aliases: 7b = Llama-2-7B, "
@@ -169,6 +180,41 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "activations), as axolotl's QLoRA loader does.",
         ),
         click.option(
+            "--objective",
+            type=click.Choice(OBJECTIVES),
+            default="sft",
+            show_default=True,
+            help="What the step trains, as TRL runs it: sft; dpo/ipo/orpo/simpo (chosen + rejected pairs); "
+            "grpo (completions, logits for the completion only, a generation phase); reward (score head).",
+        ),
+        click.option(
+            "--reference",
+            type=click.Choice(REFERENCES),
+            default="auto",
+            show_default=True,
+            help="dpo/ipo/grpo reference log-probs: adapter (adapters disabled), copy (a frozen model copy), "
+            "precomputed, none; auto: TRL's default.",
+        ),
+        click.option(
+            "--completion-len",
+            type=int,
+            default=0,
+            help="grpo: completion tokens per sequence (max_completion_length; default 256); the prompt is the rest "
+            "of --seq-len.",
+        ),
+        click.option(
+            "--generations",
+            type=int,
+            default=8,
+            show_default=True,
+            help="grpo: completions per prompt (num_generations); --batch-size counts completions.",
+        ),
+        click.option(
+            "--vllm/--no-vllm",
+            default=False,
+            help="grpo: completions from vLLM (its engine memory is not planned) instead of transformers' generate.",
+        ),
+        click.option(
             "--gpus",
             type=int,
             default=1,
@@ -286,6 +332,11 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "kbit_prep",
         "autocast",
         "bitsandbytes",
+        "objective",
+        "reference",
+        "completion_len",
+        "generations",
+        "vllm",
     )
     return {k: kw[k] for k in keys if k in kw}
 

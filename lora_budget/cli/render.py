@@ -38,7 +38,8 @@ def _code(m: MethodPlan) -> str:
         "hf-trainer": "transformers Trainer",
         "torchtune": "torchtune recipe",
     }[s.framework]
-    return f"framework {s.framework} ({what}), loss {s.loss_kernel}"
+    loss = s.loss_kernel if s.objective == "sft" else f"{s.objective} (TRL 1.9 trainer's own)"
+    return f"framework {s.framework} ({what}), loss {loss}"
 
 
 def render_table(result: PlanResult) -> str:
@@ -58,6 +59,11 @@ def render_table(result: PlanResult) -> str:
     codes = {_code(m) for m in methods}
     if len(codes) == 1:
         lines.append(f"Code   {codes.pop()}")
+    goals = {m.method: m.spec.objective_note for m in methods if m.spec.objective_note}
+    if len(set(goals.values())) == 1:
+        lines.append(f"Goal   {goals.popitem()[1]}")
+    else:
+        lines += [f"Goal   {LABELS[method]}: {note}" for method, note in goals.items()]
     lines.append("")
     width = 12
     head = f"{'memory (GiB)':<16}" + "".join(f"{LABELS[m.method]:>{width}}" for m in methods)

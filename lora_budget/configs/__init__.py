@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.formats import MAPPERS, MODEL_KEYS
-from lora_budget.configs.objectives import objective, objective_note
+from lora_budget.configs.objectives import objective, objective_note, objective_values
 from lora_budget.configs.read import FORMAT_NAMES, read_file
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
@@ -116,6 +116,21 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
     if goal != "sft":
         reader.used.add(goal_key)
         reader.notes.append(objective_note(goal, goal_key))
+        method = str(reader.values.get("method", "lora"))
+        values, read = objective_values(goal, data, method)
+        reader.used.update(read)
+        for param, value in values.items():
+            if param in typed or (param == "seq_len" and "seq_len" in reader.values):
+                continue
+            source = {
+                "objective": goal_key,
+                "seq_len": "max_prompt_length + max_completion_length",
+                "generations": "num_generations",
+                "completion_len": "max_completion_length",
+                "vllm": "use_vllm",
+                "reference": "beta" if goal == "grpo" else "precompute_ref_log_probs",
+            }
+            reader.set(param, value, source.get(param, param))
     unmodelled, ignored, unknown = reader.ignored()
     return LoadedConfig(
         path=str(path),

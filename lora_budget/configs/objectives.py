@@ -64,10 +64,59 @@ def objective(fmt: str, data: dict[str, Any]) -> tuple[str, str]:
     return "sft", ""
 
 
+MODELLED = frozenset({"dpo", "ipo", "orpo", "simpo", "grpo", "reward"})
+"""Objectives the spec models (``TrainSpec.objective``); the others are planned as SFT with a note."""
+
+
 def objective_note(name: str, key: str) -> str:
     """The plan's note for a non-SFT objective."""
+    if name in MODELLED:
+        return f"{key}: objective {name}, planned as TRL v1.9.0 runs it (see the Goal line)"
     differs = DIFFERS.get(name, "its own models and sequences, which are not modelled")
     return f"{key}: objective {name} planned as one SFT step (not modelled yet): its step also holds {differs}"
+
+
+def _trl_value(data: dict[str, Any], key: str) -> Any:
+    """A TRL argument at the top level or in axolotl's ``trl:`` section."""
+    if data.get(key) is not None:
+        return data[key]
+    nested = data.get("trl")
+    return nested.get(key) if isinstance(nested, dict) else None
+
+
+def objective_values(name: str, data: dict[str, Any], method: str) -> tuple[dict[str, Any], set[str]]:
+    """Spec values of a modelled objective from TRL's arguments, and the keys read.
+
+    TRL v1.9.0 names (``precompute_ref_log_probs``, ``beta``, ``num_generations``,
+    ``max_completion_length``, ``use_vllm``), at the top level or in axolotl's ``trl:`` section.
+    GRPO's reference exists only when ``beta`` > 0 (default 0.0): then the adapter-disabled policy
+    under PEFT, a frozen copy for full fine-tuning. A GRPO sequence is the prompt plus the
+    completion: ``max_prompt_length`` (older TRL releases, which open-r1's recipes were written for)
+    + ``max_completion_length`` (default 256) gives ``seq_len``. Bad values are refused by the spec
+    with the option's name.
+    """
+    if name not in MODELLED:
+        return {}, set()
+    out: dict[str, Any] = {"objective": name}
+    keys = {"precompute_ref_log_probs", "beta", "num_generations", "max_completion_length", "use_vllm"}
+    if name in ("dpo", "ipo") and _trl_value(data, "precompute_ref_log_probs") is True:
+        out["reference"] = "precomputed"
+    if name == "grpo":
+        keys.add("max_prompt_length")
+        beta = _trl_value(data, "beta")
+        if isinstance(beta, int | float) and not isinstance(beta, bool) and beta > 0:
+            out["reference"] = "copy" if method == "full" else "adapter"
+        for key, param in (("num_generations", "generations"), ("max_completion_length", "completion_len")):
+            value = _trl_value(data, key)
+            if value is not None:
+                out[param] = value
+        if _trl_value(data, "use_vllm") is not None:
+            out["vllm"] = bool(_trl_value(data, "use_vllm"))
+        prompt = _trl_value(data, "max_prompt_length")
+        completion = out.get("completion_len", 256)
+        if isinstance(prompt, int) and isinstance(completion, int) and not isinstance(prompt, bool) and prompt > 0:
+            out["seq_len"] = prompt + completion
+    return out, {k for k in keys if k in data}
 
 
 # Keys that change memory or speed, not modelled yet: what each would change. Prefix entries end in "*".

@@ -116,6 +116,9 @@ class StepSettings:
     fused_loss: bool = False
     """A fused linear cross-entropy takes lm_head's input and computes its gradients in the
     forward: lm_head keeps no input of its own."""
+    head_trains: bool = False
+    """The output head trains even when the base is frozen (a reward model's score head, which peft's
+    SEQ_CLS task keeps trainable): it keeps its input for its weight gradient."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +479,7 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
     shared = w.total()
     x = w.new("final_in", c * h, True)
     xn = _norm(w, s, st, x, h)
-    if st.base_trainable and not st.fused_loss:
+    if (st.base_trainable or st.head_trains) and not st.fused_loss:
         w.save(xn)  # lm_head keeps its input for the weight gradient
     once = w.total()
     head = once + shared.scale(-1)

@@ -186,7 +186,8 @@ class ShardedPeakModel(PeakModel):
         if self.middle[1]:
             _, grads, acts, _, temp = out[3]
             a = self.acts
-            freed = batch_size * seq_len * (a.checkpoint if self.spec.grad_ckpt else a.layer).at(seq_len)
+            rows = batch_size * self.spec.sequences_per_example
+            freed = rows * seq_len * (a.checkpoint if self.spec.grad_ckpt else a.layer).at(seq_len)
             comm = self.middle[1] - self.comm[3]
             out.append(("backward", grads + self.middle[0], int(acts - freed), 0, temp + comm))
         return out

@@ -129,7 +129,10 @@ def _static_memory(key: StepKey) -> StaticMemory:
     trainable: list[tuple[int, int, tuple[int, ...]]] = []  # (numel, count, shape) of trainable tensors
     dequant = dequant_attn = 0
     quantized_linears = spec.method in ("qlora", "lora8bit")
+    reward = spec.objective == "reward"  # a sequence classifier: a score head (h x 1) instead of lm_head
     for t in inventory(s):
+        if reward and t.role == "lm_head":
+            continue
         if quantized_linears and t.role == "linear":
             if spec.method == "qlora":
                 weights += alloc(t.numel / 2) * t.count
@@ -149,7 +152,7 @@ def _static_memory(key: StepKey) -> StaticMemory:
             if t.role in ("lm_head",) or (t.role == "norm" and t.name == "final_norm"):
                 head_grads += alloc(t.numel * w) * t.count
             if t.role == "embedding":
-                if t.name == "embed_tokens" and s.tied_embeddings:
+                if t.name == "embed_tokens" and s.tied_embeddings and not reward:
                     # lm_head's backward makes it first; the embedding backward makes a second one
                     # and AccumulateGrad adds them out of place: two more V x h tensors (trace)
                     head_grads += alloc(t.numel * w)
@@ -193,6 +196,11 @@ def _static_memory(key: StepKey) -> StaticMemory:
             layer_grads += alloc(numel * grad_bytes) * (count // s.layers)
     state_bytes = 4 if spec.master_weights else grad_bytes
     optimizer, pageable, step_temp = _optimizer(spec.optimizer, trainable, state_bytes)
+    if spec.reference_kind == "copy":
+        # TRL loads the reference with the policy's own init kwargs: the same weights and quantization
+        # state again, frozen (a kbit-prepared policy's fp32 parts are 16-bit in the copy: over-planned)
+        weights *= 2
+        quant *= 2
     return StaticMemory(
         weights=weights,
         quant_state=quant,

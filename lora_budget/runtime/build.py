@@ -86,6 +86,11 @@ def hf_config(spec: TrainSpec) -> Any:
         raise LoraBudgetError(f"transformers cannot build a {model_type!r} config: {first}") from None
     config._attn_implementation = {"flash": "flash_attention_2"}.get(spec.attn, spec.attn)
     config.use_cache = False
+    if spec.objective == "reward":
+        # TRL's RewardTrainer: one output (num_labels=1); the classifier pools at the last non-pad token
+        config.num_labels = 1
+        if config.pad_token_id is None:
+            config.pad_token_id = 0
     return config
 
 
@@ -121,7 +126,12 @@ def build(
     torch.manual_seed(seed)
     try:
         with torch.device("meta" if fake_mode is not None else device):
-            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+            auto = (
+                transformers.AutoModelForSequenceClassification
+                if spec.objective == "reward"
+                else transformers.AutoModelForCausalLM
+            )
+            model = auto.from_config(config, dtype=dtype)
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
         raise LoraBudgetError(
             f"transformers cannot build {spec.model.name} ({config.model_type}): {exc}; "
@@ -152,9 +162,31 @@ def build(
     elif spec.gpus > 1:
         raise LoraBudgetError("multi-GPU specs are traced on fake tensors only (one rank of a fake world)")
     model.train()
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if spec.objective != "reward" else _score(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return Built(model=model, static=static_tensors(model), trainable=trainable, output_head=head)
+
+
+def _score(model: Any) -> Any:
+    """The sequence classifier's output head (``score``; peft wraps it in ``modules_to_save``)."""
+    for name, module in model.named_modules():
+        if name.endswith("score") and hasattr(module, "weight"):
+            return module
+    raise LoraBudgetError(f"{type(model).__name__} has no score head")
+
+
+def build_reference(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = None) -> Any:
+    """The frozen reference model TRL loads for full fine-tuning (``create_model_from_path`` with the
+    policy's init kwargs): the same model in the same dtype, every parameter frozen, in eval mode
+    (accelerate's ``prepare_model(..., evaluation_mode=True)``), without gradient checkpointing."""
+    from dataclasses import replace
+
+    ref_spec = replace(spec, objective="sft", reference="auto", grad_ckpt=False, completion_len=0)
+    model = build(ref_spec, device=device, fake_mode=fake_mode).model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model
 
 
 def load_weights(model: Any, folder: str) -> None:
@@ -195,7 +227,7 @@ def _replace_linears(model: Any, spec: TrainSpec, real_device: str | None) -> No
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if spec.objective != "reward" else _score(model)
     dtype = torch_dtype(spec.dtype)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -331,7 +363,8 @@ def _apply_lora(model: Any, spec: TrainSpec) -> Any:
         target_modules=targets,
         lora_dropout=spec.lora_dropout,
         bias="none",
-        task_type="CAUSAL_LM",
+        # TRL's reward examples adapt a sequence classifier (SEQ_CLS: peft also trains the score head)
+        task_type="SEQ_CLS" if spec.objective == "reward" else "CAUSAL_LM",
         # GPT-2's Conv1D stores (in, out); under QLoRA it became a Linear4bit
         fan_in_fan_out=spec.model.shape.model_type == "gpt2" and spec.method == "lora",
     )

@@ -69,8 +69,9 @@ def optimizer_state_tensors(optimizer: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def step_loss(model: Any, spec: TrainSpec, batch: Any) -> Any:
-    """The loss of one micro-batch as ``spec.loss_kernel`` computes it.
+def step_loss(model: Any, spec: TrainSpec, batch: Any, reference: Any = None) -> Any:
+    """The loss of one micro-batch as ``spec.loss_kernel`` computes it (for an objective other than
+    sft, as TRL computes it: ``runtime.objectives``; ``reference``: a frozen reference model).
 
     - full-ce: ``model(input_ids, labels=labels).loss`` (transformers' ``ForCausalLMLoss``), the
       output object and with it the logits dropped before backward, as the Trainer does.
@@ -94,11 +95,15 @@ def step_loss(model: Any, spec: TrainSpec, batch: Any) -> Any:
         from lora_budget.runtime.build import torch_dtype
 
         with torch.autocast(device_type=batch.device.type, dtype=torch_dtype(spec.dtype)):
-            return _loss(model, spec, batch)
-    return _loss(model, spec, batch)
+            return _loss(model, spec, batch, reference)
+    return _loss(model, spec, batch, reference)
 
 
-def _loss(model: Any, spec: TrainSpec, batch: Any) -> Any:
+def _loss(model: Any, spec: TrainSpec, batch: Any, reference: Any) -> Any:
+    if spec.objective != "sft":
+        from lora_budget.runtime.objectives import objective_loss
+
+        return objective_loss(model, spec, batch, reference)
     kernel = spec.loss_kernel
     if kernel == "full-ce":
         out = model(input_ids=batch, labels=batch)
@@ -142,6 +147,7 @@ def run_steps(
     after_backward: Callable[[int], None] = lambda step: None,
     after_step: Callable[[int], None] = lambda step: None,
     warm_start: bool = False,
+    reference: Any = None,
 ) -> None:
     """``steps`` optimizer steps of the reference loop on one fixed batch of token ids.
 
@@ -163,7 +169,7 @@ def run_steps(
     for step in range(1, steps + 1):
         for _ in range(spec.grad_accum):
             on_phase("forward", step)
-            loss = step_loss(model, spec, batch)
+            loss = step_loss(model, spec, batch, reference)
             on_phase("backward", step)
             (loss / spec.grad_accum if spec.grad_accum > 1 else loss).backward()
             on_loss(step, loss.detach())

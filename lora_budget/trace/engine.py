@@ -145,12 +145,16 @@ def trace(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             built = build(spec, device="cpu", fake_mode=fake_mode, mesh=mesh)
+            reference = _reference(spec, fake_mode)
         tracker = Tracker(vocab=spec.model.shape.vocab)
         register_static(tracker, built, spec)
+        if reference is not None:
+            for tensor in reference.parameters():
+                tracker.register(tensor, "weights")  # the frozen reference copy
         optimizer = make_optimizer(spec, built.trainable, paged=False)
         paged = spec.optimizer.startswith("paged")
         hooks = Hooks(built, tracker, optimizer, paged, steps, fake, progress, sharded=mesh is not None)
-        _run(spec, built, tracker, optimizer, hooks, fake_mode, steps, warm_start)
+        _run(spec, built, tracker, optimizer, hooks, fake_mode, steps, warm_start, reference)
     wall_s = time.perf_counter() - started
     return _result(spec, tracker, hooks, wall_s, fake, keep_timeline)
 
@@ -164,6 +168,7 @@ def _run(
     fake_mode: Any,
     steps: int,
     warm_start: bool,
+    reference: Any = None,
 ) -> None:
     import torch
     from torch._subclasses.fake_tensor import UnsupportedOperatorException
@@ -183,7 +188,8 @@ def _run(
             fake_mode or contextlib.nullcontext(),
             tracker,
         ):
-            batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
+            rows = spec.batch_size * spec.sequences_per_example  # chosen + rejected for pairs
+            batch = torch.randint(0, spec.model.shape.vocab, (rows, spec.seq_len))
             tracker.register(batch, "activations")
             run_steps(
                 built.model,
@@ -195,6 +201,7 @@ def _run(
                 after_backward=hooks.after_backward,
                 after_step=hooks.after_step,
                 warm_start=warm_start,
+                reference=reference,
             )
             del batch
     except UnsupportedOperatorException as exc:
@@ -216,6 +223,17 @@ def _run(
             f"the trace failed in {where} (last op {tracker._op}): {first_line}; "
             "`lora-budget plan` still answers for this spec"
         ) from None
+
+
+def _reference(spec: TrainSpec, fake_mode: Any) -> Any:
+    """The frozen reference model when the spec's objective loads one (``reference_kind`` copy)."""
+    if spec.reference_kind != "copy":
+        return None
+    if spec.gpus > 1:
+        raise LoraBudgetError("a reference model copy is traced on one GPU only; `lora-budget plan` answers for more")
+    from lora_budget.runtime.build import build_reference
+
+    return build_reference(spec, device="cpu", fake_mode=fake_mode)
 
 
 def _result(spec: TrainSpec, tracker: Any, hooks: Hooks, wall_s: float, fake: bool, keep_timeline: bool) -> TraceResult:
