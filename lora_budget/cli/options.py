@@ -278,6 +278,13 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
             out["targets"] = fit_to_model(out["targets"], out["model"])
         except LoraBudgetError as exc:
             raise LoraBudgetError(f"{path}: {loaded.pattern_targets}: {exc}") from None
+    if loaded.default_targets and "targets" in out and "targets" not in overridden and "model" in out:
+        from lora_budget.configs.targets import peft_default
+
+        try:  # PEFT's default targets depend on the model type
+            out["targets"] = peft_default(out["targets"], out["model"])
+        except LoraBudgetError as exc:
+            raise LoraBudgetError(f"{path}: {loaded.default_targets}: {exc}") from None
     ctx.meta[CONFIG_META] = loaded.describe(tuple(overridden), held)
     return out
 

@@ -43,6 +43,8 @@ class LoadedConfig:
     """Keys no list in ``configs/keys.py`` names: their effect on memory is unchecked (never called no effect)."""
     pattern_targets: str = ""
     """The key whose regular expression gave ``targets``: keep those the model has (``targets.fit_to_model``)."""
+    default_targets: str = ""
+    """The absent key whose PEFT per-model default gave ``targets`` (``targets.peft_default`` applies the model's)."""
 
     @property
     def model_key(self) -> str:
@@ -145,6 +147,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
         skipped=dict(reader.skipped),
         unknown=tuple(unknown),
         pattern_targets=reader.pattern_targets,
+        default_targets=reader.default_targets,
     )
 
 

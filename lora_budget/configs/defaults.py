@@ -23,7 +23,8 @@ the file does not set it):
   ``loaders/model.py`` ``_prepare_model_for_quantization`` (``prepare_model_for_kbit_training`` for a
   4-/8-bit LoRA unless QLoRA with FSDP, ZeRO-3 or LoftQ), ``integrations/liger/args.py``
   (``liger_fused_linear_cross_entropy``) and ``cut_cross_entropy``.
-- PEFT 0.21 ``LoraConfig``: ``r`` 8, ``lora_alpha`` 8, ``lora_dropout`` 0.
+- PEFT 0.21 ``LoraConfig``: ``r`` 8, ``lora_alpha`` 8, ``lora_dropout`` 0; ``target_modules`` None is
+  the per-model mapping (``configs/targets.py`` PEFT_DEFAULT_TARGETS, applied once the model is known).
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def trl(r: Reader) -> None:
     elif no_dtype and "dtype" not in r.typed:
         r.notes.append("dtype: without a dtype key TRL's 4-/8-bit compute dtype is float32; planned with bf16 compute")
     if r.values.get("method") in ("lora", "qlora", "lora8bit"):
-        default(r, "targets", "q_proj,v_proj", "lora_target_modules", f"{TRL}: PEFT's per-model, for Llama-like")
+        if "targets" not in r.values and "targets" not in r.typed:
+            r.default_targets = "lora_target_modules"
+        default(r, "targets", "q_proj,v_proj", "lora_target_modules", f"{TRL}: PEFT 0.21's per-model")
         default(r, "lora_dropout", 0.05, "lora_dropout", TRL)
         if r.values.get("method") != "lora":
             default(r, "kbit_prep", False, "(SFTTrainer)", f"{TRL}: no prepare_model_for_kbit_training")
@@ -147,3 +150,6 @@ def axolotl(r: Reader) -> None:
 def peft(r: Reader) -> None:
     default(r, "rank", 8, "r", "PEFT 0.21 LoraConfig")
     default(r, "alpha", 8, "lora_alpha", "PEFT 0.21 LoraConfig")
+    if "targets" not in r.values and "targets" not in r.typed:
+        r.default_targets = "target_modules"
+    default(r, "targets", "q_proj,v_proj", "target_modules", "PEFT 0.21's per-model")

@@ -140,3 +140,34 @@ def fit_to_model(targets: str, model: str) -> str:
             f"the target pattern matches none of {model}'s linear layers ({', '.join(names)}); use --targets"
         )
     return ",".join(kept)
+
+
+PEFT_DEFAULT_TARGETS: dict[str, str] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"), "q_proj,v_proj"
+    ),
+    "phi": "q_proj,v_proj,fc1,fc2",
+    "falcon": "query_key_value",
+    "gpt_neox": "query_key_value",
+    "gpt2": "c_attn",
+}
+"""peft 0.21.2 ``utils/constants.py`` TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: the modules LoRA
+adapts when ``target_modules`` is None, for the model types it lists (others, e.g. phi3, olmo2,
+qwen3_moe, gemma3: PEFT refuses a config without target_modules)."""
+
+
+def peft_default(targets: str, model: str) -> str:
+    """PEFT's default targets for ``model``'s type (the reader wrote the Llama-like ones)."""
+    from lora_budget.catalog.models import resolve_model
+    from lora_budget.errors import LoraBudgetError
+
+    try:
+        model_type = resolve_model(model).shape.model_type
+    except LoraBudgetError:
+        return targets  # the plan reports the unknown model itself
+    if model_type not in PEFT_DEFAULT_TARGETS:
+        raise LoraBudgetError(
+            f"no target modules: PEFT has no default LoRA targets for {model_type} (it refuses the config too); "
+            "pass --targets"
+        )
+    return PEFT_DEFAULT_TARGETS[model_type]

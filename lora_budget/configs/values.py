@@ -69,6 +69,8 @@ class Reader:
     """CLI parameter -> the file key a typed flag replaced unread."""
     pattern_targets: str = ""
     """The key whose regular expression gave ``targets`` (kept to the model's linears once it is known)."""
+    default_targets: str = ""
+    """The absent key whose PEFT per-model default gave ``targets`` (replaced by the model's once it is known)."""
 
     def typed_over(self, param: str, *keys: str) -> bool:
         """Whether ``param`` was typed; then ``keys`` count as read (replaced by the flag), not validated."""
