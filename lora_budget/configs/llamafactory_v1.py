@@ -46,6 +46,8 @@ def read(r: Reader) -> None:
         _method(r, peft, quant)
     if peft is not None and _name(r, "peft_config", peft) == "lora":
         _lora(r, peft)
+    if quant is not None:
+        _quant_options(r, quant)
     if not r.typed_over("seq_len", "cutoff_len"):
         seq = r.positive_int("cutoff_len")
         r.set("seq_len", seq or 2048, "cutoff_len" if seq else f"cutoff_len ({V1} default)")
@@ -93,6 +95,24 @@ def _method(r: Reader, peft: dict[str, Any] | None, quant: dict[str, Any] | None
     r.set("method", {None: "lora", 4: "qlora", 8: "lora8bit"}[bits], "quant_config" if bits else "peft_config")
 
 
+def _quant_options(r: Reader, quant: dict[str, Any]) -> None:
+    """``quantization_type`` (default nf4) and ``double_quantization`` (default true): v1
+    plugins/model_plugins/quantization.py; other keys of the section are not modelled."""
+    qtype = quant.get("quantization_type")
+    if qtype is not None and "quant" not in r.typed:
+        if str(qtype).lower() not in ("nf4", "fp4"):
+            raise r.fail("quant_config.quantization_type", f"must be nf4 or fp4, got {qtype!r}")
+        r.set("quant", str(qtype).lower(), "quant_config.quantization_type")
+    dq = quant.get("double_quantization")
+    if dq is not None and "double_quant" not in r.typed:
+        if not isinstance(dq, bool):
+            raise r.fail("quant_config.double_quantization", f"must be true or false, got {dq!r}")
+        r.set("double_quant", dq, "quant_config.double_quantization")
+    known = ("name", "quantization_bit", "quantization_type", "double_quantization")
+    if other := [k for k in quant if k not in known]:
+        r.notes.append(f"quant_config: {', '.join(other)} not modelled (planned with the 4-bit defaults)")
+
+
 def _lora(r: Reader, peft: dict[str, Any]) -> None:
     def number(key: str, kind: type) -> Any:
         v = peft.get(key)
@@ -110,6 +130,10 @@ def _lora(r: Reader, peft: dict[str, Any]) -> None:
         if p >= 1:
             raise r.fail("peft_config.lora_dropout", f"must be a probability in [0, 1), got {p!r}")
         r.set("lora_dropout", p, "peft_config.lora_dropout")
+    read = ("name", "r", "lora_alpha", "lora_dropout", "target_modules")
+    no_effect = ("adapter_name_or_path", "export_dir", "export_size", "infer_dtype")  # loading and export
+    if other := [k for k in peft if k not in read + no_effect and peft[k] not in (None, False)]:
+        r.notes.append(f"peft_config: {', '.join(other)} not modelled (planned as plain LoRA)")
     if r.typed_over("targets", "peft_config"):
         return
     targets = peft.get("target_modules")
