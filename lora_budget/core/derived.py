@@ -239,7 +239,9 @@ def _tensor(row: list[Any], count: int) -> ParamTensor:
 
 def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     """The parameter tensors of a derived model: the rest of the model plus ``layers`` decoder layers."""
-    record = architecture_record(shape) or _derive_architecture(shape)
+    record = architecture_record(shape)
+    if record is None or shape.layers not in record.get("depths", ()):
+        record = _derive_architecture(shape)
     rest = [_tensor(row, 1) for row in record["other"]]
     layer = [_tensor(row, shape.layers) for row in record["layer"]]
     # the planner's convention: the embedding first, lm_head last
@@ -249,16 +251,15 @@ def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
 
 def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
     arch = json.loads(shape.arch_config)
-    where = shape.model_type
     if not _torch_available():
         raise LoraBudgetError(
-            f"{where} is not modelled analytically and has no derived parameter inventory here; "
-            f"install torch and transformers (pip install 'lora-budget[torch]') and the planner derives it "
-            f"from the model itself (or run `lora-budget derive` where they are installed)"
+            f"{shape.model_type} ({shape.layers} layers) is not modelled analytically and no derived parameter "
+            "inventory is stored for it; install torch, transformers and peft (pip install 'lora-budget[torch]') "
+            "and the planner reads it from the model itself (or run `lora-budget derive` where they are installed)"
         )
     from lora_budget.derive.arch import derive_architecture
 
-    return derive_architecture(arch)
+    return derive_architecture(arch, shape.layers)
 
 
 def _torch_available() -> bool:

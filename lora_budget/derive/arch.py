@@ -107,6 +107,8 @@ def _rows(model: Any, prefix: str, head: Any, input_embedding: Any) -> list[list
                     fan_in, fan_out = p.shape
                 else:
                     fan_in, fan_out = module.in_features, module.out_features
+        elif p.dim() == 3 and _group(mod_name) == "mlp":
+            role, name = "experts", f"{leaf}.{p_name}"  # transformers 5 stores experts as 3-D parameters
         else:
             role, name = "norm", f"{leaf}.{p_name}" if leaf else p_name
         key = (name, tuple(p.shape), role, _group(mod_name), fan_in, fan_out)
@@ -115,14 +117,44 @@ def _rows(model: Any, prefix: str, head: Any, input_embedding: Any) -> list[list
     return list(merged.values())
 
 
+_INDEX_ATTRS = frozenset({"layer_idx", "layer_id", "layer_number", "layer_index", "idx", "block_idx"})
+
+
+def signature(module: Any) -> list[Any]:
+    """What makes two decoder layers alike: every submodule's class, parameter shapes and scalar
+    settings (``sliding_window``, ``is_causal``, ``layer_type``, ...), its own index left out."""
+    out = []
+    for name, sub in module.named_modules():
+        scalars = sorted(
+            (k, v)
+            for k, v in vars(sub).items()
+            if not k.startswith("_") and k not in _INDEX_ATTRS and isinstance(v, (bool, int, float, str, type(None)))
+        )
+        shapes = [(k, tuple(p.shape), str(p.dtype)) for k, p in sub.named_parameters(recurse=False)]
+        out.append((name, type(sub).__name__, scalars, shapes))
+    return out
+
+
+def check_alike(model: Any, layers: int) -> None:
+    """Refuse a model whose decoder layers differ (dense layers before MoE ones, sliding and full
+    attention, layers without rotary): a truncated copy would not stand for its depth."""
+    _, stack = decoder_layers(model, layers)
+    first = signature(stack[0])
+    for i, layer in enumerate(stack):
+        if i and signature(layer) != first:
+            raise LoraBudgetError(
+                f"{type(model).__name__}: decoder layer {i} differs from layer 0; a truncated copy cannot stand "
+                "for the model's depth (layers of several types are not derivable yet)"
+            )
+
+
 def inventory_rows(model: Any, layers: int) -> tuple[list[list[Any]], list[list[Any]]]:
     """(per-layer rows from layer 0, rows of everything outside the decoder layers)."""
     path, stack = decoder_layers(model, layers)
+    check_alike(model, layers)
     head = model.get_output_embeddings()
     embedding = model.get_input_embeddings()
     per_layer = [_rows(model, f"{path}.{i}", head, embedding) for i in range(layers)]
-    if any(sorted(map(str, r)) != sorted(map(str, per_layer[0])) for r in per_layer[1:]):
-        raise LoraBudgetError(f"the decoder layers of {type(model).__name__} hold different tensors")
     everything = _rows(model, "", head, embedding)
     layer_keys = {}
     for row in per_layer[0]:
@@ -158,14 +190,22 @@ def shape_values(config: Any) -> dict[str, Any]:
     )
 
 
-def derive_architecture(arch: dict[str, Any], save: bool = True) -> dict[str, Any]:
-    """The architecture record of ``arch`` (``core.derived.arch_config``), cached unless ``save`` is off."""
+def derive_architecture(arch: dict[str, Any], depth: int, save: bool = True) -> dict[str, Any]:
+    """The architecture record of ``arch`` (``core.derived.arch_config``), checked at ``depth`` layers:
+    built on meta at that depth, every layer must be alike (``check_alike``) and the inventory is read
+    from it. Depths already checked are kept in the record (``depths``). Cached unless ``save`` is off."""
+    from lora_budget.core.derived import read_cache
+
     started = time.perf_counter()
     field = heterogeneous(arch)
     if field:
-        raise LoraBudgetError(f"{arch['model_type']}: its layers differ ({field}); truncation cannot stand for depth")
-    model = build_meta(config_at_depth(arch, PROBE_LAYERS))
-    layer, other = inventory_rows(model, PROBE_LAYERS)
+        raise LoraBudgetError(
+            f"{arch['model_type']}: its layers differ ({field}); a truncated copy cannot stand for its depth "
+            "(layers of several types are not derivable yet)"
+        )
+    model = build_meta(config_at_depth(arch, depth))
+    layer, other = inventory_rows(model, depth)
+    old = read_cache(arch_key(canonical(arch))).get("architecture") or {}
     tied = model.get_output_embeddings() is None or (
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     )
@@ -181,6 +221,8 @@ def derive_architecture(arch: dict[str, Any], save: bool = True) -> dict[str, An
         "shape": values,
         "layer": layer,
         "other": other,
+        "depths": sorted({depth, *old.get("depths", ())}),
+        "moe": any(row[3] == "experts" for row in layer),
         "versions": versions(),
         "wall_s": round(time.perf_counter() - started, 3),
     }
