@@ -273,6 +273,25 @@ def load_baseline(path: str | Path) -> Baseline:
     )
 
 
+def check_replaceable(path: str | Path) -> None:
+    """Refuse to let --update-baseline replace a file that is not a baseline (a config, notes).
+
+    A baseline names its tool near its start (``"tool": "lora-budget"``), which survives
+    the corruption that --update-baseline is the documented fix for (a truncated or hand-broken
+    file); an empty file is replaceable too. Non-regular files are refused by fsio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.strip() and b'"tool": "lora-budget"' not in head:
+        raise LoraBudgetError(
+            f"baseline {path} exists and is not a lora-budget baseline; not replaced "
+            "(choose another --baseline, or remove the file first)"
+        )
+
+
 def write_baseline(path: str | Path, baseline: Baseline) -> None:
     """Write atomically: a temp file in the same folder, then os.replace (never a half-written file)."""
     path = Path(path)
@@ -284,6 +303,7 @@ def write_baseline(path: str | Path, baseline: Baseline) -> None:
         )
     if path.parent and not path.parent.exists():
         raise LoraBudgetError(f"cannot write baseline {path}: folder {path.parent} does not exist")
+    check_replaceable(path)
     write_atomic(path, json.dumps(baseline.to_dict(), indent=2) + "\n")
 
 

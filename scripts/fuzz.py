@@ -1,29 +1,41 @@
-"""Fuzz every ``lora-budget`` command with nasty option values; count tracebacks and clobbered files.
+"""Fuzz every ``lora-budget`` entry point; count tracebacks, clobbered files and timeouts.
 
-Each case runs in-process (click's CliRunner) in a fresh temp folder, with ``HF_HUB_OFFLINE=1``
-(nothing is downloaded). A case passes when:
+Targets (``fuzz_cases.py`` draws the inputs): every CLI command but ``serve`` (plan, trace,
+validate, profile, profiles, calibrate, report, check, models, gpus, search), ``serve``'s
+``/api/plan`` handler, the Python API (``lora_budget.plan``) and the ``--config`` / ``config.json``
+readers fed mutated real files.
 
-- the exit code is 0, 1 or 2 (130 for an interrupted sweep does not arise here);
-- no Python traceback escaped (``result.exception`` is None or SystemExit, no "Traceback");
-- a failure prints exactly one ``Error:`` line;
-- nothing outside the temp folder changed: the guard folder's inputs (a config, a profile, a
-  FIFO, a symlink to the FIFO, a read-only folder) keep their bytes, mode and file type, and the
-  repository's shipped data files keep their size and mtime.
+Each case runs in a forked child (torch, transformers, peft, bitsandbytes and matplotlib are
+imported once, before the first fork) in a fresh temp folder with ``HF_HUB_OFFLINE=1``, under a
+hard time limit: a child still running at ``--limit`` seconds is killed with its process group
+(profile's workers included) and counted as a **timeout**, its own kind, never a pass. Kinds:
 
-Values come from ``NASTY`` (non-finite, huge, empty, long, odd paths, the ``tests/data/bad``
-corpus) mixed with valid ones; torch commands (trace, profile, validate, check --engine trace)
-always get at least one nasty value so most end in a cheap failure. ``serve`` (a server that
-blocks) and ``search`` are not fuzzed here.
+- ``ok``: exit 0, or 1/2 with exactly one ``Error:`` line; the API returned a plan whose
+  ``to_dict()`` is strict JSON, or raised LoraBudgetError; the handler answered 200 with strict
+  JSON or 400 with one error line;
+- ``traceback``: an exception escaped, "Traceback" was printed, the handler answered 500, the API
+  raised anything but LoraBudgetError, or the child died;
+- ``clobbered``: an entry of the guard folder (a config, a profile, notes, a FIFO, a symlink to
+  it, a read-only folder) changed bytes, mode or type or vanished, or a shipped data file under
+  ``profiles/``, ``tests/data/`` or ``lora_budget/catalog/`` changed size or mtime. A new file
+  that a command was asked to write in the guard folder is not a clobber (it is removed);
+- ``other``: an exit code outside {0, 1, 2}, or more than one error line;
+- ``timeout``: see above.
 
-    python scripts/fuzz.py --cases 2000 --seed 1
+    python scripts/fuzz.py --cases 2000 --seed 1                     # one run
+    python scripts/fuzz.py --start 0 --cases 500 --summary a.json    # a chunk of the same run
+    python scripts/fuzz.py --combine a.json b.json c.json d.json     # the figure of the chunks
+    python scripts/fuzz.py --replay 1:1234                           # one case, output shown
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
-import random
+import select
+import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -33,196 +45,310 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("LORA_BUDGET_DEBUG", None)
 
-import click  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
+from fuzz_cases import TARGETS, TINY, Case, make_case  # noqa: E402
 
-from lora_budget.cli import COMMANDS, main  # noqa: E402
-
-TINY = str(ROOT / "tests" / "data" / "tiny-llama" / "config.json")
-BAD = ROOT / "tests" / "data" / "bad"
-SKIP = {"serve", "search"}
-HEAVY = {"trace", "profile", "validate"}
-GUARD: list[Path] = []
 SHIPPED = [ROOT / "profiles", ROOT / "tests" / "data", ROOT / "lora_budget" / "catalog"]
-
-
-def nasty(guard: Path) -> list[str]:
-    corpus = sorted(str(p) for p in BAD.rglob("*") if p.is_file())
-    return [
-        "", " ", ",", ",,", "0", "-1", "-0", "1.5", "inf", "-inf", "nan", "NaN", "1e-300", "1e309", "1e400GB",
-        "9" * 400, "1" * 5000, "a" * 300, "x" * 5000, "\x00", "nul\x00byte", "é💥", "../../etc/passwd",
-        "/dev/null", "/proc/version", ".", "/", "/nonexistent/x.json",
-        str(guard / "ro" / "x.json"), str(guard / "ro"),
-        str(guard / "config.json"), str(guard / "profile.json"), "24GB", "0GB", "-24GB", "auto", "lora,dora",
-        "full,lora,qlora", "all", "{}", "[]", "null", *corpus,
-    ]  # fmt: skip
-
-
-VALID = {
-    "--model": [TINY, "7b", "Llama-3.1-8B"],
-    "-m": [TINY],
-    "--gpu": ["24GB", "h100", "80GiB"],
-    "--method": ["lora", "qlora", "full", "all"],
-    "--seq-len": ["16", "512", "2048"],
-    "--batch-size": ["1", "4", "auto"],
-    "--out": ["out.json", "rep", "out"],
-    "--baseline": ["b.json"],
-    "--timeline": ["t.csv"],
-    "--tolerance": ["1", "0"],
-    "--epochs": ["1", "3"],
-    "--dataset-tokens": ["1M"],
-    "--tokens": ["1M", "1e8"],
-    "--price": ["2.5"],
-}
+KINDS = ("ok", "traceback", "clobbered", "other", "timeout")
+LIMIT_S = 30.0
 
 
 def make_guard(folder: Path) -> None:
-    import shutil
-
+    """The user's files that no case may change (the cases name them as inputs and outputs)."""
     folder.mkdir()
     shutil.copy(TINY, folder / "config.json")
     shutil.copy(next((ROOT / "profiles").rglob("*.json")), folder / "profile.json")
+    (folder / "notes.txt").write_text("a user's notes\n")
+    (folder / "notes.txt").chmod(0o600)
     os.mkfifo(folder / "fifo")
     (folder / "link-to-fifo").symlink_to(folder / "fifo")
     (folder / "ro").mkdir()
     (folder / "ro").chmod(0o555)
 
 
-def snapshot(folder: Path, roots: list[Path]) -> dict[str, tuple]:
+def release_guard(folder: Path) -> None:
+    (folder / "ro").chmod(0o755)
+
+
+def snapshot(guard: Path) -> dict[str, tuple]:
+    """Type, mode and bytes of every guard entry; size and mtime of every shipped file."""
     out: dict[str, tuple] = {}
-    for p in sorted(folder.rglob("*")):
+    for p in sorted(guard.rglob("*")):
         st = os.lstat(p)
         body = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""
         out[str(p)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), body)
-    for root in roots:
+    for root in SHIPPED:
         for p in root.rglob("*"):
             if "__pycache__" not in p.parts:
                 st = os.lstat(p)
-                out[str(p)] = (st.st_size, st.st_mtime_ns)
+                out[str(p)] = (stat.S_IFMT(st.st_mode),) if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
     return out
+
+
+def _one_error_line(text: str) -> bool:
+    return sum(line.startswith("Error:") for line in text.splitlines()) <= 1
+
+
+def _judge_cli(args: tuple[str, ...]) -> tuple[str, str, int]:
+    from click.testing import CliRunner
+
+    from lora_budget.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    exc = result.exception
+    if exc is not None and not isinstance(exc, SystemExit):
+        return "traceback", f"{type(exc).__name__}: {str(exc)[:200]}", result.exit_code
+    if "Traceback (most recent call last)" in result.output or "please report" in result.output:
+        return "traceback", result.output.strip().splitlines()[-1][:200], result.exit_code
+    if result.exit_code not in (0, 1, 2):
+        return "other", f"exit code {result.exit_code}", result.exit_code
+    if result.exit_code != 0 and not _one_error_line(result.stderr):
+        return "other", "more than one error line", result.exit_code
+    return "ok", "", result.exit_code
+
+
+def _strict_json(text: str) -> None:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in JSON")
+
+    json.loads(text, parse_constant=refuse)
+
+
+def _judge_serve(case: Case) -> tuple[str, str, int]:
+    from types import SimpleNamespace
+    from urllib.parse import urlencode
+
+    from lora_budget.cli import serve_cmd
+
+    handler = serve_cmd.Handler.__new__(serve_cmd.Handler)
+    pairs = list(zip(case.args[::2], case.args[1::2], strict=True))
+    handler.path = "/api/plan?" + urlencode(pairs)
+    handler.server = SimpleNamespace(models="[]")
+    sent: list[tuple[int, str]] = []
+    handler._send = lambda status, body, ctype="application/json": sent.append((status, body))
+    handler._answer(case.body)
+    if len(sent) != 1:
+        return "other", f"{len(sent)} answers", 1
+    status, body = sent[0]
+    if status == 500 or "Traceback" in body:
+        return "traceback", body[:200], status
+    try:
+        _strict_json(body)
+    except ValueError as exc:
+        return "other", f"HTTP {status} body is not strict JSON: {exc}", status
+    if status == 400 and "\n" in json.loads(body).get("error", "\n"):
+        return "other", "HTTP 400 without a one-line error", status
+    return ("ok", "", status) if status in (200, 400) else ("other", f"HTTP {status}", status)
+
+
+def _judge_api(case: Case) -> tuple[str, str, int]:
+    import lora_budget
+    from lora_budget.errors import LoraBudgetError
+
+    args, kwargs = case.call
+    try:
+        result = lora_budget.plan(*args, **kwargs)
+        json.dumps([m.to_dict() for m in result.methods], allow_nan=False)
+    except LoraBudgetError as exc:
+        return ("ok", "", 2) if "\n" not in str(exc) else ("other", "a multi-line error", 2)
+    except Exception as exc:  # noqa: BLE001 - what the fuzzer is looking for
+        return "traceback", f"{type(exc).__name__}: {str(exc)[:200]}", 1
+    return "ok", "", 0
+
+
+def judge(case: Case) -> tuple[str, str, int]:
+    """Run ``case`` here (the child, in its temp folder): (kind, detail, exit code or HTTP status)."""
+    if case.target == "serve":
+        return _judge_serve(case)
+    if case.target == "api":
+        return _judge_api(case)
+    if case.target == "config":
+        Path(case.file_name).write_text(case.body or "")
+    return _judge_cli(case.args)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    command: str
-    args: tuple[str, ...]
-    exit_code: int
-    problem: str  # "" when the case passed
+    index: int
+    target: str
+    kind: str
+    detail: str
+    code: int
+    wall_s: float
+    case: str
 
 
-def options_of(name: str) -> list[click.Parameter]:
-    module, attr = COMMANDS[name].split(":")
-    return list(getattr(importlib.import_module(module), attr).params)
-
-
-DESTINATIONS = ("--out", "--baseline", "--timeline")
-"""Options that name a file to write: only these get a FIFO or an endless device (a reader of an
-unfed FIFO or of /dev/zero waits or reads forever, as ``cat`` would)."""
-
-
-def dest_values(guard: Path) -> list[str]:
-    return [str(guard / "fifo"), str(guard / "link-to-fifo"), "/dev/full", "/dev/zero", "/dev/null"]
-
-
-def case_args(rng: random.Random, name: str, values: list[str]) -> list[str]:
-    """One command line: a few options with nasty or valid values (torch commands: one nasty at least)."""
-    params = [p for p in options_of(name) if isinstance(p, click.Option) and p.opts[0] not in ("--help",)]
-    args = ["--offline"] if any(p.opts[0] == "--offline" for p in params) else []
-    if name in ("trace", "check", "report", "profile"):
-        args += ["--model", TINY]
-    if name == "check":
-        args += ["--baseline", "b.json"]
-    picked = rng.sample(params, k=min(len(params), rng.randint(1, 4)))
-    forced_bad = name in HEAVY
-    for p in picked:
-        opt = p.opts[0]
-        if p.is_flag:
-            args.append(opt)
-            continue
-        if isinstance(p.type, click.Choice) and rng.random() < 0.5:
-            args += [opt, rng.choice(list(p.type.choices))]
-            continue
-        if forced_bad or rng.random() < 0.7:
-            pool = values
-            if opt in DESTINATIONS and rng.random() < 0.4:
-                pool = dest_values(GUARD[0])
-            args += [opt, rng.choice(pool)]
-            forced_bad = False
-        else:
-            args += [opt, rng.choice(VALID.get(opt, values))]
-    if forced_bad:  # a torch command whose options were all flags: one bad value still
-        args += ["--seq-len", rng.choice(["0", "-1", "inf", "x" * 300])]
-    if name in ("profiles", "calibrate") and rng.random() < 0.6:
-        args.append(rng.choice(values))
-    return args
-
-
-def run_case(name: str, args: list[str], guard: Path) -> Outcome:
-    """Run ``lora-budget name args`` in a fresh temp folder and judge it (see the module docstring)."""
-    before = snapshot(guard, SHIPPED)
-    with tempfile.TemporaryDirectory() as work:
-        cwd = os.getcwd()
-        os.chdir(work)
+def run_case(index: int, case: Case, guard: Path, *, limit_s: float = LIMIT_S) -> Outcome:
+    """Run ``case`` in a forked child under ``limit_s`` seconds and judge it and the guard folder."""
+    before = snapshot(guard)
+    work = tempfile.mkdtemp(prefix="fuzz-case-")
+    read_end, write_end = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: its own process group, so a timeout kills its workers too
+        os.close(read_end)
+        code = 0
         try:
-            result = CliRunner().invoke(main, [name, *args])
+            os.setpgid(0, 0)
+            os.chdir(work)
+            verdict = judge(case)
+        except BaseException as exc:  # noqa: BLE001 - reported, never raised in the fuzzer
+            verdict = ("traceback", f"{type(exc).__name__} in the runner: {str(exc)[:200]}", 1)
+        try:
+            os.write(write_end, json.dumps(verdict).encode())
         finally:
-            os.chdir(cwd)
-    problem = ""
-    exc = result.exception
-    if exc is not None and not isinstance(exc, SystemExit):
-        problem = f"traceback: {type(exc).__name__}: {str(exc)[:200]}"
-    elif "Traceback (most recent call last)" in result.output:
-        problem = "traceback in output"
-    elif result.exit_code not in (0, 1, 2):
-        problem = f"exit code {result.exit_code}"
-    elif result.exit_code != 0 and sum(line.startswith("Error:") for line in result.stderr.splitlines()) > 1:
-        problem = "more than one error line"
-    after = snapshot(guard, SHIPPED)
-    if after != before:
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        problem = f"clobbered: {changed[:3]}"
-    return Outcome(command=name, args=tuple(args), exit_code=result.exit_code, problem=problem)
+            os._exit(code)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    timed_out = False
+    while True:
+        left = limit_s - (time.monotonic() - started)
+        ready, _, _ = select.select([read_end], [], [], max(left, 0))
+        if not ready:
+            timed_out = True
+            break
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_end)
+    if timed_out:
+        for target in (-pid, pid):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    os.waitpid(pid, 0)
+    wall_s = time.monotonic() - started
+    shutil.rmtree(work, ignore_errors=True)
+    if timed_out:
+        kind, detail, code = "timeout", f"still running at {limit_s:.0f} s", -1
+    elif not chunks:
+        kind, detail, code = "traceback", "the child died without a verdict", -1
+    else:
+        kind, detail, code = json.loads(b"".join(chunks))
+    after = snapshot(guard)
+    changed = sorted(k for k in before if before[k] != after.get(k))
+    if changed:
+        kind, detail = "clobbered", f"{changed[:3]}"
+    for new in sorted(set(after) - set(before), reverse=True):  # written where asked: removed, not a clobber
+        path = Path(new)
+        if path.is_relative_to(guard):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        else:
+            kind, detail = "clobbered", f"new file in shipped data: {new}"
+    return Outcome(index=index, target=case.target, kind=kind, detail=detail, code=code, wall_s=wall_s,
+                   case=case.describe())  # fmt: skip
 
 
-def fuzz(cases: int, seed: int, *, quiet: bool = False) -> list[Outcome]:
-    rng = random.Random(seed)
-    names = [n for n in COMMANDS if n not in SKIP]
+def preload() -> None:
+    """Import the heavy libraries once, before the first fork, so no case pays for them."""
+    import lora_budget.cli.plan_cmd  # noqa: F401
+    from lora_budget.cli.errors import quiet_third_party
+
+    quiet_third_party()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        import lora_budget.trace.engine  # noqa: F401
+    except ImportError:
+        pass
+
+
+def fuzz(seed: int, start: int, cases: int, *, limit_s: float = LIMIT_S, quiet: bool = False) -> list[Outcome]:
+    preload()
+    outcomes = []
     with tempfile.TemporaryDirectory() as top:
         guard = Path(top) / "guard"
         make_guard(guard)
-        GUARD[:] = [guard]
-        values = nasty(guard)
-        outcomes = []
-        for i in range(cases):
-            name = names[i % len(names)]
-            outcomes.append(run_case(name, case_args(rng, name, values), guard))
-            if not quiet and outcomes[-1].problem:
-                print(f"PROBLEM {name} {[a[:40] for a in outcomes[-1].args]}: {outcomes[-1].problem}", flush=True)
-        (guard / "ro").chmod(0o755)
+        try:
+            for i in range(start, start + cases):
+                outcome = run_case(i, make_case(seed, i, guard), guard, limit_s=limit_s)
+                outcomes.append(outcome)
+                if not quiet and outcome.kind != "ok":
+                    print(f"{outcome.kind.upper()} [{seed}:{i}] {outcome.target}: {outcome.case[:300]}\n"
+                          f"    {outcome.detail}", flush=True)  # fmt: skip
+        finally:
+            release_guard(guard)
     return outcomes
+
+
+def summary(outcomes: list[Outcome], seed: int, wall_s: float) -> dict:
+    per: dict[str, dict[str, int]] = {t: dict.fromkeys(KINDS, 0) for t in TARGETS}
+    for o in outcomes:
+        per[o.target][o.kind] += 1
+    return {"seed": seed, "cases": len(outcomes), "wall_s": round(wall_s, 1), "per_target": per,
+            "slowest": sorted(([o.wall_s, o.target, o.index] for o in outcomes), reverse=True)[:5]}  # fmt: skip
+
+
+def combine(parts: list[dict]) -> dict:
+    per: dict[str, Counter] = {t: Counter() for t in TARGETS}
+    for part in parts:
+        for target, kinds in part["per_target"].items():
+            per[target].update(kinds)
+    return {"seed": sorted({p["seed"] for p in parts}), "cases": sum(p["cases"] for p in parts),
+            "wall_s": round(sum(p["wall_s"] for p in parts), 1),
+            "per_target": {t: {k: c[k] for k in KINDS} for t, c in per.items()},
+            "slowest": sorted((s for p in parts for s in p["slowest"]), reverse=True)[:5]}  # fmt: skip
+
+
+def render(figure: dict) -> str:
+    lines = [f"{figure['cases']} cases over {len(TARGETS)} targets in {figure['wall_s']:.0f} s (seed {figure['seed']})"]
+    lines.append(f"{'target':<10}" + "".join(f"{k:>11}" for k in ("cases", *KINDS)))
+    totals = Counter()
+    for target, kinds in figure["per_target"].items():
+        totals.update(kinds)
+        lines.append(f"{target:<10}{sum(kinds.values()):>11}" + "".join(f"{kinds[k]:>11}" for k in KINDS))
+    lines.append(f"{'all':<10}{sum(totals.values()):>11}" + "".join(f"{totals[k]:>11}" for k in KINDS))
+    lines.append("slowest cases (s, target, case): " + ", ".join(f"{s:.1f} {t} #{i}" for s, t, i in figure["slowest"]))
+    lines.append(f"tracebacks: {totals['traceback']}  clobbered: {totals['clobbered']}  "
+                 f"other problems: {totals['other']}  timeouts: {totals['timeout']}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--start", type=int, default=0, help="first case index (to run a long fuzz in chunks)")
+    parser.add_argument("--limit", type=float, default=LIMIT_S, help="seconds a case may run before it is killed")
+    parser.add_argument("--summary", help="also write the figure as JSON here (for --combine)")
+    parser.add_argument("--combine", nargs="+", help="print the figure of these --summary files and exit")
+    parser.add_argument("--replay", help="SEED:INDEX: run that one case and show its output")
     ns = parser.parse_args()
-    started = time.monotonic()
-    outcomes = fuzz(ns.cases, ns.seed)
-    wall = time.monotonic() - started
-    tracebacks = sum(o.problem.startswith("traceback") for o in outcomes)
-    clobbered = sum(o.problem.startswith("clobbered") for o in outcomes)
-    other = sum(bool(o.problem) for o in outcomes) - tracebacks - clobbered
-    per = Counter(o.command for o in outcomes)
-    codes = Counter(o.exit_code for o in outcomes)
-    print(f"{len(outcomes)} cases over {len(per)} commands in {wall:.0f} s (seed {ns.seed})")
-    print("per command: " + ", ".join(f"{k} {v}" for k, v in sorted(per.items())))
-    print("exit codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())))
-    print(f"tracebacks: {tracebacks}  clobbered files: {clobbered}  other problems: {other}")
-    sys.exit(1 if tracebacks or clobbered or other else 0)
+    if ns.combine:
+        figure = combine([json.loads(Path(p).read_text()) for p in ns.combine])
+    elif ns.replay:
+        seed, index = (int(x) for x in ns.replay.split(":"))
+        with tempfile.TemporaryDirectory() as top:
+            guard = Path(top) / "guard"
+            make_guard(guard)
+            case = make_case(seed, index, guard)
+            print(case.describe())
+            try:
+                os.chdir(top)
+                print(judge(case))
+            finally:
+                release_guard(guard)
+        return
+    else:
+        started = time.monotonic()
+        outcomes = fuzz(ns.seed, ns.start, ns.cases, limit_s=ns.limit)
+        figure = summary(outcomes, ns.seed, time.monotonic() - started)
+        if ns.summary:
+            Path(ns.summary).write_text(json.dumps(figure, indent=1))
+    print(render(figure))
+    totals = Counter(k for kinds in figure["per_target"].values() for k, n in kinds.items() for _ in range(n))
+    sys.exit(1 if totals["traceback"] or totals["clobbered"] or totals["other"] else 0)
 
 
 if __name__ == "__main__":

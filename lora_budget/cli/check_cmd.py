@@ -85,8 +85,10 @@ def check_cmd(
         check_inputs(base, engine, tolerance, baseline)
     else:  # an unwritable baseline fails before measuring, too
         from lora_budget.fsio import check_destination
+        from lora_budget.gate import check_replaceable
 
         check_destination(baseline)
+        check_replaceable(baseline)
     if engine in ("trace", "profile"):
         try:
             import torch  # noqa: F401

@@ -74,6 +74,7 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
         from lora_budget.fsio import check_destination
 
         check_destination(timeline_path)
+        _check_replaceable(timeline_path)
     if kw["batch_size"].strip().lower() == "auto":
         raise click.BadParameter(
             "trace needs a number (use plan --batch-size auto to search)", param_hint="--batch-size"
@@ -128,6 +129,23 @@ def _run(spec: Any, steps: int, keep_timeline: bool) -> Any:
     return result
 
 
+TIMELINE_HEADER = ("event", "method", "live_bytes", "phase", "step")
+
+
+def _check_replaceable(path: str) -> None:
+    """--timeline replaces an earlier timeline (or an empty file), never another file a user saved."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    if head.strip() and not head.startswith(",".join(TIMELINE_HEADER).encode()):
+        raise LoraBudgetError(
+            f"--timeline {path} exists and is not a timeline CSV; not replaced (choose another path, or remove it)"
+        )
+
+
 def _write_timeline(path: str, rows: list[tuple[Any, Any]]) -> None:
     import csv
     import io
@@ -136,10 +154,11 @@ def _write_timeline(path: str, rows: list[tuple[Any, Any]]) -> None:
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["event", "method", "live_bytes", "phase", "step"])
+    writer.writerow(TIMELINE_HEADER)
     for result, _ in rows:
         for event, live, phase, step in result.timeline:
             writer.writerow([event, result.spec.method, live, phase, step])
+    _check_replaceable(path)
     try:
         write_atomic(path, buf.getvalue())
     except OSError as exc:
