@@ -30,6 +30,18 @@ def catalog() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(_DATA.read_text())["models"])
 
 
+@lru_cache(maxsize=1)
+def derived_catalog() -> tuple[dict[str, Any], ...]:
+    """Entries of architectures the analytical walk does not model (models_derived.json, the same
+    layout): planned from trace-derived records (``core/derived.py``), shipped for those that derive."""
+    path = _DATA.with_name("models_derived.json")
+    return tuple(json.loads(path.read_text())["models"]) if path.is_file() else ()
+
+
+def _entries() -> tuple[dict[str, Any], ...]:
+    return catalog() + derived_catalog()
+
+
 def _key(text: str) -> str:
     """Forgiving spelling: lower case, separators dropped, common repo suffixes dropped."""
     t = text.strip().lower()
@@ -42,7 +54,7 @@ def _key(text: str) -> str:
 @lru_cache(maxsize=1)
 def _index() -> dict[str, dict[str, Any]]:
     index: dict[str, dict[str, Any]] = {}
-    for entry in catalog():
+    for entry in _entries():
         for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
             index.setdefault(name.lower(), entry)
             index.setdefault(_key(name), entry)
@@ -63,7 +75,7 @@ def _ref(entry: dict[str, Any]) -> ModelRef:
 
 @lru_cache(maxsize=None)
 def _catalog_ref(name: str) -> ModelRef:
-    entry = next(e for e in catalog() if e["name"] == name)
+    entry = next(e for e in _entries() if e["name"] == name)
     return ModelRef(
         name=entry["name"],
         hf_id=entry["hf_id"],
@@ -149,6 +161,12 @@ def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
     )
 
 
-def list_models() -> list[tuple[dict[str, Any], int]]:
-    """Catalog entries with their exact parameter counts."""
-    return [(e, param_count(shape_from_config(e["config"], where=e["name"]))) for e in catalog()]
+def list_models() -> list[tuple[dict[str, Any], int | None]]:
+    """Catalog entries with their exact parameter counts, the trace-derived ones after the analytical
+    ones (None: no derived inventory is stored for it, see ``core.derived.stored_param_count``)."""
+    from lora_budget.core.derived import stored_param_count
+
+    rows: list[tuple[dict[str, Any], int | None]] = [
+        (e, param_count(shape_from_config(e["config"], where=e["name"]))) for e in catalog()
+    ]
+    return rows + [(e, stored_param_count(e["config"], e["name"])) for e in derived_catalog()]

@@ -172,7 +172,7 @@ def shape_from_config(raw: dict[str, Any], where: str = "config") -> ModelShape:
         from lora_budget.core.derived import derived_shape  # trace-derived records, torch-free
 
         shape = derived_shape(raw, where)
-        return replace(shape, notes=notes) if notes else shape
+        return replace(shape, notes=notes + shape.notes) if notes else shape
     if model_type == "gpt2":
         shape = _gpt2(r)
     elif model_type == "falcon":

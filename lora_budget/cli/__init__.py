@@ -12,6 +12,7 @@ from lora_budget import __version__
 COMMANDS: dict[str, str] = {
     "plan": "lora_budget.cli.plan_cmd:plan_cmd",
     "trace": "lora_budget.cli.trace_cmd:trace_cmd",
+    "derive": "lora_budget.cli.derive_cmd:derive_cmd",
     "validate": "lora_budget.cli.validate_cmd:validate_cmd",
     "profile": "lora_budget.cli.profile_cmd:profile_cmd",
     "profiles": "lora_budget.cli.profile_cmd:profiles_cmd",

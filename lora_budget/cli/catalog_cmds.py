@@ -20,6 +20,7 @@ def models_cmd(as_json: bool) -> None:
       lora-budget models --json
     """
     from lora_budget.catalog.models import list_models
+    from lora_budget.core.derived import kind
 
     rows = list_models()
     if as_json:
@@ -30,7 +31,7 @@ def models_cmd(as_json: bool) -> None:
                 "family": e["family"],
                 "aliases": e["aliases"],
                 "param_count": n,
-                "planner": "analytical",
+                "planner": kind(e["config"], e["name"]),
                 "source": e["source"],
             }
             for e, n in rows
@@ -38,13 +39,22 @@ def models_cmd(as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     width = max(len(", ".join(e["aliases"])) for e, _ in rows) + 2
-    click.echo(f"{'name':<20}{'parameters':>18}  {'family':<9}{'planner':<12}{'aliases':<{width}}hf id")
+    name_w = max(20, max(len(e["name"]) for e, _ in rows) + 2)
+    family_w = max(9, max(len(e["family"]) for e, _ in rows) + 1)
+    click.echo(f"{'name':<{name_w}}{'parameters':>18}  {'family':<{family_w}}{'planner':<15}{'aliases':<{width}}hf id")
     for e, n in rows:
         aliases = ", ".join(e["aliases"])
-        click.echo(f"{e['name']:<20}{n:>18,}  {e['family']:<9}{'analytical':<12}{aliases:<{width}}{e['hf_id']}")
+        count = f"{n:,}" if n is not None else "n/a"
+        planner = kind(e["config"], e["name"])
+        click.echo(
+            f"{e['name']:<{name_w}}{count:>18}  {e['family']:<{family_w}}{planner:<15}{aliases:<{width}}{e['hf_id']}"
+        )
     click.echo(
         f"\n{len(rows)} models; configs copied from each model's config.json (source in --json); "
-        "planner: analytical = the hand-written per-architecture walk."
+        "planner: analytical = the hand-written per-architecture walk, trace-derived = coefficients traced "
+        "from a 2-layer copy of the model (`lora-budget derive`), not yet = layers of several types, MoE "
+        "routing or an architecture transformers does not build; params only = MoE: its parameter "
+        "inventory, not its activations."
     )
 
 

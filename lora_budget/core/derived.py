@@ -198,6 +198,10 @@ def derived_shape(raw: dict[str, Any], where: str) -> ModelShape:
         dropout=0.0,
         checkpoint_dtype=str(raw.get("torch_dtype", raw.get("dtype", "unknown"))),
         arch_config=arch_json,
+        notes=(
+            f"{raw['model_type']} is not modelled analytically: planned from coefficients traced on a "
+            "2-layer copy of the model (lora-budget derive)",
+        ),
         **values,
     )
 
@@ -247,6 +251,29 @@ def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     # the planner's convention: the embedding first, lm_head last
     head = [t for t in rest if t.role == "lm_head"]
     return tuple([t for t in rest if t.role != "lm_head"] + layer + head)
+
+
+def stored_param_count(raw: dict[str, Any], where: str) -> int | None:
+    """The parameter count from a stored architecture record, without deriving one (torch-free);
+    None when the config has none (an architecture transformers cannot build, or layers unlike)."""
+    from lora_budget.catalog.shape import shape_from_config
+
+    try:
+        shape = shape_from_config(raw, where=where)
+    except LoraBudgetError:
+        return None
+    if not shape.derived:
+        return sum(t.total_numel for t in _analytical_inventory(shape))
+    record = architecture_record(shape)
+    if record is None or shape.layers not in record.get("depths", ()):
+        return None
+    return sum(t.total_numel for t in inventory(shape))
+
+
+def _analytical_inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
+    from lora_budget.core.params import inventory as analytical
+
+    return analytical(shape)
 
 
 def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
@@ -311,15 +338,20 @@ def describe(values: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def stored_coefficients(spec: Any) -> dict[str, Any] | None:
+    """The coefficients record of ``spec`` from the user cache or the shipped file, or None."""
+    key = arch_key(spec.model.shape.arch_config)
+    skey = settings_key(settings(spec))
+    return read_cache(key).get("coefficients", {}).get(skey) or shipped()["coefficients"].get(key, {}).get(skey)
+
+
 def coefficients_record(spec: Any) -> dict[str, Any]:
     """The stored coefficients of ``spec``'s architecture and settings; derived when missing."""
-    shape = spec.model.shape
-    key = arch_key(shape.arch_config)
-    values = settings(spec)
-    skey = settings_key(values)
-    record = read_cache(key).get("coefficients", {}).get(skey) or shipped()["coefficients"].get(key, {}).get(skey)
+    record = stored_coefficients(spec)
     if record is not None:
         return record
+    shape = spec.model.shape
+    values = settings(spec)
     if not _torch_available():
         raise LoraBudgetError(
             f"{spec.model.name} ({shape.model_type}) is planned from trace-derived coefficients, and none are "
@@ -376,9 +408,21 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
     return acts, static
 
 
-def kind(raw: dict[str, Any]) -> str:
-    """``analytical`` or ``trace-derived``: how the planner models a config's architecture."""
-    from lora_budget.catalog.shape import SUPPORTED_TYPES
+def kind(raw: dict[str, Any], where: str = "config") -> str:
+    """How the planner models a config (torch-free, from stored records only): ``analytical`` (the
+    hand-written walk), ``trace-derived`` (coefficients stored), ``params only`` (an inventory but no
+    coefficients: MoE routing the trace cannot follow) or ``not yet`` (no record: layers of several
+    types, or an architecture transformers does not build)."""
+    from lora_budget.catalog.shape import shape_from_config
 
-    inner = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
-    return "analytical" if inner.get("model_type") in SUPPORTED_TYPES else "trace-derived"
+    try:
+        shape = shape_from_config(raw, where=where)
+    except LoraBudgetError:
+        return "not yet"
+    if not shape.derived:
+        return "analytical"
+    key = arch_key(shape.arch_config)
+    if read_cache(key).get("coefficients") or shipped()["coefficients"].get(key):
+        return "trace-derived"
+    record = architecture_record(shape)
+    return "params only" if record and shape.layers in record.get("depths", ()) else "not yet"
