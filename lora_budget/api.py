@@ -129,6 +129,7 @@ class MethodPlan:
                         if spec.objective != "sft"
                         else {}
                     ),
+                    **({"eval_batch_size": spec.eval_batch_size} if spec.eval_batch_size else {}),
                 },
             }
         )

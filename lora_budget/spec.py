@@ -190,6 +190,12 @@ class TrainSpec:
     """grpo: completions come from vLLM (``use_vllm``), whose engine memory (another GPU in server
     mode, a ``vllm_gpu_memory_utilization`` share in colocate mode) is not planned. Off: transformers'
     ``generate`` on the training GPU, planned as its own phase."""
+    eval_batch_size: int = 0
+    """Sequences per evaluation step (the Trainer's ``per_device_eval_batch_size``, default 8, when an
+    evaluation runs during training); 0: no evaluation planned. The Trainer evaluates under ``no_grad``
+    with labels after an optimizer step (gradients set to None, optimizer state alive) and, without a
+    ``compute_metrics``, keeps no logits (``Trainer.evaluate`` passes ``prediction_loss_only=True``):
+    its peak is the loss's logits spike at ``eval_batch_size`` x ``seq_len`` tokens."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Non-fatal remarks found while validating (e.g. sequence longer than the model's positions)."""
 
@@ -293,6 +299,11 @@ class TrainSpec:
             raise LoraBudgetError("--reference adapter disables LoRA adapters; full fine-tuning has none (use copy)")
         if self.reference == "precomputed" and self.objective == "grpo":
             raise LoraBudgetError("GRPO scores fresh completions each step; its reference cannot be precomputed")
+        e = self.eval_batch_size
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e <= 1 << 20:
+            raise LoraBudgetError(f"eval batch size must be an integer from 0 to 1048576, got {e!r}")
+        if e and self.objective != "sft":
+            raise LoraBudgetError(f"evaluation is planned for sft steps; --eval-batch-size with {self.objective}")
         if self.objective != "grpo" and (self.completion_len or self.vllm):
             raise LoraBudgetError("--completion-len and --vllm apply to grpo only")
         if self.objective == "grpo" and self.completion_len >= self.seq_len:

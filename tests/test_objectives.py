@@ -190,3 +190,20 @@ def test_plan_prints_the_goal():
     dpo = _plan("-m", "Qwen2.5-0.5B", "--gpu", "24GiB", "--objective", "dpo")
     assert "full: dpo: 2 sequences per example (chosen + rejected); reference: a frozen copy" in dpo
     assert "LoRA: dpo: 2 sequences per example (chosen + rejected); reference: the policy with adapters" in dpo
+
+
+@pytest.mark.parametrize("method, eval_batch", [("lora", 4), ("full", 8)])
+def test_evaluation_phase_matches_trace(method, eval_batch):
+    """An evaluation step after the optimizer step (``runtime.loop.evaluate``, the Trainer's
+    ``prediction_step`` under no_grad): its loss spike at 4 x 256 tokens is (2 + 8) x 151,936 bytes
+    per token for the bf16 logits, their fp32 copy and log_softmax, plus the 2 x 896-byte final
+    hidden state: 1,557,659,648 bytes above the training state, above the b = 1 training step."""
+    pytest.importorskip("peft")
+    from lora_budget.trace.engine import trace
+
+    spec = TrainSpec(model=_two_layers("Qwen2.5-0.5B"), method=method, seq_len=256, eval_batch_size=eval_batch)
+    traced, planned = trace(spec).breakdown, estimate(spec)
+    assert traced.phase == planned.phase == "evaluation"
+    assert abs(planned.peak_bytes / traced.peak_bytes - 1) <= 0.001
+    if eval_batch == 4:
+        assert planned.logits + planned.temporaries == 1024 * (10 * 151_936 + 2 * 896)

@@ -215,6 +215,14 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="grpo: completions from vLLM (its engine memory is not planned) instead of transformers' generate.",
         ),
         click.option(
+            "--eval-batch-size",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Sequences per evaluation step during training (Trainer per_device_eval_batch_size); its logits "
+            "spike can be the run's peak. 0: no evaluation planned.",
+        ),
+        click.option(
             "--gpus",
             type=int,
             default=1,
@@ -344,6 +352,7 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "completion_len",
         "generations",
         "vllm",
+        "eval_batch_size",
     )
     return {k: kw[k] for k in keys if k in kw}
 

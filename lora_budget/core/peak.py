@@ -34,6 +34,7 @@ from functools import lru_cache
 from lora_budget.breakdown import Breakdown
 from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
 from lora_budget.core.lora import resolve_targets
+from lora_budget.core.objectives import ObjectiveLoss, objective_loss
 from lora_budget.core.static import StaticMemory, StepKey, static_memory
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
@@ -69,6 +70,7 @@ class PeakModel:
         so an evaluation is plain float arithmetic.
         """
         k = self._k
+        batch_size *= k.seq_mult  # sequences in the forward: chosen + rejected for preference pairs
         T = batch_size * seq_len
         L = k.layers
         once = T * (k.once[0] + k.once[1] * seq_len)
@@ -113,6 +115,8 @@ class PeakModel:
                 acts_first += mask
         loss_fwd = T * k.loss_fwd + k.loss_fixed
         loss_bwd = T * k.loss_bwd + k.loss_fixed
+        if k.objective is not None:
+            loss_fwd, loss_bwd = k.objective.logits_bytes(batch_size, seq_len)
         if k.fused_chunk_inc:
             # Liger's fused linear cross-entropy makes one chunk of logits at a time:
             # next_power_of_2(ceil(T / ceil(V / h))) tokens, at most T
@@ -154,6 +158,20 @@ class PeakModel:
             chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 1)), k.chunk_head_grad))
             if n >= 2:
                 chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 2)), 3 * k.chunk_head_grad))
+        generation = []
+        if k.kv_bytes:
+            # GRPO's generation (transformers' generate, steps_per_generation = accumulation steps)
+            # runs before the step's forward, with no gradients alive (set to None at the last step):
+            # the KV cache of every sequence at full length and one fp32 copy of the last
+            # position's logits per sequence (``next_token_logits ... dtype=torch.float32``)
+            rows = batch_size * k.gen_steps
+            generation.append(("generation", 0, 0, rows * k.vocab4, rows * seq_len * k.kv_bytes))
+        evaluation = []
+        if k.eval_batch:
+            # an evaluation step after an optimizer step, under no_grad: no gradients, nothing saved; the
+            # loss's logits spike at the eval batch's tokens, beside the final hidden state
+            te = k.eval_batch * seq_len
+            evaluation.append(("evaluation", 0, 0, int(te * k.loss_fwd + k.loss_fixed), te * k.eval_hidden))
         return [
             ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
@@ -165,6 +183,8 @@ class PeakModel:
             ("backward", grads, 0, 0, int(embed_temp)),
             ("optimizer", grads, 0, 0, k.optimizer_step_temp),
             *chunked_head,
+            *generation,
+            *evaluation,
         ]
 
     def breakdown(self, batch_size: int, seq_len: int) -> Breakdown:
@@ -246,6 +266,20 @@ class _Constants:
     embed_per_token: int
     embed_fixed: int
     optimizer_step_temp: int
+    kv_bytes: int
+    """grpo with transformers' generate: KV-cache bytes per token (2 L kv_width c), else 0."""
+    gen_steps: int
+    """grpo: micro-batches generated at once (``steps_per_generation``, TRL's default: the accumulation steps)."""
+    vocab4: int
+    """4 V: one fp32 logits row."""
+    eval_batch: int
+    """Sequences per evaluation step (0: none planned)."""
+    eval_hidden: int
+    """Bytes per token of the final hidden state beside the evaluation's logits (c h)."""
+    seq_mult: int
+    """Sequences per example in the forward (``spec.sequences_per_example``)."""
+    objective: ObjectiveLoss | None
+    """The logits terms of a non-sft objective (``core/objectives.py``), in place of the loss kernel's."""
 
 
 def _pair(coeff: Coeff) -> tuple[float, float]:
@@ -304,15 +338,20 @@ def _constants(model: PeakModel) -> _Constants:
         repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
         **_loss_terms(spec, logits_c, softcap),
         **_autocast_copies(spec, st.adapter),
-        chunk_head_grad=(
-            V * s.hidden * DTYPE_BYTES[spec.dtype] if spec.loss_kernel == "chunked-ce" and full else 0
-        ),
+        chunk_head_grad=(V * s.hidden * DTYPE_BYTES[spec.dtype] if spec.loss_kernel == "chunked-ce" and full else 0),
         chunk_logit_grad=logits_c * V / spec.loss_chunks,
         loss_chunks=spec.loss_chunks,
         grads=grads,
         embed_per_token=s.hidden * c if full else 0,
         embed_fixed=st.embedding_grad_temp if full else 0,
         optimizer_step_temp=st.optimizer_step_temp,
+        kv_bytes=2 * s.layers * s.kv_width * spec.compute_bytes if spec.objective == "grpo" and not spec.vllm else 0,
+        gen_steps=spec.grad_accum,
+        vocab4=4 * V,
+        eval_batch=spec.eval_batch_size,
+        eval_hidden=c * s.hidden,
+        seq_mult=spec.sequences_per_example,
+        objective=objective_loss(spec, logits_c),
     )
 
 
@@ -399,6 +438,7 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         autocast=spec.autocast_on,
         bnb_input_bytes=spec.compute_bytes if spec.bnb_keeps_input else 0,
         fused_loss=spec.loss_kernel == "fused-ce",
+        head_trains=spec.objective == "reward",
     )
     if s.derived:  # coefficients traced from the model itself (core/derived.py)
         from lora_budget.core.derived import derived_activations

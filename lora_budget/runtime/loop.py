@@ -148,6 +148,7 @@ def run_steps(
     after_step: Callable[[int], None] = lambda step: None,
     warm_start: bool = False,
     reference: Any = None,
+    eval_batch: Any = None,
 ) -> None:
     """``steps`` optimizer steps of the reference loop on one fixed batch of token ids.
 
@@ -180,3 +181,19 @@ def run_steps(
         after_step(step)
         on_phase("zero_grad", step)
         optimizer.zero_grad(set_to_none=True)
+    if eval_batch is not None:
+        evaluate(model, spec, eval_batch, on_phase=on_phase, step=steps)
+
+
+def evaluate(model: Any, spec: TrainSpec, batch: Any, *, on_phase: Callable[[str, int], None], step: int) -> None:
+    """One evaluation step as the Trainer runs it between optimizer steps: ``model.eval()``, the loss
+    under ``no_grad`` (``prediction_step`` with labels; without ``compute_metrics`` no logits are kept,
+    ``Trainer.evaluate`` passing ``prediction_loss_only=True``), then back to ``train()``."""
+    import torch
+
+    on_phase("evaluation", step)
+    model.eval()
+    with torch.no_grad():
+        loss = step_loss(model, spec, batch)
+    del loss
+    model.train()

@@ -191,6 +191,9 @@ def _run(
             rows = spec.batch_size * spec.sequences_per_example  # chosen + rejected for pairs
             batch = torch.randint(0, spec.model.shape.vocab, (rows, spec.seq_len))
             tracker.register(batch, "activations")
+            eval_batch = None
+            if spec.eval_batch_size:
+                eval_batch = torch.randint(0, spec.model.shape.vocab, (spec.eval_batch_size, spec.seq_len))
             run_steps(
                 built.model,
                 optimizer,
@@ -202,8 +205,9 @@ def _run(
                 after_step=hooks.after_step,
                 warm_start=warm_start,
                 reference=reference,
+                eval_batch=eval_batch,
             )
-            del batch
+            del batch, eval_batch
     except UnsupportedOperatorException as exc:
         where = tracker.last_module or "the step"
         raise LoraBudgetError(
@@ -412,13 +416,18 @@ class Hooks:
         handles = [
             torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
             torch.nn.modules.module.register_module_forward_hook(self._post, always_call=True),
-            head.register_forward_pre_hook(lambda *_: self.tracker.set_phase("loss")),
+            head.register_forward_pre_hook(self._head),
         ]
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _head(self, *_: Any) -> None:
+        """The output head starts the loss phase (an evaluation's head stays in its own phase)."""
+        if self.tracker.phase != "evaluation":
+            self.tracker.set_phase("loss")
 
     def _pre(self, module: Any, _args: Any) -> None:
         name = self.names.get(id(module), type(module).__name__)
