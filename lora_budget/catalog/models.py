@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def _ref(entry: dict[str, Any]) -> ModelRef:
     return _catalog_ref(entry["name"])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _catalog_ref(name: str) -> ModelRef:
     entry = next(e for e in _entries() if e["name"] == name)
     return ModelRef(
@@ -91,10 +91,17 @@ def resolve_model(text: str) -> ModelRef:
     Order: a local path; the local Hugging Face cache (``hub.cached_config``); the catalog; then, unless
     offline, the Hub's ``config.json`` alone (``hub.download_config``, cached for the next run).
     """
+    if not isinstance(text, str):
+        raise LoraBudgetError(f"model must be a name or a path (str), got {type(text).__name__}")
     if not text or not text.strip():
         raise LoraBudgetError("no model given; pass a catalog name such as 7b or Llama-3.1-8B")
     path = Path(text).expanduser()
-    if path.is_dir() or path.suffix == ".json" or path.is_file():
+    try:
+        local = path.is_dir() or path.suffix == ".json" or path.is_file()
+    except OSError as exc:  # a name over the file system's limits (ENAMETOOLONG) is no path, and no model
+        why = f"not a catalog name or a usable path ({exc.strerror})"
+        raise LoraBudgetError(f"unknown model {text[:60]!r}...: {why}") from None
+    if local:
         return model_from_path(path)
     repo = hub.is_repo_id(text)
     cached = hub.cached_config(text.strip()) if repo else None
