@@ -2,9 +2,14 @@
 
 ``torch.cuda.max_memory_reserved`` counts the segments the caching allocator took from the
 driver (``cudaMalloc``), not the blocks handed to tensors. The rules below are those of
-``c10/cuda/CUDACachingAllocator.cpp`` (constants also in ``c10/core/CachingDeviceAllocator.h``
-in recent releases), with the default ``PYTORCH_CUDA_ALLOC_CONF`` (no ``max_split_size_mb``,
-no ``roundup_power2_divisions``, no ``expandable_segments``):
+``c10/cuda/CUDACachingAllocator.cpp``, checked line by line against pytorch/pytorch at commit
+001074d25084fdb87a799823e395a50f5ec044d3 (the constants ``kMinBlockSize`` ... ``kRoundLarge``,
+``round_size``, ``get_allocation_size``, ``get_free_block``, ``should_split``,
+``alloc_found_block``, ``free_block``/``try_merge_blocks``, ``malloc``'s retry chain and
+``release_cached_blocks``), with the default ``PYTORCH_CUDA_ALLOC_CONF``: ``max_split_size``
+unlimited (so ``get_free_block``'s oversize checks and ``release_available_cached_blocks`` never
+act), ``roundup_power2_divisions`` off (``round_size`` is plain 512 B rounding) and
+``expandable_segments`` off (``should_split`` then uses the 1 MiB large-pool rule):
 
 - ``round_size``: every request rounds up to a multiple of ``kMinBlockSize`` = 512 B;
 - pools: requests <= ``kSmallSize`` = 1 MiB come from the small pool, larger from the large;
@@ -18,7 +23,9 @@ no ``roundup_power2_divisions``, no ``expandable_segments``):
   ``memory_allocated`` counts block sizes);
 - ``free_block``: the block returns to its pool and merges with free neighbours of its segment;
 - segments are returned to the driver only when a ``cudaMalloc`` fails (``capacity`` here):
-  then every fully free segment is released and the allocation retried (``alloc_retries``).
+  then every fully free segment is released and the allocation retried (``alloc_retries``);
+  ``malloc`` counts ``block->size`` in ``allocated_bytes`` and the unrounded request in
+  ``requested_bytes`` (``peak_requested`` here is the rounded one, what the tracker counts).
 
 Not modelled: streams (the trace runs one), CUDA graphs' private pools, ``expandable_segments``,
 and the real addresses of segments (ties in best fit go to the segment created first).
