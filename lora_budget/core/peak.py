@@ -158,20 +158,20 @@ class PeakModel:
             chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 1)), k.chunk_head_grad))
             if n >= 2:
                 chunked_head.append(("backward", g_fwd, int(all_acts), int(T * g * (n - 2)), 3 * k.chunk_head_grad))
-        generation = []
+        generation: tuple[tuple[str, int, int, int, int], ...] = ()
         if k.kv_bytes:
             # GRPO's generation (transformers' generate, steps_per_generation = accumulation steps)
             # runs before the step's forward, with no gradients alive (set to None at the last step):
             # the KV cache of every sequence at full length and one fp32 copy of the last
             # position's logits per sequence (``next_token_logits ... dtype=torch.float32``)
             rows = batch_size * k.gen_steps
-            generation.append(("generation", 0, 0, rows * k.vocab4, rows * seq_len * k.kv_bytes))
-        evaluation = []
+            generation = (("generation", 0, 0, rows * k.vocab4, rows * seq_len * k.kv_bytes),)
+        evaluation: tuple[tuple[str, int, int, int, int], ...] = ()
         if k.eval_batch:
             # an evaluation step after an optimizer step, under no_grad: no gradients, nothing saved; the
             # loss's logits spike at the eval batch's tokens, beside the final hidden state
             te = k.eval_batch * seq_len
-            evaluation.append(("evaluation", 0, 0, int(te * k.loss_fwd + k.loss_fixed), te * k.eval_hidden))
+            evaluation = (("evaluation", 0, 0, int(te * k.loss_fwd + k.loss_fixed), te * k.eval_hidden),)
         return [
             ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
