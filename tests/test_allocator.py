@@ -1,9 +1,13 @@
 """The caching-allocator model on hand-derived event sequences.
 
-Each expected figure is derived in a comment from the rules in ``lora_budget/trace/allocator.py``
-(PyTorch's ``CUDACachingAllocator.cpp``): 512 B rounding; small pool <= 1 MiB in 2 MiB segments;
-large requests < 10 MiB in 20 MiB segments, larger ones rounded up to 2 MiB; split when the
-remainder is >= 512 B (small) or > 1 MiB (large); best fit; merge on free.
+Each expected figure is derived in a comment from the rules of PyTorch's
+``c10/cuda/CUDACachingAllocator.cpp`` (read at pytorch/pytorch 001074d25084): ``round_size``
+512 B rounding; ``get_pool``: small pool <= ``kSmallSize`` 1 MiB; ``get_allocation_size``:
+2 MiB segments for small requests, 20 MiB (``kLargeBuffer``) below ``kMinLargeAlloc`` 10 MiB,
+larger ones rounded up to ``kRoundLarge`` 2 MiB; ``should_split``: remainder >= 512 B (small) or
+> 1 MiB (large); ``get_free_block``: best fit (``lower_bound`` on size); ``free_block``: merge
+with free neighbours; ``malloc``: on a failed ``cudaMalloc``, ``release_cached_blocks`` frees
+only segments that are one free block, then one retry.
 """
 
 from lora_budget.trace.allocator import CachingAllocator, replay, round_size, segment_size
@@ -125,3 +129,31 @@ def test_tiny_model_replay_peaks_where_the_trace_does():
         # every request of this width-64 model is <= 1 MiB: the small pool, 2 MiB segments
         assert result.reserved.peak_reserved % (2 * MiB) == 0
         assert result.reserved.peak_reserved >= result.peak_bytes
+
+
+def test_large_remainder_just_over_1_mib_is_split_and_reused():
+    # 11 MiB - 512 is a multiple of 512 and >= 10 MiB: a 12 MiB segment; the remainder 1 MiB + 512
+    # is > kSmallSize, so it is split off (should_split). A 1 MiB + 512 request is large-pool and
+    # fits it exactly: still one segment, 12 MiB allocated, nothing cached.
+    r = replay([11 * MiB - 512, 1 * MiB + 512], [0, 1])
+    assert (r.peak_reserved, r.segments, r.peak_allocated, r.fragmentation) == (12 * MiB, 1, 12 * MiB, 0)
+    # had it not been split, the second request would have needed a 20 MiB segment of its own
+    assert replay([11 * MiB - 512], [0]).peak_allocated == 11 * MiB - 512
+
+
+def test_release_on_failure_keeps_partly_used_segments():
+    # Capacity 40 MiB. A 5 MiB splits a 20 MiB segment (15 MiB left); B 16 MiB does not fit the
+    # 15 MiB block and gets a 16 MiB segment, then is freed. 24 MiB fits no block and needs a
+    # 24 MiB segment: 36 + 24 > 40, so release_cached_blocks frees B's segment (one free block)
+    # but not A's (split, A in use): 20 + 24 = 44 > 40 still, an OOM (the model counts it and
+    # serves the request, so reserved reads 44 MiB).
+    r = replay([5 * MiB, 16 * MiB, 24 * MiB], [0, 1, ~1, 2], capacity=40 * MiB)
+    assert (r.alloc_retries, r.ooms, r.segments, r.peak_reserved) == (1, 1, 3, 44 * MiB)
+
+
+def test_a_free_large_segment_does_not_serve_a_small_request():
+    # 5 MiB opens a 20 MiB large segment and is freed: the segment is one 20 MiB free block in the
+    # large pool. A 4 KiB request is small (<= 1 MiB): get_pool picks the small pool, which is
+    # empty, so a 2 MiB segment is made: 22 MiB reserved for 4 KiB allocated.
+    r = replay([5 * MiB, 4 * KiB], [0, ~0, 1])
+    assert (r.peak_reserved, r.segments, r.allocated_at_reserved_peak) == (22 * MiB, 2, 4 * KiB)
