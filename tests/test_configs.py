@@ -45,6 +45,7 @@ def run(*args):
                 "lora_dropout": 0.05,  # lora_dropout: 0.05
                 "framework": "hf-trainer",  # axolotl runs transformers' Trainer
                 "kbit_prep": True,  # axolotl v0.18.0 loaders/model.py: 4-bit LoRA without FSDP/ZeRO-3
+                "eval_batch_size": 1,  # val_set_size: 0.05 evaluates; eval_batch_size default micro_batch_size
             },
         ),
         (

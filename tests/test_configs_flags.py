@@ -34,9 +34,9 @@ def _write(path, text):
         ),
         # TRL optim names lora-budget does not model
         (
-            '{"model_name_or_path": "7b", "use_peft": true, "optim": "adamw_torch_4bit"}',
+            '{"model_name_or_path": "7b", "use_peft": true, "optim": "rmsprop"}',
             "trl.json",
-            "optimizer 'adamw_torch_4bit' is not modelled",
+            "optimizer 'rmsprop' is not modelled",
             ["--optimizer", "adamw8bit"],
             "optimizer",
             "adamw8bit",

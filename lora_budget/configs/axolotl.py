@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from lora_budget.configs import defaults
 from lora_budget.configs.common import attn_implementation, grad_ckpt, grad_ckpt_kwargs, rank_alpha_dropout
+from lora_budget.configs.defaults import AXOLOTL
+from lora_budget.configs.objectives import objective
 from lora_budget.configs.parallel import read_parallel
 from lora_budget.configs.values import Reader
 
@@ -78,6 +80,7 @@ def _axolotl_rest(r: Reader) -> None:
     _bnb_kwargs(r)
     _attention(r)
     _plugins(r)
+    _eval(r)
     if (epochs := r.positive_number("num_epochs")) is not None:
         r.set("epochs", epochs, "num_epochs")
     r.parallel = read_parallel(r)
@@ -146,3 +149,24 @@ def _plugins(r: Reader) -> None:
     other = [str(p) for p in plugins if str(p) not in PLUGINS]
     if other:
         r.notes.append(f"plugins: {', '.join(other)} not modelled (planned as the transformers path)")
+
+
+def _eval(r: Reader) -> None:
+    """axolotl evaluates during training with ``val_set_size`` > 0 or ``test_datasets``, at ``eval_batch_size``
+    (default micro_batch_size: utils/config/__init__.py normalize_config, v0.18.0). Planned for SFT."""
+    keys = ("val_set_size", "test_datasets", "eval_batch_size")
+    if r.typed_over("eval_batch_size", *keys):
+        return
+    val, tests = r.raw("val_set_size"), r.raw("test_datasets")
+    r.used.update(keys)
+    has_val = isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0
+    if not has_val and not tests:
+        return
+    key = "val_set_size" if has_val else "test_datasets"
+    if objective("axolotl", r.data)[0] != "sft":
+        r.notes.append(f"{key}: evaluation is planned for SFT only; not planned for this objective")
+        return
+    if (b := r.positive_int("eval_batch_size")) is not None:
+        r.set("eval_batch_size", b, "eval_batch_size")
+    elif "batch_size" in r.values:
+        r.set("eval_batch_size", int(r.values["batch_size"]), f"eval_batch_size ({AXOLOTL} default micro_batch_size)")

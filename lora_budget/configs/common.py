@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_budget.configs.objectives import objective
 from lora_budget.configs.values import Reader
 
 DTYPE_NAMES = {
@@ -128,3 +129,25 @@ def attn_implementation(r: Reader, key: str = "attn_implementation", impl: str |
     r.set("attn", attn, key)
     if note:
         r.notes.append(f"{key}: {note}")
+
+
+def trainer_eval(r: Reader) -> None:
+    """Evaluation during training: transformers 5.24 ``training_args.py`` evaluates when ``eval_strategy``
+    (older: ``evaluation_strategy``) is steps or epoch (default no; ``do_eval`` alone does not), at
+    ``per_device_eval_batch_size`` (default 8). Planned for SFT (``spec.eval_batch_size``)."""
+    keys = ("eval_strategy", "evaluation_strategy", "per_device_eval_batch_size", "do_eval")
+    if r.typed_over("eval_batch_size", *keys):
+        return
+    key = "eval_strategy" if r.has("eval_strategy") else "evaluation_strategy"
+    strategy = r.text(key)
+    r.used.update(keys)
+    if strategy is None or strategy.lower() == "no":
+        return
+    if strategy.lower() not in ("steps", "epoch"):
+        raise r.fail(key, f"must be no, steps or epoch, got {strategy!r}")
+    if objective(r.fmt, r.data)[0] != "sft":
+        r.notes.append(f"{key}: {strategy}: evaluation is planned for SFT only; not planned for this objective")
+        return
+    b = r.positive_int("per_device_eval_batch_size")
+    source = "per_device_eval_batch_size" if b else f"per_device_eval_batch_size (transformers default, {key})"
+    r.set("eval_batch_size", b or 8, source)

@@ -41,6 +41,7 @@ from lora_budget.configs.common import (
     precision,
     quant_type,
     rank_alpha_dropout,
+    trainer_eval,
 )
 from lora_budget.configs.parallel import deepspeed_file, read_parallel
 from lora_budget.configs.values import Reader
@@ -117,6 +118,7 @@ def _trainer_args(r: Reader, both_off: str | None = "fp32") -> None:
     precision(r, both_off=both_off)
     grad_ckpt(r, "gradient_checkpointing")
     grad_ckpt_kwargs(r)
+    trainer_eval(r)
     if (epochs := r.positive_number("num_train_epochs")) is not None:
         r.set("epochs", epochs, "num_train_epochs")
 

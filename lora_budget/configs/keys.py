@@ -338,9 +338,6 @@ NOT_MODELLED: dict[str, str] = {
     "bias_activation_fusion": "Megatron-Core fused bias-activation saves fewer tensors",
     "context_parapllel_size": "context parallelism (axolotl's misspelled key, which axolotl ignores: planned on one "
     "GPU)",
-    "eval_batch_size": "evaluation batches (no gradients) are not planned; a large one can peak above training",
-    "per_device_eval_batch_size": "evaluation batches (no gradients) are not planned; a large one can peak above "
-    "training",
     "alpha_pattern": "per-module LoRA alphas (no memory effect) beside rank_pattern",
     "exclude_modules": "modules left without adapters (planned with adapters on every target)",
     "layer_replication": "duplicated layers sharing weights (planned without them)",
