@@ -8,6 +8,7 @@ median wall time of `lora-budget plan --model 7b --gpu 24GB` over several runs (
 
 from __future__ import annotations
 
+import random
 import shutil
 import statistics
 import subprocess
@@ -54,24 +55,51 @@ def plan_wall_seconds(runs: int = 15) -> float:
     return statistics.median(times)
 
 
-def plan_api_calls_per_second(calls: int = 300) -> tuple[float, float]:
-    """(calls/s of the public ``plan()`` on distinct single-method specs with suggestions on, the same
-    for one reused ``peak_model`` evaluation: the floor a cached planner approaches). Target >= 2,000."""
-    from lora_budget.api import plan
+def api_sweep() -> list[tuple[str, bool, int, int, int]]:
+    """9,216 distinct single-method specs of Llama-2-7B on an RTX 4090, shuffled: method x checkpointing x
+    LoRA rank x micro-batch 1..16 x sequence 256..8192 (step 256); 18 share each batch- and
+    sequence-independent part, and 84 % do not fit, so most calls compute suggestions."""
+    sweep = [
+        (m, c, r, b, s)
+        for m in ("full", "lora", "qlora")
+        for c in (False, True)
+        for r in (8, 16, 64)
+        for b in range(1, 17)
+        for s in range(256, 8193, 256)
+    ]
+    random.Random(15).shuffle(sweep)
+    return sweep
 
-    specs = [(m, b, s) for m in ("full", "lora", "qlora") for b in range(1, 11) for s in (512, 1024, 2048, 4096)]
-    specs = (specs * (calls // len(specs) + 1))[:calls]
+
+def plan_api_calls_per_second(repeats: int = 3) -> tuple[float, float, float]:
+    """(best calls/s of the public ``plan()`` over ``api_sweep`` from empty caches, the same for 300 specs
+    that each need a new model (a new LoRA rank every call), and one reused ``peak_model`` breakdown
+    evaluation per second: the floor a cached planner approaches). Target >= 2,000 for the first."""
+    from lora_budget.api import plan
+    from lora_budget.suggest import clear_caches
+
     plan("7b", "24GB", "lora")  # warm imports and catalog
+    sweep = api_sweep()
+    rates = []
+    for _ in range(repeats):
+        clear_caches()
+        start = time.perf_counter()
+        for m, c, r, b, s in sweep:
+            plan("7b", "rtx4090", m, batch_size=b, seq_len=s, rank=r, grad_ckpt=c)
+        rates.append(len(sweep) / (time.perf_counter() - start))
+    clear_caches()
     start = time.perf_counter()
-    for i, (m, b, s) in enumerate(specs):
-        plan("7b", "rtx4090", m, batch_size=b, seq_len=s, rank=8 + i % 57)  # distinct: the rank differs
-    rate = calls / (time.perf_counter() - start)
+    for i in range(300):
+        plan("7b", "rtx4090", ("full", "lora", "qlora")[i % 3], batch_size=1 + i % 10, rank=8 + i)
+    cold = 300 / (time.perf_counter() - start)
     model = peak_model(TrainSpec(model=resolve_model("7b"), method="lora"))
-    start = time.perf_counter()
-    for b, s in ((b, s) for b in range(1, 11) for s in range(128, 4097, 128)):
-        model.breakdown(b, s)
-    floor = 320 / (time.perf_counter() - start)
-    return rate, floor
+    floors = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for b, s in ((b, s) for b in range(1, 11) for s in range(128, 4097, 128)):
+            model.breakdown(b, s)
+        floors.append(320 / (time.perf_counter() - start))
+    return max(rates), cold, max(floors)
 
 
 def cold_start_ratio(runs: int = 15) -> tuple[float, float]:
@@ -90,10 +118,11 @@ def cold_start_ratio(runs: int = 15) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    rate, floor = plan_api_calls_per_second()
+    rate, cold, floor = plan_api_calls_per_second()
     print(
-        f"plan() API: {rate:,.0f} calls/s, distinct single-method specs with suggestions on (target >= 2,000); "
-        f"ratio to one reused breakdown evaluation ({floor:,.0f}/s) = {rate / floor:.4f}"
+        f"plan() API: {rate:,.0f} calls/s over 9,216 distinct single-method specs with suggestions on, from empty "
+        f"caches, best of 3 (target >= 2,000: {'met' if rate >= 2000 else 'NOT met'}); ratio to one reused breakdown "
+        f"evaluation ({floor:,.0f}/s, same run) = {rate / floor:.3f}; every call a new model: {cold:,.0f} calls/s"
     )
     plan_s, bare_s = cold_start_ratio()
     print(

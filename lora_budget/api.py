@@ -11,27 +11,17 @@ from lora_budget.breakdown import CATEGORIES, Breakdown
 from lora_budget.catalog.calibration import CalibratedOverhead, calibrated_overhead
 from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
 from lora_budget.catalog.models import resolve_model
-from lora_budget.core.fit import max_batch_size, max_seq_len
 from lora_budget.core.params import param_count
-from lora_budget.core.peak import PeakModel, shared_peak_model
+from lora_budget.core.peak import PeakModel
 from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.comm import INTER_NODE_GBPS
 from lora_budget.perf.time import TimeEstimate, estimate_time
 from lora_budget.spec import METHODS, ModelRef, TrainSpec
+from lora_budget.suggest import Suggestion, largest_batch, longest_sequence, shared_model, suggest
 from lora_budget.units import fmt_gib
 
 MAIN_METHODS = ("full", "lora", "qlora")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Suggestion:
-    """One change to the spec and what it does to the peak."""
-
-    change: str
-    """What to change, as a user would type it (``--grad-ckpt``)."""
-    peak_bytes: int
-    fits: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,134 +175,6 @@ class PlanResult:
         return pd.DataFrame(rows)
 
 
-Change = tuple[tuple[str, Any], ...]
-"""A change to a spec as (field, value) pairs: hashable, so the model it makes is cached."""
-
-
-def _suggest(spec: TrainSpec, model: PeakModel, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
-    """Single changes that make a non-fitting spec fit, cheapest in training cost first.
-
-    The candidates' models are shared by every spec of the same ``StepKey`` (``_changed``), so a
-    sweep over micro-batch and sequence length builds each of them once."""
-    key = StepKey(spec)
-    software, memory, method = _changes(key)
-    candidates = list(software)
-    if spec.batch_size > 1:
-        n = spec.batch_size * spec.grad_accum
-        candidates.append((f"--batch-size 1 --grad-accum {n}", (("batch_size", 1), ("grad_accum", n))))
-    candidates += memory
-    if spec.gpus == 1:
-        candidates += _multi_gpu(spec, capacity, overhead)
-    candidates += method
-    out: list[Suggestion] = []
-    for label, change in candidates:
-        changed = _changed(key, change, overhead)
-        if changed is None:
-            continue
-        if any(set(prev.change.split()) <= set(label.split()) for prev in out):
-            continue  # a smaller change already fits
-        b = dict(change).get("batch_size", spec.batch_size)
-        if changed.fit_bytes(b, spec.seq_len) <= capacity:
-            out.append(Suggestion(change=label, peak_bytes=changed.peak_bytes(b, spec.seq_len), fits=True))
-    # shorter sequences, as a last software change; the spec does not fit at its own sequence
-    # length, so the longest that fits is below it at any search limit (fit_bytes grows with s)
-    seq = _max_seq_len(key, overhead, spec.batch_size, capacity, _seq_limit(spec))
-    if 0 < seq < spec.seq_len:
-        out.append(Suggestion(change=f"--seq-len {seq}", peak_bytes=model.peak_bytes(spec.batch_size, seq), fits=True))
-    return tuple(out)
-
-
-@lru_cache(maxsize=4096)
-def _changes(key: StepKey) -> tuple[tuple[tuple[str, Change], ...], ...]:
-    """The batch-independent candidate changes in three runs, in the order they are tried: software
-    changes (then the one-sequence micro-batch), checkpointing with 8-bit state (then more GPUs),
-    the method."""
-    spec = key.spec
-    software: list[tuple[str, Change]] = []
-    if not spec.grad_ckpt:
-        software.append(("--grad-ckpt", (("grad_ckpt", True),)))
-    if spec.optimizer in ("adamw", "paged_adamw"):
-        software.append(("--optimizer adamw8bit", (("optimizer", "adamw8bit"),)))
-        software.append(("--optimizer paged_adamw8bit", (("optimizer", "paged_adamw8bit"),)))
-    memory: list[tuple[str, Change]] = []
-    if not spec.grad_ckpt and spec.optimizer == "adamw":
-        memory.append(("--grad-ckpt --optimizer adamw8bit", (("grad_ckpt", True), ("optimizer", "adamw8bit"))))
-    method: list[tuple[str, Change]] = []
-    if spec.method in ("full", "lora", "lora8bit"):
-        method.append(("--method qlora", (("method", "qlora"), ("master_weights", False))))
-        if not spec.grad_ckpt:
-            method.append(
-                ("--method qlora --grad-ckpt", (("method", "qlora"), ("master_weights", False), ("grad_ckpt", True)))
-            )
-    return tuple(software), tuple(memory), tuple(method)
-
-
-@lru_cache(maxsize=65536)
-def _changed(key: StepKey, change: Change, overhead: int) -> PeakModel | None:
-    """The (shared) model of ``key``'s spec with ``change``; None where the change is not a valid spec.
-
-    Validity is taken once per ``StepKey``: ``TrainSpec``'s checks that read the micro-batch or the
-    sequence length (their positivity; GRPO's completion length) involve no field a suggestion changes.
-    """
-    try:
-        new = dataclasses.replace(key.spec, **dict(change))
-    except LoraBudgetError:
-        return None
-    return shared_peak_model(new, overhead)
-
-
-@lru_cache(maxsize=65536)
-def _max_batch_size(key: StepKey, overhead: int, seq_len: int, capacity: int) -> int:
-    return max_batch_size(shared_peak_model(key.spec, overhead), seq_len, capacity)
-
-
-@lru_cache(maxsize=65536)
-def _max_seq_len(key: StepKey, overhead: int, batch_size: int, capacity: int, limit: int) -> int:
-    return max_seq_len(shared_peak_model(key.spec, overhead), batch_size, capacity, limit)
-
-
-def _seq_limit(spec: TrainSpec) -> int:
-    """The longest sequence the fit search tries: the model's positions, or the spec's own if longer."""
-    return max(spec.model.shape.max_positions, spec.seq_len)
-
-
-GPU_COUNTS = (2, 4, 8, 16, 32, 64)
-"""World sizes the multi-GPU suggestion tries (nodes of 8 beyond 8)."""
-LIGHTEST_FIRST = ("zero1", "zero2", "fsdp")
-"""Strategies in order of the communication they add; ddp never lowers per-GPU memory."""
-
-
-def _multi_gpu(spec: TrainSpec, capacity: int, overhead: int) -> list[tuple[str, Change]]:
-    """The smallest GPU count whose per-GPU peak fits, with the lightest strategy at that count, adding
-    gradient checkpointing only where no strategy fits without it (at most one suggestion).
-
-    Activations do not shrink with data parallelism (each GPU runs its own micro-batch), so a
-    spec whose activations alone overflow one GPU needs checkpointing at any GPU count.
-    """
-    key = StepKey(spec)
-    for label, change in _multi_gpu_changes(key):
-        model = _changed(key, change, overhead)
-        if model is not None and model.fit_bytes(spec.batch_size, spec.seq_len) <= capacity:
-            return [(label, change)]
-    return []
-
-
-@lru_cache(maxsize=4096)
-def _multi_gpu_changes(key: StepKey) -> tuple[tuple[str, Change], ...]:
-    """Every GPU count x (with checkpointing or not) x strategy ``_multi_gpu`` tries, in its order."""
-    spec = key.spec
-    variants: list[Change] = [()]
-    if not spec.grad_ckpt:
-        variants.append((("grad_ckpt", True),))
-    out = []
-    for n in GPU_COUNTS:
-        for extra in variants:
-            for strategy in LIGHTEST_FIRST:
-                label = ("--grad-ckpt " if extra else "") + f"--gpus {n} --strategy {strategy}"
-                out.append((label, (*extra, ("gpus", n), ("strategy", strategy))))
-    return tuple(out)
-
-
 def plan_spec(
     spec: TrainSpec,
     gpu: GPU,
@@ -326,13 +188,13 @@ def plan_spec(
 ) -> MethodPlan:
     """Plan one fully specified spec on one GPU; ``speed`` adds step time, tokens/s and, given
     ``total_tokens``, wall time and cost (``price_usd_per_h`` or the catalog's price)."""
-    model: PeakModel = shared_peak_model(spec, overhead_bytes)  # evaluated at spec's own b and s only
     key = StepKey(spec)
+    model: PeakModel = shared_model(key, overhead_bytes)  # evaluated at spec's own b and s only
     capacity = gpu.memory_bytes
     breakdown = model.breakdown(spec.batch_size, spec.seq_len)
     paged = model.static.optimizer_pageable
     fits = breakdown.peak_bytes - paged <= capacity
-    suggestions = _suggest(spec, model, capacity, overhead_bytes) if (advise and not fits) else ()
+    suggestions = suggest(spec, key, capacity, overhead_bytes) if (advise and not fits) else ()
     warnings = list(spec.warnings)
     if spec.dtype == "bf16" and not gpu.bf16:
         warnings.append(f"{gpu.name} has no native bf16; use --dtype fp16")
@@ -343,8 +205,8 @@ def plan_spec(
         capacity_bytes=capacity,
         fits=fits,
         paged_bytes=paged,
-        max_batch_size=_max_batch_size(key, overhead_bytes, spec.seq_len, capacity),
-        max_seq_len=_max_seq_len(key, overhead_bytes, spec.batch_size, capacity, _seq_limit(spec)),
+        max_batch_size=largest_batch(spec, key, capacity, overhead_bytes),
+        max_seq_len=longest_sequence(spec, key, capacity, overhead_bytes),
         suggestions=suggestions,
         smallest_gpu=(lambda g: g.name if g else None)(smallest_fitting(breakdown.peak_bytes - paged)),
         warnings=tuple(warnings),
@@ -433,7 +295,7 @@ def plan(
             options.pop("master_weights", None)
         spec = TrainSpec(model=ref, method=method, batch_size=1 if auto else int(batch_size), **options)
         if auto:
-            best = _max_batch_size(StepKey(spec), overhead_bytes, spec.seq_len, card.memory_bytes)
+            best = largest_batch(spec, StepKey(spec), card.memory_bytes, overhead_bytes)
             spec = dataclasses.replace(spec, batch_size=max(best, 1))
         plans.append(
             plan_spec(

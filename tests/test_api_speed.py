@@ -60,3 +60,25 @@ def test_search_walk_is_identical_to_the_uncached_walk(row):
     text = golden.search_answer(row["case"])
     assert golden.digest(text) == row["sha256"]
     assert len(json.loads(text)["setups"]) == row["setups"]
+
+
+def test_a_shuffled_sweep_answers_as_a_cold_planner_does():
+    """The fits ``suggest`` remembers (a fit at (b, s) answers every smaller b and s, a miss every larger)
+    change no answer: a shuffled b x s sweep equals the same specs planned one by one from empty caches."""
+    import random
+
+    from lora_budget.api import plan
+    from lora_budget.suggest import clear_caches
+
+    sweep = [
+        (model, gpu, method, ckpt, b, s)
+        for model, gpu, method, ckpt in (("7b", "rtx4090", "lora", False), ("8b", "a100-80gb", "full", True))
+        for b in range(1, 9)
+        for s in range(512, 8193, 512)
+    ]
+    random.Random(7).shuffle(sweep)
+    swept = [plan(m, g, meth, batch_size=b, seq_len=s, grad_ckpt=c).to_dict() for m, g, meth, c, b, s in sweep]
+    for (m, g, meth, c, b, s), got in list(zip(sweep, swept, strict=True))[::2]:
+        clear_caches()
+        assert plan(m, g, meth, batch_size=b, seq_len=s, grad_ckpt=c).to_dict() == got, (m, meth, b, s)
+    assert any(d["methods"][0]["suggestions"] for d in swept) and any(d["methods"][0]["fits"] for d in swept)
