@@ -188,7 +188,14 @@ def test_size_token(text, size):
 
 @pytest.mark.parametrize(
     ("text", "wrong"),
-    [("gemma-3-270m", "27B"), ("Yi-1.5-34b", "405B"), ("CodeLlama-70b", "7B")],
+    [
+        ("gemma-3-270m", "27B"),
+        ("Yi-1.5-34b", "405B"),
+        ("CodeLlama-70b-chat", "7B"),
+        ("CodeLlama-34b-chat", "405B"),
+        ("SmolLM2-1.7B-Instruct", "135M"),
+        ("Qwen3-0.6B-chat", "235B"),
+    ],
 )
 def test_near_miss_hint_respects_size(text, wrong):
     with pytest.raises(UnknownNameError) as exc:
@@ -199,3 +206,19 @@ def test_near_miss_hint_respects_size(text, wrong):
 def test_near_miss_hint_prefers_same_size():
     with pytest.raises(UnknownNameError, match=r"closest: Qwen2\.5-7B"):
         resolve_model("Qwen2.5-7B-Chat")
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("CodeLlama-34b-chat", "CodeLlama-34B"),
+        ("mixtral-8x22b-chat", "Mixtral-8x22B-v0.1"),
+        ("qwen3-4b-chat", "Qwen3-4B"),
+    ],
+)
+def test_near_miss_hint_names_each_entry_once(text, first):
+    # aliases stand for their entry: the hint names entries, each once, the same size first
+    with pytest.raises(UnknownNameError) as exc:
+        resolve_model(text)
+    hint = str(exc.value).split("closest: ")[1].split(" (see")[0].split(", ")
+    assert hint[0] == first and len(hint) == len(set(hint))

@@ -140,16 +140,18 @@ def size_token(text: str) -> str | None:
 
 def _closest(text: str) -> list[str]:
     """Up to three catalog names near ``text``, same-size ones first (``gemma-3-270m`` never gets 27B)."""
-    names = [e["name"] for e in catalog()] + [a for e in catalog() for a in e["aliases"]]
+    entry_of = {n: e["name"] for e in catalog() for n in (e["name"], *e["aliases"])}
+    names = list(entry_of)
     size = size_token(text)
     if size is not None:
         same = [n for n in names if size_token(n) == size]
         names = same or [n for n in names if size_token(n) is None]
-    close = difflib.get_close_matches(text.strip(), names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(text.strip(), names, n=max(1, len(names)), cutoff=0.5)
     if not close:
-        keys = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=3, cutoff=0.5)
-        close = [n for n in names if _key(n) in keys][:3]
-    return close
+        keys = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=max(1, len(names)), cutoff=0.5)
+        close = sorted((n for n in names if _key(n) in keys), key=lambda n: keys.index(_key(n)))
+    # an alias stands for its entry: one suggestion per entry, by its name
+    return list(dict.fromkeys(entry_of[n] for n in close))[:3]
 
 
 def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
