@@ -269,6 +269,13 @@ def plan(
     ['full', 'lora', 'qlora']
     """
     _check_keywords(spec_options)
+    if not isinstance(model, str | ModelRef) or not isinstance(gpu, str | GPU):
+        raise LoraBudgetError(
+            f"model and gpu must be names (str) or ModelRef / GPU values, got {type(model).__name__} "
+            f"and {type(gpu).__name__}"
+        )
+    if not isinstance(methods, str | tuple | list) or not all(isinstance(m, str) for m in methods):
+        raise LoraBudgetError(f"methods must be a comma list or a tuple of method names, got {methods!r:.80}")
     ref = resolve_model(model) if isinstance(model, str) else model
     card = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
     if isinstance(methods, str):
