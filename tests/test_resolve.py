@@ -221,4 +221,5 @@ def test_near_miss_hint_names_each_entry_once(text, first):
     with pytest.raises(UnknownNameError) as exc:
         resolve_model(text)
     hint = str(exc.value).split("closest: ")[1].split(" (see")[0].split(", ")
-    assert hint[0] == first and len(hint) == len(set(hint))
+    entries = [resolve_model(h).name for h in hint]
+    assert entries[0] == first and len(entries) == len(set(entries))

@@ -150,8 +150,11 @@ def _closest(text: str) -> list[str]:
     if not close:
         keys = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=max(1, len(names)), cutoff=0.5)
         close = sorted((n for n in names if _key(n) in keys), key=lambda n: keys.index(_key(n)))
-    # an alias stands for its entry: one suggestion per entry, by its name
-    return list(dict.fromkeys(entry_of[n] for n in close))[:3]
+    # an alias stands for its entry: one suggestion per entry, the closest of its spellings
+    first = {}
+    for n in close:
+        first.setdefault(entry_of[n], n)
+    return list(first.values())[:3]
 
 
 def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
