@@ -269,11 +269,23 @@ def _options(key: StepKey, overhead: int) -> tuple[tuple[_Option, ...], tuple[_O
 
 
 def clear_caches() -> None:
-    """Forget every shared model and every fit found (for tests, and for a process that has planned
-    many models and wants the memory back)."""
-    from lora_budget.core import peak, static
+    """Forget every shared model, every fit found and every cached part of the planner (for tests and
+    benchmarks that time a cold planner, and for a process that wants the memory back)."""
+    from lora_budget.core import lora, params, peak, static
 
-    for cached in (_options, _candidate, _max_batch_size, _max_seq_len):
+    for cached in (
+        _options,
+        _candidate,
+        _max_batch_size,
+        _max_seq_len,
+        peak._shared_peak_model,
+        peak._activation_model,
+        static._static_memory,
+        lora.resolve_targets,
+        lora._adapted,
+        lora._adapter_tensors,
+        params.inventory,
+        params.linear_names,
+        params.param_count,
+    ):
         cached.cache_clear()
-    peak._shared_peak_model.cache_clear()
-    static._static_memory.cache_clear()

@@ -61,8 +61,15 @@ def _adapted(shape: ModelShape, chosen: tuple[str, ...]) -> tuple[ParamTensor, .
 
 def adapter_tensors(shape: ModelShape, chosen: tuple[str, ...], rank: int) -> list[tuple[int, int, tuple[int, int]]]:
     """(numel, count, shape) of every LoRA A (r x in) and B (out x r) tensor."""
+    return list(_adapter_tensors(shape, tuple(chosen), rank))
+
+
+@lru_cache(maxsize=4096)
+def _adapter_tensors(
+    shape: ModelShape, chosen: tuple[str, ...], rank: int
+) -> tuple[tuple[int, int, tuple[int, int]], ...]:
     out = []
     for t in adapted(shape, chosen):
         out.append((rank * t.in_features, t.count, (rank, t.in_features)))
         out.append((t.out_features * rank, t.count, (t.out_features, rank)))
-    return out
+    return tuple(out)

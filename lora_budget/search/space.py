@@ -96,18 +96,31 @@ def grid_size(space: Space) -> int:
     return total
 
 
-def _largest_fitting(model, batches: tuple[int, ...], seq: int, capacity: int) -> int:
-    """Index of the largest micro-batch in ``batches`` that fits (-1 if none): bisection."""
+def _largest_fitting(fit_bytes, batches: tuple[int, ...], capacity: int) -> int:
+    """Index of the largest micro-batch in ``batches`` that fits (-1 if none): bisection over
+    ``fit_bytes(i)``, the bytes micro-batch ``batches[i]`` must fit in."""
     lo, hi = 0, len(batches) - 1
-    if model.fit_bytes(batches[0], seq) > capacity:
+    if fit_bytes(0) > capacity:
         return -1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if model.fit_bytes(batches[mid], seq) <= capacity:
+        if fit_bytes(mid) <= capacity:
             lo = mid
         else:
             hi = mid - 1
     return lo
+
+
+def _memo(fn):
+    """``fn`` of a grid index, each evaluated once: every card bisects the same model's micro-batches."""
+    seen: dict = {}
+
+    def get(i):
+        if i not in seen:
+            seen[i] = fn(i)
+        return seen[i]
+
+    return get
 
 
 def walk(
@@ -182,14 +195,16 @@ def _walk_part(
                 if model.fit_bytes(space.batches[0], space.seq_len) > largest:
                     break
                 fitted = True
+                fit_bytes = _memo(lambda i, model=model: model.fit_bytes(space.batches[i], space.seq_len))
+                # the most accumulation of the class: per-step optimizer and communication time
+                # spread over more tokens, so it is at least as fast and as cheap per token
+                at_batch = _memo(lambda i, probe=probe: dataclasses.replace(probe, batch_size=space.batches[i]))
                 for gpu in cards:
-                    i = _largest_fitting(model, space.batches, space.seq_len, capacity[gpu.name])
+                    i = _largest_fitting(fit_bytes, space.batches, capacity[gpu.name])
                     if i < 0:
                         continue
                     b = space.batches[i]
-                    # the most accumulation of the class: per-step optimizer and communication time
-                    # spread over more tokens, so it is at least as fast and as cheap per token
-                    spec = dataclasses.replace(probe, batch_size=b)
+                    spec = at_batch(i)
                     t = estimate_time(spec, gpu, total_tokens=total_tokens, price_usd_per_h=prices.get(gpu.name))
                     evaluated += 1
                     if t.wall_s is None:
