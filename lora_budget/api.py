@@ -120,6 +120,7 @@ class MethodPlan:
                         else {}
                     ),
                     **({"eval_batch_size": spec.eval_batch_size} if spec.eval_batch_size else {}),
+                    **({"ckpt_offload": True} if spec.ckpt_offload else {}),
                 },
             }
         )

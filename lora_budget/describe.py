@@ -13,7 +13,8 @@ def spec_settings(s: TrainSpec) -> str:
     parts = [f"batch {s.batch_size}", f"seq {s.seq_len}"]
     if s.grad_accum > 1:
         parts.append(f"accum {s.grad_accum}")
-    parts += [s.dtype, s.optimizer, f"attn {s.attn}", "grad-ckpt" if s.grad_ckpt else "no grad-ckpt"]
+    ckpt = ("grad-ckpt offloaded" if s.ckpt_offload else "grad-ckpt") if s.grad_ckpt else "no grad-ckpt"
+    parts += [s.dtype, s.optimizer, f"attn {s.attn}", ckpt]
     if s.method != "full":
         parts.append(f"r={s.rank} {s.targets}")
         if s.lora_dropout:

@@ -121,6 +121,10 @@ class TrainSpec:
     """Micro-batches per optimizer step; above 1, gradients stay alive through the next forward."""
     grad_ckpt: bool = False
     """Gradient (activation) checkpointing of every decoder layer, transformers' non-reentrant default."""
+    ckpt_offload: bool = False
+    """With ``grad_ckpt``: each layer's checkpoint (its input hidden state) lives in host memory, as
+    Unsloth's offloaded checkpointing and axolotl's ``gradient_checkpointing: offload`` keep it
+    (``runtime/offload.py``); the device holds only the layer being recomputed."""
     attn: Attention = "sdpa"
     """Attention implementation: eager keeps the s x s scores, sdpa and flash do not."""
     gpus: int = 1
@@ -299,6 +303,8 @@ class TrainSpec:
             raise LoraBudgetError("--reference adapter disables LoRA adapters; full fine-tuning has none (use copy)")
         if self.reference == "precomputed" and self.objective == "grpo":
             raise LoraBudgetError("GRPO scores fresh completions each step; its reference cannot be precomputed")
+        if self.ckpt_offload and not self.grad_ckpt:
+            raise LoraBudgetError("--ckpt-offload moves gradient checkpoints to host memory; it needs --grad-ckpt")
         e = self.eval_batch_size
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e <= 1 << 20:
             raise LoraBudgetError(f"eval batch size must be an integer from 0 to 1048576, got {e!r}")

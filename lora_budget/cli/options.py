@@ -215,6 +215,12 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="grpo: completions from vLLM (its engine memory is not planned) instead of transformers' generate.",
         ),
         click.option(
+            "--ckpt-offload/--no-ckpt-offload",
+            default=False,
+            help="With --grad-ckpt: checkpoints in host memory (Unsloth's offloaded checkpointing, axolotl's "
+            "gradient_checkpointing: offload).",
+        ),
+        click.option(
             "--eval-batch-size",
             type=int,
             default=0,
@@ -353,6 +359,7 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "generations",
         "vllm",
         "eval_batch_size",
+        "ckpt_offload",
     )
     return {k: kw[k] for k in keys if k in kw}
 

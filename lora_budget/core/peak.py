@@ -84,8 +84,10 @@ class PeakModel:
         layers_once = once - T * (k.head[0] + k.head[1] * seq_len)
         if k.grad_ckpt:
             ckpt = T * (k.checkpoint[0] + k.checkpoint[1] * seq_len)
-            all_acts = once + L * ckpt
-            acts_last = layers_once + L * ckpt + layer  # layer L-1 recomputed
+            kept = 0 if k.ckpt_offload else L  # offloaded: every checkpoint in host memory
+            all_acts = once + kept * ckpt
+            # layer L-1 recomputed (from its checkpoint, brought back to the device when offloaded)
+            acts_last = layers_once + max(kept, 1) * ckpt + layer
             acts_first = layers_once + ckpt + layer  # layer 0 recomputed, its input kept
             first_attn_done = attn_done
             # in the forward, non-reentrant checkpointing drops what each op saves as soon as it
@@ -274,6 +276,8 @@ class _Constants:
     """4 V: one fp32 logits row."""
     eval_batch: int
     """Sequences per evaluation step (0: none planned)."""
+    ckpt_offload: bool
+    """Gradient checkpoints in host memory (``spec.ckpt_offload``)."""
     eval_hidden: int
     """Bytes per token of the final hidden state beside the evaluation's logits (c h)."""
     seq_mult: int
@@ -349,6 +353,7 @@ def _constants(model: PeakModel) -> _Constants:
         gen_steps=spec.grad_accum,
         vocab4=4 * V,
         eval_batch=spec.eval_batch_size,
+        ckpt_offload=spec.ckpt_offload,
         eval_hidden=c * s.hidden,
         seq_mult=spec.sequences_per_example,
         objective=objective_loss(spec, logits_c),

@@ -147,6 +147,10 @@ def build(
         _prepare_kbit(model, spec)
     if spec.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.ckpt_offload and fake_mode is None:  # the trace installs its own movers (trace.engine)
+            from lora_budget.runtime import offload
+
+            offload.install(model, lambda x: x.to("cpu", non_blocking=True), lambda x: x.to(device, non_blocking=True))
     model = _apply_lora(model, spec)
     if fake_mode is not None:
         if spec.method in ("qlora", "lora8bit"):

@@ -148,6 +148,10 @@ def trace(
             reference = _reference(spec, fake_mode)
         tracker = Tracker(vocab=spec.model.shape.vocab)
         register_static(tracker, built, spec)
+        if spec.ckpt_offload:
+            from lora_budget.runtime import offload
+
+            offload.install(built.model, *offload.fake_movers(tracker))
         if reference is not None:
             for tensor in reference.parameters():
                 tracker.register(tensor, "weights")  # the frozen reference copy
