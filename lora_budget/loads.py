@@ -104,9 +104,10 @@ def parse_json(text: str, source: str, *, finite: bool = False) -> Any:
     return check_depth(data, source)
 
 
-def _read_text(path: Path, source: str) -> str:
-    """The file's text. A FIFO or a device is refused before it is opened: reading one waits for a
-    writer or never ends (``/dev/zero``)."""
+def read_text(path: Path, source: str) -> str:
+    """The file's text, or an InputFileError naming ``source``. A FIFO or a device is refused before
+    it is opened (reading one waits for a writer, or never ends: ``/dev/zero``), and so is a file
+    over MAX_FILE_BYTES."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -131,7 +132,7 @@ def read_json(path: str | Path, source: str | None = None, *, finite: bool = Fal
     """The JSON value in the file at ``path`` (see ``parse_json``); errors name ``source`` (default: the path)."""
     path = Path(path)
     where = str(path) if source is None else source
-    return parse_json(_read_text(path, where), where, finite=finite)
+    return parse_json(read_text(path, where), where, finite=finite)
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -157,4 +158,4 @@ def read_yaml(path: str | Path, source: str | None = None) -> Any:
     """The YAML value in the file at ``path`` (see ``parse_yaml``)."""
     path = Path(path)
     where = str(path) if source is None else source
-    return parse_yaml(_read_text(path, where), where)
+    return parse_yaml(read_text(path, where), where)

@@ -42,8 +42,11 @@ def _tokens(data: Path | None, tokenizer: Path | None, count: int, vocab: int) -
     """Token ids from ``--data`` (local tokenizer, else one id per byte), and how they were made."""
     if data is None:
         return None, "synthetic (repeated pattern)"
+    if data.exists() and not data.is_file():  # a FIFO waits for a writer and /dev/zero never ends: files only
+        raise LoraBudgetError(f"--data {data}: cannot read it (not a regular file: a folder, FIFO or device)")
     try:
-        text = data.read_text(errors="replace")
+        with open(data, "rb") as fh:  # the first bytes suffice: at most 16 characters per token are used
+            text = fh.read(count * 64).decode("utf-8", errors="replace")
     except OSError as exc:
         raise LoraBudgetError(f"--data {data}: cannot read it ({exc})") from None
     if not text.strip():

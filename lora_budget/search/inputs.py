@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lora_budget.catalog.gpus import GPU, catalog, resolve_gpu
 from lora_budget.errors import LoraBudgetError
+from lora_budget.loads import read_text
 
 DEFAULT_MOST = 8
 """With no --gpus-available, every catalog card with a throughput figure, up to this many of it."""
@@ -48,11 +49,7 @@ def parse_prices(path: str | None, pairs: tuple[str, ...]) -> dict[str, float]:
     """A CSV with header ``gpu,usd_per_hour`` and ``card=usd`` pairs (pairs win), keyed by catalog name."""
     prices: dict[str, float] = {}
     if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise LoraBudgetError(f"--price-file {path}: {exc.strerror or exc}") from None
+        text = read_text(Path(path), f"--price-file {path}")  # a FIFO, device, folder or non-UTF-8 file: one line
         rows = list(csv.DictReader(text.splitlines()))
         if not rows or not {"gpu", "usd_per_hour"} <= set(rows[0]):
             raise LoraBudgetError(f"--price-file {path}: needs a header line 'gpu,usd_per_hour' and one row per card")
