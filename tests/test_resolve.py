@@ -143,9 +143,24 @@ def test_hub_without_network_or_package(online, monkeypatch):
 
 
 def test_unsupported_architecture_says_so(cache):
+    """An architecture outside the analytical walk resolves to a trace-derived shape (core/derived.py);
+    an incomplete config of one fails in one line naming what is missing."""
     _snapshot(cache, "microsoft/phi-2", "ddd", {"model_type": "phi", "hidden_size": 2560})
-    with pytest.raises(LoraBudgetError, match=r"architecture 'phi' is not modelled yet"):
+    with pytest.raises(LoraBudgetError, match=r"config of 'phi' has no layer count"):
         resolve_model("microsoft/phi-2")
+    _snapshot(
+        cache,
+        "acme/phi",
+        "ddd",
+        {
+            "model_type": "phi",
+            "hidden_size": 2560,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 32,
+            "vocab_size": 51200,
+        },
+    )
+    assert resolve_model("acme/phi").shape.derived
 
 
 def test_multimodal_text_tower_planned_with_warning(cache):
