@@ -50,6 +50,14 @@ WITHIN = 0.10
 UNSTATED_SHOWN = ("129", "131")
 """torchtune single-GPU rows of unstated statistic whose configs equal traced reserved rows
 (129 = 163, 131 = 159): shown beside both predictions."""
+ABOUT = (
+    "Full-depth fake-tensor traces of the published rows that report reserved or nvidia-smi memory, keyed "
+    "by row id: the traced configuration (spec), the tracker's peak, the replayed max_memory_allocated and "
+    "max_memory_reserved, fragmentation at the reserved peak (bytes), segments, trace seconds. Written by "
+    "python -m lora_budget.validation.reserved --retrace at the commit and versions below."
+)
+ROW_PROVENANCE = ("commit", "code", "uncommitted_changes", "versions")
+"""Stored with each row too: ``--rows`` retraces some rows at a later commit than the others."""
 TRACE_KEYS = (
     "tracked_peak_bytes",
     "cuda_allocated_bytes",
@@ -103,11 +111,14 @@ def _trace_row(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def provenance() -> dict[str, Any]:
-    """The commit and library versions a trace is made with."""
+def provenance(path: Path = TRACES) -> dict[str, Any]:
+    """The commit and library versions a trace is made with: ``HEAD`` of the repository holding
+    ``path``, and whether the code that ran had uncommitted changes there. Code running from
+    outside that repository (a ``git archive`` of ``HEAD``, so that other edits of the working tree
+    cannot reach a run of many minutes) is that commit as exported."""
     from importlib.metadata import PackageNotFoundError, version
 
-    root = Path(__file__).resolve().parents[2]
+    root = path.resolve().parents[3]
 
     def git(*args: str) -> str:
         try:
@@ -121,15 +132,21 @@ def provenance() -> dict[str, Any]:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = "absent"
-    changed = git("status", "--porcelain", "--", "lora_budget/trace", "lora_budget/runtime", "lora_budget/validation")
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changed), "versions": versions}
+    code = Path(__file__).resolve()
+    if code.is_relative_to(root):
+        changed = bool(git("status", "--porcelain", "--", "lora_budget"))
+        where = "working tree"
+    else:
+        changed, where = False, "git archive of the commit"
+    return {"commit": git("rev-parse", "HEAD"), "code": where, "uncommitted_changes": changed, "versions": versions}
 
 
 def retrace(rows: list[dict[str, str]], path: Path = TRACES, only: set[str] | None = None, log=print) -> dict:
     """Trace every selected row (configurations traced once), write ``path`` and return its data.
     ``only``: row ids to retrace, keeping the others' stored results."""
     old = load(path) if only and path.exists() else {"rows": {}}
-    data: dict[str, Any] = {**provenance(), "rows": dict(old["rows"])}
+    made = provenance(path)
+    data: dict[str, Any] = {"about": ABOUT, **made, "rows": dict(old["rows"])}
     done: dict[str, dict[str, Any]] = {}
     for row in selected(rows) + [r for r in rows if r["id"] in UNSTATED_SHOWN]:
         key, why = spec_key(row)
@@ -138,7 +155,7 @@ def retrace(rows: list[dict[str, str]], path: Path = TRACES, only: set[str] | No
         if key not in done:
             log(f"tracing row {row['id']}: {key[:100]}", file=sys.stderr)
             done[key] = _trace_row(row)
-        data["rows"][row["id"]] = {"spec": key, **done[key]}
+        data["rows"][row["id"]] = {"spec": key, **done[key], **{k: made[k] for k in ROW_PROVENANCE}}
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return data
 
@@ -256,14 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrace", action="store_true", help=f"trace every row again and rewrite {TRACES.name}")
     parser.add_argument("--rows", help="with --retrace: only these comma-separated row ids")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    parser.add_argument("--traces", type=Path, default=TRACES, help="the stored traces (default: %(default)s)")
     args = parser.parse_args(argv)
     rows = load_rows()
     try:
         if args.retrace:
             only = set(args.rows.split(",")) if args.rows else None
-            data = retrace(rows, only=only)
+            data = retrace(rows, args.traces, only=only)
         else:
-            data = load()
+            data = load(args.traces)
     except LoraBudgetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
