@@ -59,7 +59,11 @@ BASE_BY_FOLDER = {"peft/method_comparison/MetaMathQA/": "3b"}
 """Files that name no model whose tool documents one: PEFT's MetaMathQA experiments train
 meta-llama/Llama-3.2-3B (method_comparison/MetaMathQA/default_training_params.json, model_id)."""
 
-_UNRESOLVED = re.compile(r"unknown model|architecture .* is not modelled yet|not a causal LM|cannot read .*config")
+_UNRESOLVED = re.compile(
+    r"unknown model|architecture .* is not modelled yet|not a causal LM|cannot read .*config|"
+    r"truncated copy cannot stand|transformers cannot build"
+)
+"""A model the planner cannot plan yet (the any-model issue): the file is planned with a stand-in."""
 
 REASONS = (
     ("peft_type: only LORA", "adapter type not modelled"),
@@ -96,6 +100,7 @@ SETTINGS = (
     "lora_dropout",
     "framework",
     "kbit_prep",
+    "eval_batch_size",
 )
 """The memory-relevant settings each hand-verified config pins."""
 
