@@ -135,3 +135,33 @@ def test_a_file_without_a_model_is_refused_unless_model_is_given(tmp_path, text,
     r = run("plan", "--config", path, "--model", "1b", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["model"]["name"] == "Llama-3.2-1B"  # --model 1b
+
+
+def _profile_kw(monkeypatch):
+    """profile --config up to the measurement: the settings it would profile, without running a step."""
+    from lora_budget.cli import profile_cmd
+
+    seen = {}
+    monkeypatch.setattr(profile_cmd, "_profile", lambda model, as_json, **kw: seen.update(model=model, **kw))
+    return seen
+
+
+def test_profile_config_typed_flag_rescues_a_refused_file_value(tmp_path, monkeypatch):
+    seen = _profile_kw(monkeypatch)
+    path = _write(tmp_path / "axo.yml", "base_model: 7b\nadapter: lora\noptimizer: muon\n")
+    refused = CliRunner().invoke(main, ["profile", "--config", path, "--device", "cpu"])
+    assert refused.exit_code != 0 and "optimizer 'muon' is not modelled" in refused.output
+    assert len([ln for ln in refused.output.splitlines() if ln.startswith("Error")]) == 1
+    r = run("profile", "--config", path, "--device", "cpu", "--optimizer", "adamw")
+    assert r.exit_code == 0, r.output
+    assert seen["optimizer"] == "adamw" and seen["methods"] == "lora"  # --optimizer typed; adapter: lora
+
+
+def test_profile_config_without_a_model_is_refused_unless_model_is_given(tmp_path, monkeypatch):
+    seen = _profile_kw(monkeypatch)
+    path = _write(tmp_path / "adapter_config.json", json.dumps({"peft_type": "LORA", "r": 8}))
+    refused = CliRunner().invoke(main, ["profile", "--config", path, "--device", "cpu"])
+    assert refused.exit_code != 0 and "no base_model_name_or_path" in refused.output and "--model" in refused.output
+    r = run("profile", "--config", path, "--device", "cpu", "-m", "7b")
+    assert r.exit_code == 0, r.output
+    assert seen["model"] == "7b"

@@ -94,13 +94,20 @@ def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str
     """
     from lora_budget.configs import load_config
 
-    loaded = load_config(path)
     as_option = {
         "method": ("methods", str),
         "seq_len": ("seq_len", str),
         "batch_size": ("batch_size", str),
         "grad_ckpt": ("grad_ckpt", lambda on: "on" if on else "off"),
     }
+    # typed flags replace the file's values before they are validated, as plan's --config does
+    given = {param for param, (option, _) in as_option.items() if option in kw and typed(option)}
+    given |= {param for param in kw if typed(param)}  # the spec options profile shares with plan
+    if model is not None:
+        given.add("model")
+    loaded = load_config(path, typed=frozenset(given))
+    if model is None and kw.get("weights") is None:
+        loaded.check_model()  # a file naming no model is refused unless --model (or --weights) says it
     extra: dict[str, Any] = {}
     overridden, unused = [], []
     for param, value in loaded.values.items():
