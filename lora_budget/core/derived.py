@@ -400,8 +400,11 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
         backward_transient_dequant=ZERO,
         dequant_bytes=int(r["forward_fixed_bytes"]),
     )
+    buffers = (architecture_record(spec.model.shape) or {}).get("buffers", {})
     static = replace(
         static,
+        # registered buffers (rotary tables, a causal-mask table): not parameters, but resident
+        weights=static.weights + buffers.get("other", 0) + buffers.get("layer", 0) * spec.model.shape.layers,
         layer_gradients_before_attention=int(r["backward_gradient_bytes"]),
         dequant_attn_bytes=int(r["backward_fixed_bytes"]),
     )

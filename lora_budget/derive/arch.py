@@ -168,6 +168,23 @@ def inventory_rows(model: Any, layers: int) -> tuple[list[list[Any]], list[list[
     return per_layer[0], other
 
 
+def buffer_bytes(model: Any, layers: int) -> dict[str, int]:
+    """Allocator-rounded bytes of the registered buffers (rotary frequencies, a causal-mask table):
+    ``layer`` per decoder layer, ``other`` once. The trace counts them as weights; they are not
+    parameters, so the inventory leaves them out."""
+    from lora_budget.core.static import alloc
+
+    path, _ = decoder_layers(model, layers)
+    per_layer = other = 0
+    for name, b in model.named_buffers():
+        size = alloc(b.numel() * b.element_size())
+        if name.startswith(f"{path}.0."):
+            per_layer += size
+        elif not name.startswith(f"{path}."):
+            other += size
+    return {"layer": per_layer, "other": other}
+
+
 def shape_values(config: Any) -> dict[str, Any]:
     """The widths the rest of the planner reads, from transformers' config object (its ``attribute_map``
     resolves each model type's own key names)."""
@@ -222,6 +239,7 @@ def derive_architecture(arch: dict[str, Any], depth: int, save: bool = True) -> 
         "layer": layer,
         "other": other,
         "depths": sorted({depth, *old.get("depths", ())}),
+        "buffers": buffer_bytes(model, depth),
         "moe": any(row[3] == "experts" for row in layer),
         "versions": versions(),
         "wall_s": round(time.perf_counter() - started, 3),
