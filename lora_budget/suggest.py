@@ -166,6 +166,11 @@ def _candidate(key: StepKey, change: Change, overhead: int) -> _Candidate | None
         new = dataclasses.replace(key.spec, **dict(change))
     except LoraBudgetError:
         return None
+    if new.model.shape.derived:
+        from lora_budget.core.derived import stored_coefficients
+
+        if stored_coefficients(new) is None:
+            return None  # a trace-derived model: suggest what stored coefficients plan, never trace here
     return _Candidate(model=shared_peak_model(new, overhead))
 
 

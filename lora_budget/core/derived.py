@@ -146,10 +146,18 @@ def cache_file(key: str) -> Path:
 def read_cache(key: str) -> dict[str, Any]:
     """The cached records of one architecture (``{"architecture": ..., "coefficients": {...}}``)."""
     path = cache_file(key)
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text())
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _read(str(path), stamp)
+
+
+@lru_cache(maxsize=64)
+def _read(path: str, stamp: int) -> dict[str, Any]:
+    """One cache file's content, read once per modification time (a plan reads it per method)."""
+    try:
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {}

@@ -26,7 +26,7 @@ def versions() -> dict[str, str]:
 def _write(key: str, update: dict[str, Any]) -> None:
     path = cache_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = read_cache(key) or {"schema": SCHEMA, "coefficients": {}}
+    data = json.loads(json.dumps(read_cache(key))) or {"schema": SCHEMA, "coefficients": {}}  # a copy
     for name, value in update.items():
         if name == "coefficients":
             data.setdefault("coefficients", {}).update(value)
