@@ -130,6 +130,7 @@ def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str
                 overridden.append(param)
             else:
                 kw[option] = convert(value)
+    overridden += [p for p in loaded.skipped if p not in overridden]  # file keys a typed flag replaced unread
     for line in loaded.describe(tuple(overridden)):
         click.echo(line, err=True)
     if unused:
