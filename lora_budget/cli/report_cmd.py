@@ -37,6 +37,13 @@ def _slug(text: str) -> str:
     help="JSON files or folders of predicted/measured rows for the parity figures (repeatable; "
     "shape in lora_budget/report/profiles.py).",
 )
+@click.option(
+    "--tokens",
+    default=None,
+    help="Tokens to train on in total, e.g. 1B: adds the cost-vs-time figure of `lora-budget search` (Pareto front).",
+)
+@click.option("--gpus-available", default=None, help='With --tokens: the cards searched, e.g. "8x h100, 4x l40s".')
+@click.option("--price", "prices", multiple=True, help="With --tokens: card=USD per GPU-hour, repeatable.")
 @click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written files and key numbers as JSON.")
 @user_errors
@@ -46,6 +53,9 @@ def report_cmd(
     formats: str,
     trace_method: str | None,
     profiles: tuple[str, ...],
+    tokens: str | None,
+    gpus_available: str | None,
+    prices: tuple[str, ...],
     overwrite: bool,
     as_json: bool,
     **kw: Any,
@@ -59,6 +69,7 @@ def report_cmd(
       lora-budget report -m 8b -g rtx4090 --method lora,qlora --format png,svg,pdf --out reports/8b-4090
       lora-budget report -m 7b -g 24GB --trace qlora --overwrite
       lora-budget report -m 7b -g a100-80gb --profiles profiles/a100/
+      lora-budget report -m 70b -g h100 --tokens 1B --gpus-available "8x h100, 4x l40s" --price h100=2.5
     """
     from lora_budget.report.data import gather, timeline_from_trace, with_extras
     from lora_budget.report.writer import parse_formats, write_report
@@ -77,7 +88,8 @@ def report_cmd(
     if trace_method:
         timeline = timeline_from_trace(_run_trace(data, trace_method))
     data = with_extras(data, timeline=timeline, parity=parity)
-    written = write_report(data, folder, fmts, overwrite=overwrite)
+    front = _search(kw, tokens, gpus_available, prices) if tokens is not None else None
+    written = write_report(data, folder, fmts, overwrite=overwrite, pareto=front)
     wall_s = time.perf_counter() - started
     if as_json:
         click.echo(
@@ -122,6 +134,24 @@ def _check_out(folder: str, fmts: tuple[str, ...], overwrite: bool) -> None:
         raise LoraBudgetError(
             f"{folder} already holds a report; pass --overwrite to replace it, or choose another --out"
         )
+
+
+def _search(kw: dict[str, Any], tokens: str, gpus_available: str | None, prices: tuple[str, ...]) -> Any:
+    """``lora-budget search`` over the report's model and methods at its sequence length."""
+    from lora_budget.cli.options import parse_count
+    from lora_budget.report.pareto import pareto_data
+    from lora_budget.search.run import run_search
+
+    total = parse_count(tokens, "--tokens")
+    if total <= 0:
+        raise click.BadParameter(f"must be positive, got {tokens}", param_hint="--tokens")
+    click.echo(f"searching set-ups for {total:,} tokens...", err=True)
+    found = run_search(
+        kw["model"], total, methods=kw["method"], gpus_available=gpus_available, prices=prices, seq_len=kw["seq_len"]
+    )
+    if not found.result.setups:
+        raise click.UsageError("--tokens: no set-up of the searched space fits; widen --gpus-available")
+    return pareto_data(found.result, total, by_cost=found.priced)
 
 
 def _run_trace(data: Any, method: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 
 import click
 
@@ -28,6 +27,8 @@ COLUMNS = (
     "grad_accum",
     "seq_len",
     "peak_bytes",
+    "utilization",
+    "utilization_assumed",
     "command",
 )
 
@@ -71,11 +72,8 @@ def search_cmd(
       lora-budget search -m 8b --tokens 200M --gpus-available "8x h100, 2x rtx4090"
       lora-budget search -m 70b --tokens 1B --price h100=2.50 --price a100-80gb=1.60 --max-usd 2000
     """
-    from lora_budget.catalog.models import resolve_model
-    from lora_budget.errors import LoraBudgetError
-    from lora_budget.search.inputs import parse_available, parse_prices
-    from lora_budget.search.space import RANKS, Space, command_line, pareto, walk
-    from lora_budget.spec import METHODS
+    from lora_budget.search.run import run_search
+    from lora_budget.search.space import command_line, pareto
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json, --csv")
@@ -87,27 +85,18 @@ def search_cmd(
     for name, v in (("--max-usd", max_usd), ("--max-hours", max_hours)):
         if v is not None and not v > 0:
             raise click.BadParameter(f"must be positive, got {v}", param_hint=name)
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bad = [m for m in chosen if m not in METHODS]
-    if bad or not chosen:
-        raise LoraBudgetError(
-            f"--methods: unknown method {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}"
-        )
-    ranks = tuple(r for r in RANKS if min_rank is None or r >= min_rank)
-    if not ranks and any(m != "full" for m in chosen):
-        raise LoraBudgetError(f"--min-rank {min_rank}: above the largest rank searched ({RANKS[-1]})")
-    price_map = parse_prices(price_file, prices)
-    space = Space(
-        model=resolve_model(model),
-        gpus=parse_available(gpus_available),
-        methods=chosen,
-        ranks=ranks or RANKS,
+    found = run_search(
+        model,
+        total,
+        methods=methods,
+        gpus_available=gpus_available,
+        price_file=price_file,
+        prices=prices,
+        min_rank=min_rank,
         seq_len=seq_len,
+        need_prices=max_usd is not None,
     )
-    priced = all(g.name in price_map for g, _ in space.gpus)
-    if max_usd is not None and not priced:
-        raise LoraBudgetError("--max-usd needs a price for every card searched (--price-file or --price card=usd)")
-    result = walk(space, total, price_map, workers=min(2, os.cpu_count() or 1))
+    result, priced = found.result, found.priced
     kept = tuple(
         s
         for s in result.setups
@@ -132,6 +121,8 @@ def search_cmd(
             "grad_accum": s.spec.grad_accum,
             "seq_len": s.spec.seq_len,
             "peak_bytes": s.peak_bytes,
+            "utilization": s.utilization,
+            "utilization_assumed": s.utilization_assumed,
             "command": command_line(s, total),
         }
         for s in front

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lora_budget import __version__
 from lora_budget.breakdown import CATEGORIES
@@ -30,7 +31,9 @@ def _per_gpu(data: ReportData) -> str:
     return f" on each of {gpus} GPUs" if gpus > 1 else ""
 
 
-def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_files: Sequence[str]) -> str:
+def render_report(
+    data: ReportData, figures: dict[str, tuple[Path, ...]], csv_files: Sequence[str], *, pareto: Any = None
+) -> str:
     rows = data.breakdown
     cap = data.capacity_bytes
     out = [
@@ -116,6 +119,8 @@ def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_fi
                 f"| {method_label(p.method)} | {p.label} | {_gib(p.predicted_bytes)} | {_gib(p.measured_bytes)} "
                 f"| {p.error_pct:+.2f} % |"
             )
+    if pareto is not None:
+        out += _pareto_section(pareto, figures["pareto"], n + (2 if data.parity else 0))
     out += [
         "",
         "## Data",
@@ -124,3 +129,31 @@ def render_report(data: ReportData, figures: dict[str, tuple[Path, ...]], csv_fi
         "",
     ]
     return "\n".join(out)
+
+
+def _pareto_section(pareto: Any, paths: tuple[Path, ...], n: int) -> list[str]:
+    """The search's front: the figure, its caption, and one row per set-up on it."""
+    money = "cost (USD)" if pareto.by_cost else "GPU-hours"
+    out = [
+        "",
+        "## Cheapest and fastest set-ups (search)",
+        "",
+        _embed(paths, "cost against wall time of every fitting set-up, the Pareto front marked"),
+        "",
+        f"*Figure {n}. {money.split(' ')[0].capitalize()} against wall time for {pareto.total_tokens:,} training "
+        f"tokens: every fitting set-up `lora-budget search` timed (grey, {len(pareto.setups):,}) and its Pareto "
+        "front (marker: method, colour: GPU type), on log axes.*",
+        "",
+        f"| wall hours | {money} | GPUs | method | strategy | optimizer | micro-batch x accumulation | ckpt |",
+        "|---:|---:|---|---|---|---|---|---|",
+    ]
+    for s in pareto.front:
+        p = s.spec
+        value = f"{s.cost_usd:,.2f}" if pareto.by_cost else f"{s.gpu_hours:,.1f}"
+        method = method_label(p.method) + ("" if p.method == "full" else f" r{p.rank}")
+        out.append(
+            f"| {s.hours:,.2f} | {value} | {p.gpus}x {s.gpu.name} | {method} | {p.strategy} | {p.optimizer} "
+            f"| {p.batch_size} x {p.grad_accum} | {'yes' if p.grad_ckpt else 'no'} |"
+        )
+    out += ["", *(f"Note: {note}." for note in pareto.notes)]
+    return out

@@ -52,8 +52,14 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def write_report(
-    data: D.ReportData, folder: str | Path, formats: Sequence[str], *, overwrite: bool = False
+    data: D.ReportData,
+    folder: str | Path,
+    formats: Sequence[str],
+    *,
+    overwrite: bool = False,
+    pareto: Any = None,
 ) -> WrittenReport:
+    """``pareto``: a ``report.pareto.ParetoData`` (a ``search``) adds the cost-vs-time figure."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise LoraBudgetError(f"--out {folder} is a file, not a folder; choose another --out")
@@ -97,12 +103,22 @@ def write_report(
         figures["error"] = tuple(F.save(fig, folder, "error", formats))
         tables["parity"] = D.parity_table(data.parity)
 
+    if pareto is not None:
+        from lora_budget.report import pareto as P
+
+        money = "cost" if pareto.by_cost else "GPU-hours"
+        fig = P.pareto_figure(
+            pareto, f"{money.capitalize()} vs wall time: {data.model_name}, {pareto.total_tokens:,} tokens"
+        )
+        figures["pareto"] = tuple(F.save(fig, folder, "pareto", formats))
+        tables["pareto"] = P.pareto_table(pareto)
+
     files = [p for paths in figures.values() for p in paths]
     for name, (head, rows) in tables.items():
         path = folder / f"{name}.csv"
         _atomic_write(path, _csv(head, rows))
         files.append(path)
     report = folder / REPORT_FILE
-    _atomic_write(report, render_report(data, figures, sorted(f"{n}.csv" for n in tables)))
+    _atomic_write(report, render_report(data, figures, sorted(f"{n}.csv" for n in tables), pareto=pareto))
     files.append(report)
     return WrittenReport(folder=folder, files=tuple(files), figures=figures)

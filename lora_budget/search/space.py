@@ -64,6 +64,10 @@ class Setup:
     gpu_hours: float
     cost_usd: float | None
     peak_bytes: int
+    utilization: float
+    """Fraction of the card's peak 16-bit FLOP/s the time model assumes (``perf/utilization.py``)."""
+    utilization_assumed: bool
+    """The utilization is the per-method default, not calibrated from profiles of this card."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,14 +150,25 @@ def walk(
         setups=setups,
         candidates=grid_size(space),
         evaluated=evaluated,
-        utilization_note=UTILIZATION_NOTE,
+        utilization_note=utilization_note(setups),
     )
 
 
-UTILIZATION_NOTE = (
-    "time is weakest in GPU utilization: an assumed default per method until profiles calibrate it "
-    "(lora-budget calibrate); communication overlap is assumed too"
-)
+def utilization_note(setups: tuple[Setup, ...]) -> str:
+    """Where the time that ranks the set-ups is weakest: the GPU utilization, assumed per method until
+    profiles of a card calibrate it, and the communication overlap, always assumed."""
+    assumed = {s.spec.method: s.utilization for s in setups if s.utilization_assumed}
+    calibrated = sorted({f"{s.spec.method} on {s.gpu.name}" for s in setups if not s.utilization_assumed})
+    parts = []
+    if assumed:
+        used = ", ".join(f"{m} {u:.0%}" for m, u in sorted(assumed.items()))
+        parts.append(
+            f"time is weakest in GPU utilization: an assumed default per method ({used} of peak 16-bit "
+            "TFLOP/s) until profiles calibrate it (lora-budget profile, then calibrate)"
+        )
+    if calibrated:
+        parts.append(f"GPU utilization calibrated from profiles for {', '.join(calibrated)}")
+    return "; ".join([*parts, "communication overlap is assumed too"])
 
 
 def _walk_part(
@@ -218,6 +233,8 @@ def _walk_part(
                             gpu_hours=hours * n,
                             cost_usd=t.cost_usd,
                             peak_bytes=model.peak_bytes(b, space.seq_len) + gpu.memory_bytes - capacity[gpu.name],
+                            utilization=t.utilization,
+                            utilization_assumed="assumed default" in t.utilization_source,
                         )
                     )
             if not fitted:
