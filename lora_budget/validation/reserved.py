@@ -85,6 +85,22 @@ def spec_key(row: dict[str, str]) -> tuple[str, str]:
     return f"{spec.model.name} " + _fields(spec, skip=("model", "warnings")), ""
 
 
+def same_spec(stored: str, current: str) -> bool:
+    """Whether a stored spec key names the configuration ``current`` names: the same model and the
+    same value of every field both name (a field added to the spec since the trace is not a change
+    of what the row maps to, unless its mapping sets it, which ``--retrace`` then records)."""
+    (name_a, a), (name_b, b) = _split(stored), _split(current)
+    return name_a == name_b and all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def _split(key: str) -> tuple[str, dict[str, str]]:
+    import re
+
+    first = re.search(r" \w+=", key)
+    head = key if first is None else key[: first.start()]
+    return head, dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", key[len(head) :]))
+
+
 def _fields(obj: Any, skip: tuple[str, ...] = ()) -> str:
     return " ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in fields(obj) if f.name not in skip)
 
@@ -228,7 +244,7 @@ def compare(rows: list[dict[str, str]], data: dict[str, Any]) -> list[ReservedRo
                 published_bytes=published_bytes(row) or 0,
                 context_bytes=CONTEXT_BYTES if kind == "nvidia-smi" else 0,
                 reason=why,
-                stale=bool(key and stored is not None and stored["spec"] != key),
+                stale=bool(key and stored is not None and not same_spec(stored["spec"], key)),
                 **values,
             )
         )
