@@ -16,8 +16,8 @@ Attention = Literal["eager", "sdpa", "flash"]
 Quant = Literal["nf4", "fp4"]
 Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "params"]
-Framework = Literal["plain", "hf-trainer", "torchtune"]
-Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce"]
+Framework = Literal["plain", "hf-trainer", "litgpt", "torchtune"]
+Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce", "litgpt-ce"]
 Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward"]
 Reference = Literal["auto", "none", "adapter", "copy", "precomputed"]
 
@@ -35,12 +35,18 @@ OPTIMIZERS: tuple[Optimizer, ...] = (
 ATTENTIONS: tuple[Attention, ...] = ("eager", "sdpa", "flash")
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "params")
-FRAMEWORKS: tuple[Framework, ...] = ("plain", "hf-trainer", "torchtune")
-LOSSES: tuple[Loss, ...] = ("auto", "full-ce", "chunked-ce", "fused-ce")
-FRAMEWORK_LOSS: dict[str, str] = {"plain": "full-ce", "hf-trainer": "full-ce", "torchtune": "chunked-ce"}
+FRAMEWORKS: tuple[Framework, ...] = ("plain", "hf-trainer", "litgpt", "torchtune")
+LOSSES: tuple[Loss, ...] = ("auto", "full-ce", "chunked-ce", "fused-ce", "litgpt-ce")
+FRAMEWORK_LOSS: dict[str, str] = {
+    "plain": "full-ce",
+    "hf-trainer": "full-ce",
+    "litgpt": "litgpt-ce",
+    "torchtune": "chunked-ce",
+}
 """The loss kernel each framework's own training step uses (``loss="auto"``): transformers'
 ``ForCausalLMLoss`` for the plain loop and the Trainer (TRL, axolotl and LLaMA-Factory run on it),
-torchtune's ``CEWithChunkedOutputLoss`` (8 chunks) in its recipes."""
+torchtune's ``CEWithChunkedOutputLoss`` (8 chunks) in its recipes, LitGPT's ``chunked_cross_entropy``
+(128-token bf16 chunks, no fp32 upcast; ``litgpt/utils.py``)."""
 OBJECTIVES: tuple[Objective, ...] = ("sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward")
 REFERENCES: tuple[Reference, ...] = ("auto", "none", "adapter", "copy", "precomputed")
 PAIRED: frozenset[str] = frozenset({"dpo", "ipo", "orpo", "simpo", "reward"})
@@ -97,8 +103,10 @@ class TrainSpec:
     master_weights: bool = False
     """full only: keep an fp32 master copy of the 16-bit weights (classic mixed precision);
     optimizer state is then fp32 too."""
-    adapter_dtype: DType = "fp32"
-    """dtype of LoRA A/B. peft's default (``autocast_adapter_dtype=True``) keeps adapters in fp32."""
+    adapter_dtype: DType | None = None
+    """dtype of LoRA A/B. None: the framework's, resolved on construction: peft's default
+    (``autocast_adapter_dtype=True``) keeps adapters in fp32; LitGPT's ``bf16-true`` precision
+    keeps them in the model dtype."""
     rank: int = 16
     """LoRA rank r."""
     alpha: int = 32
@@ -141,7 +149,9 @@ class TrainSpec:
     """The training code that runs the step. plain: the reference loop in README.md (no autocast,
     transformers' loss); hf-trainer: transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory,
     which run on it): the forward under autocast with 16-bit weights (``bf16=True``/``fp16=True``);
-    torchtune: its recipes' chunked cross-entropy (``loss="auto"``)."""
+    torchtune: its recipes' chunked cross-entropy (``loss="auto"``); litgpt: LitGPT's own model code
+    and ``finetune lora`` loop (``core/litgpt.py``: fused qkv, its LoRA flags, bf16-true, its
+    chunked loss, 4-bit lm_head under QLoRA)."""
     lora_dropout: float = 0.0
     """LoRA dropout p (peft's ``lora_dropout``; its default is 0). Above 0 every adapted linear runs
     its adapter on ``dropout(x)``: a new input-sized tensor and a 1-byte mask per adapted layer."""
@@ -149,7 +159,8 @@ class TrainSpec:
     """Loss kernel. full-ce: the whole b x s x V logits, upcast to fp32 (transformers'
     ``ForCausalLMLoss``); chunked-ce: logits made and upcast per chunk (torchtune, 8 chunks);
     fused-ce: a fused linear cross-entropy that never materializes the logits (Liger, Cut
-    Cross-Entropy); auto: the framework's own."""
+    Cross-Entropy); litgpt-ce: LitGPT's ``chunked_cross_entropy`` over its lm_head's 128-token bf16
+    chunks, no upcast (framework litgpt only); auto: the framework's own."""
     loss_chunks: int = 8
     """chunked-ce: number of chunks along the sequence (torchtune's ``num_output_chunks``)."""
     kbit_prep: bool | None = None
@@ -209,6 +220,8 @@ class TrainSpec:
             raise LoraBudgetError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.dtype not in DTYPES:
             raise LoraBudgetError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.adapter_dtype is None:
+            object.__setattr__(self, "adapter_dtype", self.dtype if self.framework == "litgpt" else "fp32")
         if self.adapter_dtype not in DTYPES:
             raise LoraBudgetError(f"unknown adapter dtype {self.adapter_dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -238,7 +251,11 @@ class TrainSpec:
         if self.method in ("qlora", "lora8bit") and self.dtype == "fp32":
             raise LoraBudgetError(f"{self.method} needs a 16-bit compute dtype (bf16 or fp16), not fp32")
         self._check_parallel()
-        if self.method != "full":
+        if self.framework == "litgpt":
+            from lora_budget.core.litgpt import check
+
+            check(self)
+        elif self.method != "full":
             from lora_budget.core.lora import resolve_targets
 
             resolve_targets(shape, self.targets, self.rank)
@@ -280,6 +297,13 @@ class TrainSpec:
             raise LoraBudgetError(f"bitsandbytes version must look like 0.42 or 0.43.1, got {self.bitsandbytes!r}")
         if self.autocast is not None and not isinstance(self.autocast, bool):
             raise LoraBudgetError(f"autocast must be true, false or None, got {self.autocast!r}")
+        if self.framework == "litgpt" and (self.loss_kernel != "litgpt-ce" or self.autocast or self.kbit_prep):
+            raise LoraBudgetError(
+                "--framework litgpt runs its own chunked loss under bf16-true precision (no autocast, no kbit "
+                "preparation); drop --loss, --autocast and --kbit-prep"
+            )
+        if self.framework != "litgpt" and self.loss == "litgpt-ce":
+            raise LoraBudgetError("--loss litgpt-ce is LitGPT's chunked lm_head; it needs --framework litgpt")
         if self.autocast and self.dtype == "fp32":
             raise LoraBudgetError(
                 "autocast over fp32 weights (a model loaded without torch_dtype) is not modelled yet; "

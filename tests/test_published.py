@@ -247,9 +247,11 @@ def test_litgpt_fused_and_all_linear_targets(raw):
     falcon = map_row(raw[1001])  # falcon-7b/lora.yaml: lora_query + lora_value on Falcon's fused projection
     assert falcon.spec.targets == "query_key_value"
     assert any("fused qkv" in c for c in falcon.caveats)
-    phi3 = map_row(raw[1044])  # phi-3/lora.yaml: every lora_* flag true
-    assert phi3.spec.targets == "all-linear"
-    assert any("output projection" in c for c in phi3.caveats)  # lora_head true
+    phi3 = map_row(raw[1044])  # phi-3/lora.yaml: every lora_* flag true, planned with LitGPT's own layout
+    from lora_budget.core.litgpt import PARTS, parts
+
+    assert phi3.spec.framework == "litgpt" and parts(phi3.spec) == frozenset(PARTS)  # lora_head included
+    assert not any("output projection" in c for c in phi3.caveats)
 
 
 def test_litgpt_full_rows_below_the_state_floor_are_low(raw):

@@ -134,9 +134,8 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--adapter-dtype",
             type=click.Choice(DTYPES),
-            default="fp32",
-            show_default=True,
-            help="LoRA weight dtype (peft keeps fp32 by default).",
+            default=None,
+            help="LoRA weight dtype; default: the framework's (peft: fp32; litgpt: the model dtype).",
         ),
         click.option(
             "--framework",
@@ -144,7 +143,9 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             default="plain",
             show_default=True,
             help="Training code: plain (the reference loop), hf-trainer (transformers Trainer, TRL, axolotl, "
-            "LLaMA-Factory: bf16/fp16 autocast), torchtune (chunked loss).",
+            "LLaMA-Factory: bf16/fp16 autocast), litgpt (LitGPT's model and finetune loop: fused qkv, bf16 "
+            "adapters, chunked bf16 loss; targets as its flags query,key,value,projection,mlp,head), "
+            "torchtune (chunked loss).",
         ),
         click.option(
             "--lora-dropout",

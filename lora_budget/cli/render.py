@@ -36,6 +36,7 @@ def _code(m: MethodPlan) -> str:
     what = {
         "plain": "the reference loop",
         "hf-trainer": "transformers Trainer",
+        "litgpt": "LitGPT finetune lora, bf16-true",
         "torchtune": "torchtune recipe",
     }[s.framework]
     loss = s.loss_kernel if s.objective == "sft" else f"{s.objective} (TRL 1.9 trainer's own)"

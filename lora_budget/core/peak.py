@@ -117,6 +117,15 @@ class PeakModel:
                 acts_first += mask
         loss_fwd = T * k.loss_fwd + k.loss_fixed
         loss_bwd = T * k.loss_bwd + k.loss_fixed
+        kept_logits = 0
+        if k.litgpt:  # LitGPT's loop and 128-token lm_head chunks (core/litgpt.py ``loss_terms``)
+            kept, chunk_fwd, chunk_copy, chunk_bwd = k.litgpt
+            rows = batch_size * min(seq_len, 128)
+            kept_logits = int(T * kept)
+            # a 4-bit head's dequantized weight (loss_fixed) lives only inside one chunk's matmul,
+            # never beside another chunk's transients
+            loss_fwd += max(rows * max(chunk_fwd, chunk_copy if batch_size > 1 else 0), k.loss_fixed) - k.loss_fixed
+            loss_bwd += max(rows * chunk_bwd, k.loss_fixed) - k.loss_fixed
         if k.objective is not None:
             loss_fwd, loss_bwd = k.objective.logits_bytes(batch_size, seq_len)
         if k.fused_chunk_inc:
@@ -175,7 +184,7 @@ class PeakModel:
             te = k.eval_batch * seq_len
             evaluation = (("evaluation", 0, 0, int(te * k.loss_fwd + k.loss_fixed), te * k.eval_hidden),)
         return [
-            ("forward", g_fwd, int(fwd_acts), 0, int(fwd_transient)),
+            ("forward", g_fwd, int(fwd_acts), kept_logits, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts) + k.autocast_bwd, int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
@@ -284,6 +293,10 @@ class _Constants:
     """Sequences per example in the forward (``spec.sequences_per_example``)."""
     objective: ObjectiveLoss | None
     """The logits terms of a non-sft objective (``core/objectives.py``), in place of the loss kernel's."""
+    litgpt: tuple[float, ...] = ()
+    """litgpt-ce: the previous step's logits kept through the forward (per token), and per token of
+    one 128-token chunk row: lm_head's forward extra, the shifted last chunk's copy, backward's
+    chunk gradients (``core/litgpt.py`` ``loss_terms``); empty for other kernels."""
 
 
 def _pair(coeff: Coeff) -> tuple[float, float]:
@@ -381,6 +394,10 @@ def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]
     """
     s = spec.model.shape
     V = s.vocab
+    if spec.loss_kernel == "litgpt-ce":
+        from lora_budget.core.litgpt import loss_terms
+
+        return loss_terms(spec)
     if spec.loss_kernel == "chunked-ce":
         n = spec.loss_chunks
         return dict(
@@ -431,7 +448,8 @@ def _autocast_copies(spec: TrainSpec, adapter_bytes: int) -> dict[str, int]:
 def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
     static = static_memory(spec)
     s = spec.model.shape
-    targets = frozenset() if spec.method == "full" else frozenset(resolve_targets(s, spec.targets, spec.rank))
+    litgpt = spec.framework == "litgpt"  # its LoRA flags are read by core/litgpt.py
+    targets = frozenset() if spec.method == "full" or litgpt else frozenset(resolve_targets(s, spec.targets, spec.rank))
     settings = StepSettings(
         compute_bytes=spec.activation_bytes,
         adapter_bytes=DTYPE_BYTES[spec.adapter_dtype],
@@ -445,7 +463,11 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         fused_loss=spec.loss_kernel == "fused-ce",
         head_trains=spec.objective == "reward",
     )
-    if s.derived:  # coefficients traced from the model itself (core/derived.py)
+    if litgpt:  # LitGPT's own block (core/litgpt.py)
+        from lora_budget.core.litgpt import activation_model as litgpt_activations
+
+        acts = litgpt_activations(spec, settings, static.dequant_bytes)
+    elif s.derived:  # coefficients traced from the model itself (core/derived.py)
         from lora_budget.core.derived import derived_activations
 
         acts, static = derived_activations(spec, static)

@@ -123,6 +123,11 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
 def _static_memory(key: StepKey) -> StaticMemory:
     spec = key.spec
     s = spec.model.shape
+    litgpt = spec.framework == "litgpt"
+    if litgpt:  # LitGPT's own layout: fused qkv, an untied lm_head that Fabric quantizes too
+        from lora_budget.core import litgpt as lit
+
+        s = lit.layout(s)
     w = DTYPE_BYTES[spec.dtype]
     dense = spec.frozen_dense_bytes  # the non-quantized weights of a QLoRA / 8-bit model
     weights = quant = adapter = master = grads = head_grads = embed_grads = embed_temp = 0
@@ -133,14 +138,15 @@ def _static_memory(key: StepKey) -> StaticMemory:
     for t in inventory(s):
         if reward and t.role == "lm_head":
             continue
-        if quantized_linears and t.role == "linear":
+        if quantized_linears and (t.role == "linear" or (litgpt and t.role == "lm_head")):
             if spec.method == "qlora":
                 weights += alloc(t.numel / 2) * t.count
                 quant += _quant4_state(t.numel, spec.quant_blocksize, spec.double_quant) * t.count
             else:  # LLM.int8: int8 weight + fp32 scale per output row (SCB)
                 weights += alloc(t.numel) * t.count
                 quant += alloc(4 * t.out_features) * t.count
-            dequant = max(dequant, alloc(t.numel * w))
+            if t.role == "linear":  # a 4-bit lm_head is dequantized in the loss phase (core/litgpt.py)
+                dequant = max(dequant, alloc(t.numel * w))
             if t.group == "attn":
                 dequant_attn = max(dequant_attn, alloc(t.numel * w))
             continue
@@ -167,8 +173,9 @@ def _static_memory(key: StepKey) -> StaticMemory:
     if spec.method != "full":
         a = DTYPE_BYTES[spec.adapter_dtype]
         grad_bytes = a
-        chosen = resolve_targets(s, spec.targets, spec.rank)
-        for numel, count, shape in adapter_tensors(s, chosen, spec.rank):
+        chosen = () if litgpt else resolve_targets(s, spec.targets, spec.rank)
+        tensors = lit.adapter_tensors(spec) if litgpt else adapter_tensors(s, chosen, spec.rank)
+        for numel, count, shape, *_ in tensors:
             adapter += alloc(numel * a) * count
             trainable.append((numel, count, shape))
     o_name = module_names(s)["o"]
@@ -182,6 +189,8 @@ def _static_memory(key: StepKey) -> StaticMemory:
             for t in inventory(s)
             if t.role in ("linear", "linear_bias") and before_attention(t)
         )
+    elif litgpt:
+        early = sum(alloc(n * grad_bytes) * (count // s.layers) for n, count, _, made_early in tensors if made_early)
     else:
         early = sum(
             (alloc(spec.rank * t.in_features * grad_bytes) + alloc(t.out_features * spec.rank * grad_bytes))

@@ -148,7 +148,11 @@ def step_flops(spec: TrainSpec, batch_size: int | None = None, seq_len: int | No
     dense = per_weight * (decoder_n + head_n) * tokens
 
     adapter_n = 0
-    if not trained:
+    if not trained and spec.framework == "litgpt":  # LitGPT's LoRA flags (core/litgpt.py)
+        from lora_budget.core.litgpt import adapter_tensors as litgpt_adapters
+
+        adapter_n = sum(numel * count for numel, count, *_ in litgpt_adapters(spec))
+    elif not trained:
         chosen = resolve_targets(shape, spec.targets, spec.rank)
         adapter_n = sum(numel * count for numel, count, _ in adapter_tensors(shape, chosen, spec.rank))
     adapter = 6 * adapter_n * tokens

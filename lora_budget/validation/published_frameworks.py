@@ -82,10 +82,39 @@ def litgpt_targets(names: tuple[str, ...], linears: tuple[str, ...]) -> tuple[st
     return ",".join(names), None
 
 
-def litgpt_caveats(row: dict[str, str], method: str) -> list[tuple[str, bool]]:
-    """What LitGPT's step does that today's spec does not say (none is material: each is a mechanism
-    to model, and these rows exist to measure them)."""
-    out: list[tuple[str, bool]] = []
+def litgpt_fields(names: tuple[str, ...], output_lora: bool, shape: object, method: str) -> dict[str, str] | None:
+    """Spec fields that plan a LitGPT LoRA / QLoRA row with ``framework="litgpt"`` (core/litgpt.py),
+    or None where that walk does not cover the row (full fine-tuning, another LitGPT block).
+
+    ``names`` are the row's ``lora_query/key/value/projection/mlp`` flags as transformers Llama names
+    and ``output_lora`` its ``lora_head``; core/litgpt.py reads both as LitGPT's flags.
+    """
+    from lora_budget.core.litgpt import SUPPORTED
+
+    if method == "full" or getattr(shape, "model_type", "") not in SUPPORTED:
+        return None
+    return {"framework": "litgpt", "targets": ",".join(names + (("lm_head",) if output_lora else ()))}
+
+
+LITGPT_RUN = (
+    "LitGPT prints max_memory_allocated over the whole fit (finetune/lora.py 234): the model load, "
+    "validation every 100 steps and generate_example come on top of the planned step; not planned"
+)
+
+
+def litgpt_caveats(row: dict[str, str], method: str, modelled: bool = False) -> list[tuple[str, bool]]:
+    """What LitGPT's run does that the spec does not say (none is material: these rows exist to
+    measure the mechanisms). ``modelled``: the row is planned with ``framework="litgpt"``, whose
+    step has LitGPT's dropout, loss, kept logits and 4-bit head; only the run-level figure is left."""
+    if modelled:
+        return [(LITGPT_RUN, False)]
+    out: list[tuple[str, bool]] = [
+        (
+            "LitGPT's block for this model (or `finetune full`) is not walked by --framework litgpt; planned "
+            "with transformers' layout",
+            False,
+        )
+    ]
     p = row.get("lora_dropout", "null").strip()
     if method != "full" and p not in ("", "null", "0", "0.0"):
         out.append(

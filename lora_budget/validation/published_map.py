@@ -16,7 +16,7 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 from lora_budget.units import GiB, MiB
-from lora_budget.validation.published_frameworks import framework_key, litgpt_caveats, litgpt_targets
+from lora_budget.validation.published_frameworks import framework_key, litgpt_caveats, litgpt_fields, litgpt_targets
 
 UNIT_BYTES: dict[str, int] = {"GB(1e9)": 10**9, "GiB": GiB, "MiB": MiB}
 """Bytes per published unit: GB is decimal (torchtune's older logs divide by 1e9), GiB/MiB binary."""
@@ -236,14 +236,18 @@ def map_row(row: dict[str, str]) -> Mapped:
         names, output_lora = lora_targets(row["lora_targets"])
         kwargs.update(rank=int(row["lora_rank"]), alpha=int(row["lora_alpha"]), adapter_dtype=_adapter_dtype(row))
         kwargs["targets"] = ",".join(names)
-        if litgpt:
+        lit = litgpt_fields(names, output_lora, model.shape, method) if litgpt else None
+        if lit:  # LitGPT's own model, LoRA flags and loop (core/litgpt.py): lm_head's LoRA included
+            kwargs.update(lit, adapter_dtype="bf16")
+            output_lora = False
+        elif litgpt:
             kwargs["targets"], fused_note = litgpt_targets(names, linear_names(model.shape))
             caveats += [fused_note] if fused_note else []
     if method == "qlora" and "no double quant" in row["frozen_weight_precision"].lower():
         kwargs["double_quant"] = False
     kwargs.update(_mechanisms(row, method))
     spec = TrainSpec(**kwargs)
-    if method != "full" and not litgpt:
+    if method != "full" and spec.framework != "litgpt" and not litgpt:
         from lora_budget.core.params import linear_names
 
         if set(names) == set(linear_names(model.shape)):
@@ -316,7 +320,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     if spec.method == "qlora" and framework_key(row) == "torchtune":
         out.extend(_qlora_caveats(spec, row))
     if framework_key(row) == "litgpt":
-        out.extend(litgpt_caveats(row, spec.method))
+        out.extend(litgpt_caveats(row, spec.method, modelled=spec.framework == "litgpt"))
     if output_lora:
         logits_lora = alloc_gib(spec.tokens * spec.model.shape.vocab * 2)
         out.append(

@@ -1,0 +1,325 @@
+"""Trace LitGPT's own fine-tuning step on fake tensors: its ``GPT``, ``LoRAQKVLinear``,
+``chunked_cross_entropy`` and the loop of ``litgpt finetune lora``.
+
+LitGPT is not a dependency of lora-budget (its pins would change the installed huggingface_hub),
+so this module runs only where ``litgpt`` is importable, e.g. from a side directory::
+
+    pip install --no-deps --target /tmp/litpkgs litgpt==0.4.13 lightning==2.4.0 \\
+        lightning-utilities torchmetrics==1.4.1 jsonargparse
+    PYTHONPATH=/tmp/litpkgs python -m lora_budget.runtime.litgpt
+
+litgpt 0.4.13 is the first release containing 00af8b0d (2024-09-27), the last edit of the
+config-hub table the published LitGPT rows come from; ``litgpt/lora.py``, ``model.py``,
+``utils.py`` and ``finetune/lora.py`` are identical at the two.
+
+What runs, as ``litgpt/finetune/lora.py`` runs it with ``precision: bf16-true``:
+
+1. ``litgpt.lora.GPT`` from LitGPT's own named config (``Config.from_name``), built on the meta
+   device under the bf16 default dtype (Fabric's ``init_module``), every parameter and buffer then
+   a fake bf16 tensor (Fabric's ``convert_module``). ``model.max_seq_length`` is then set to the
+   sequence length, which rebuilds the RoPE cache in fp32, as ``fit`` does after ``setup``.
+2. QLoRA: every ``nn.Linear``, lm_head included, becomes bitsandbytes' ``Linear4bit`` (NF4,
+   compute dtype bf16), which is what Fabric's ``BitsandbytesPrecision`` does (its layer class
+   subclasses ``Linear4bit`` and keeps its forward). LitGPT pins bitsandbytes 0.42.0, whose
+   ``MatMul4Bit.forward`` keeps its input (``ctx.tensors = (A, B)``); the installed release keeps
+   ``(None, B)`` since commit 9e753741, so the trace restores that one assignment
+   (``_bnb_keeps_input``); the kernels are the installed release's.
+3. ``mark_only_lora_as_trainable``; the spec's optimizer (LitGPT: ``torch.optim.AdamW`` for LoRA,
+   ``bnb.optim.PagedAdamW`` with quantization); a warm start creates its state.
+4. Two iterations of the loop: ``logits = model(input_ids, lm_head_chunk_size=128)``,
+   ``logits[-1] = logits[-1][..., :-1, :]``, ``loss = chunked_cross_entropy(logits,
+   targets[..., 1:])``, ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``, and
+   ``loss`` rebound to a float (``running_loss.compute().item()`` at ``log_interval`` 1). The first
+   iteration's ``logits`` list is still bound while the second forward runs.
+
+The run-level parts of LitGPT's figure (model load, validation, ``generate_example``) are not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
+
+LITGPT_VERSION = "0.4.13"
+LITGPT_COMMIT = "00af8b0d9b43eaa3f8c812e3e8bd53ef38cbb49d"
+
+LITGPT_NAMES: dict[str, str] = {
+    "Llama-2-7B": "Llama-2-7b-hf",
+    "Llama-3.1-8B": "Llama-3.1-8B",
+    "Llama-3.2-1B": "Llama-3.2-1B",
+    "Llama-3.2-3B": "Llama-3.2-3B",
+    "Mistral-7B-v0.1": "Mistral-7B-v0.1",
+    "Phi-3-mini-4k": "Phi-3-mini-4k-instruct",
+    "Falcon-7B": "falcon-7b",
+    "TinyLlama-1.1B": "tiny-llama-1.1b",
+    "Gemma-2B": "Gemma-2b",
+}
+"""Catalog name -> LitGPT's config name (``litgpt/config.py``)."""
+
+
+def import_litgpt() -> Any:
+    try:
+        import litgpt.lora
+    except ImportError:
+        raise LoraBudgetError(
+            "tracing LitGPT needs litgpt 0.4.13 importable: pip install --no-deps --target DIR litgpt==0.4.13 "
+            "lightning==2.4.0 lightning-utilities torchmetrics==1.4.1 jsonargparse, then PYTHONPATH=DIR"
+        ) from None
+    return litgpt.lora
+
+
+def litgpt_config(spec: TrainSpec) -> Any:
+    """LitGPT's named config of the spec's model, at the spec's depth, with its LoRA flags."""
+    from lora_budget.core.litgpt import parts
+
+    lora = import_litgpt()
+    name = LITGPT_NAMES.get(spec.model.name.split(" (")[0])
+    if name is None:
+        raise LoraBudgetError(f"no LitGPT config for {spec.model.name}; known: {', '.join(LITGPT_NAMES)}")
+    chosen = parts(spec) if spec.method != "full" else frozenset()
+    config = lora.Config.from_name(
+        name,
+        n_layer=spec.model.shape.layers,
+        lora_r=spec.rank if chosen else 0,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.lora_dropout,
+        **{f"lora_{p}": p in chosen for p in ("query", "key", "value", "projection", "mlp", "head")},
+    )
+    s = spec.model.shape
+    mine = (s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate, s.vocab)
+    theirs = (
+        config.n_embd,
+        config.n_head,
+        config.n_query_groups,
+        config.head_size,
+        config.intermediate_size,
+        config.padded_vocab_size,
+    )
+    if mine != theirs:
+        raise LoraBudgetError(f"LitGPT's {name} has widths {theirs}, the catalog's {spec.model.name} {mine}")
+    return config
+
+
+def build_litgpt(spec: TrainSpec, fake_mode: Any) -> Any:
+    """LitGPT's model of ``spec`` with fake bf16 tensors (and 4-bit linears for QLoRA)."""
+    import torch
+
+    from lora_budget.runtime.build import Built, _materialize, _prime_bnb_tables, static_tensors
+
+    lora = import_litgpt()
+    config = litgpt_config(spec)
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = lora.GPT(config)
+    finally:
+        torch.set_default_dtype(previous)
+    if spec.method == "qlora":
+        _linears_to_4bit(model, spec)
+        _prime_bnb_tables("cpu")
+    lora.mark_only_lora_as_trainable(model)
+    with fake_mode:
+        _materialize(model, spec, "cpu")
+        model.max_seq_length = spec.seq_len  # fit(): RoPE cache rebuilt for the data's length, fp32
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return Built(model=model, static=static_tensors(model), trainable=trainable, output_head=model.lm_head)
+
+
+def _linears_to_4bit(model: Any, spec: TrainSpec) -> None:
+    """Every ``nn.Linear`` -> ``Linear4bit`` on meta, as Lightning's ``_convert_layers`` does with no
+    ``ignore_modules`` (lm_head's ``linear`` too)."""
+    import bitsandbytes as bnb
+    import torch
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear:
+                continue
+            new = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=torch.bfloat16 if spec.dtype == "bf16" else torch.float16,
+                compress_statistics=spec.double_quant,
+                quant_type=spec.quant,
+                quant_storage=torch.uint8,
+                device="meta",
+            )
+            if child.bias is not None:
+                new.bias = torch.nn.Parameter(torch.empty_like(child.bias), requires_grad=False)
+            setattr(parent, name, new)
+
+
+@contextlib.contextmanager
+def _bnb_keeps_input(enabled: bool) -> Any:
+    """bitsandbytes <= 0.43.1: ``MatMul4Bit.forward`` keeps A for backward (``ctx.tensors = (A, B)``)."""
+    if not enabled:
+        yield
+        return
+    from unittest import mock
+
+    from bitsandbytes.autograd._functions import MatMul4Bit
+
+    forward = MatMul4Bit.forward
+
+    def keeping(ctx: Any, A: Any, B: Any, out: Any = None, bias: Any = None, quant_state: Any = None) -> Any:
+        output = forward(ctx, A, B, out, bias, quant_state)
+        if any(ctx.needs_input_grad[:2]):
+            ctx.tensors = (A, B)
+        return output
+
+    with mock.patch.object(MatMul4Bit, "forward", staticmethod(keeping)):
+        yield
+
+
+def fit_iterations(model: Any, optimizer: Any, batch: Any, hooks: Any, iterations: int = 2) -> None:
+    """``litgpt/finetune/lora.py`` ``fit``'s loop body, ``iterations`` times (no accumulation)."""
+    from litgpt.utils import chunked_cross_entropy
+
+    input_ids, targets = batch
+    logits = None
+    for step in range(1, iterations + 1):
+        hooks.on_phase("forward", step)
+        logits = model(input_ids, lm_head_chunk_size=128)  # the previous list is released only now
+        logits[-1] = logits[-1][..., :-1, :]
+        loss = chunked_cross_entropy(logits, targets[..., 1:])
+        hooks.on_phase("backward", step)
+        loss.backward()
+        hooks.after_backward(step)
+        hooks.on_phase("optimizer", step)
+        optimizer.step()
+        hooks.after_step(step)
+        hooks.on_phase("zero_grad", step)
+        optimizer.zero_grad()
+        loss = 1.0  # running_loss.compute().item(): the graph's last reference goes
+    del logits
+
+
+def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
+    """Trace ``iterations`` LitGPT fit iterations of ``spec`` (after a warm optimizer start)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from lora_budget.runtime.loop import make_optimizer
+    from lora_budget.trace.engine import Hooks, _result, cuda_kernels, register_static
+    from lora_budget.trace.tracker import Tracker
+
+    if spec.framework != "litgpt" or spec.gpus > 1 or spec.grad_ckpt or spec.grad_accum > 1:
+        raise LoraBudgetError("the LitGPT trace runs framework litgpt, one GPU, no checkpointing, no accumulation")
+    started = time.perf_counter()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    built = build_litgpt(spec, fake_mode)
+    tracker = Tracker(vocab=spec.model.shape.vocab)
+    register_static(tracker, built, spec)
+    optimizer = make_optimizer(spec, built.trainable, paged=False)
+    hooks = Hooks(built, tracker, optimizer, spec.optimizer.startswith("paged"), iterations, True, None)
+    with (
+        hooks.installed(),
+        _bnb_keeps_input(spec.bnb_keeps_input),
+        cuda_kernels(),
+        fake_mode,
+        tracker,
+    ):
+        hooks.on_phase("warm_start", 0)
+        for p in built.trainable:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        hooks.after_step(0)
+        optimizer.zero_grad(set_to_none=True)
+        batch = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
+        targets = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
+        tracker.register(batch, "activations")
+        tracker.register(targets, "activations")
+        fit_iterations(built.model, optimizer, (batch, targets), hooks, iterations)
+        del batch, targets
+    return _result(spec, tracker, hooks, time.perf_counter() - started, True, False)
+
+
+QLORA_042 = dict(method="qlora", bitsandbytes="0.42.0", double_quant=False, optimizer="paged_adamw")
+"""LitGPT's QLoRA as its config hub runs it: ``quantize: bnb.nf4`` (no double quantization),
+bitsandbytes 0.42.0, ``bnb.optim.PagedAdamW``."""
+
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora-qv-dropout-gqa": ("Llama-3.2-1B", dict(targets="query,value", lora_dropout=0.05)),
+    "lora-all-head": ("Llama-3.2-1B", dict(targets="all-linear,head", lora_dropout=0.05)),
+    "lora-qv-mha": ("Llama-2-7B", dict(targets="query,value", lora_dropout=0.05)),
+    "lora-b1-no-dropout": ("Llama-3.2-1B", dict(targets="all-linear", batch_size=1)),
+    "lora-gemma-mqa-head": ("Gemma-2B", dict(targets="all-linear,head", lora_dropout=0.1)),
+    "qlora-bnb042-qv": ("Llama-3.2-1B", dict(targets="query,value", lora_dropout=0.05, **QLORA_042)),
+    "qlora-bnb050-qv": ("Llama-3.2-1B", dict(targets="query,value", lora_dropout=0.05, method="qlora")),
+    "qlora-bnb042-all-head-mha": ("Phi-3-mini-4k", dict(targets="all-linear,head", lora_dropout=0.05, **QLORA_042)),
+}
+"""Each LitGPT mechanism on a 2-layer copy of a real-width model (b 2, s 512, r 8 unless set):
+the fused qkv's partial LoRA (q+v: zero_pad), grouped-query copies vs one query per group (views),
+lora_head, LoRA dropout 0 vs > 0, the 4-bit head and bitsandbytes 0.42's kept inputs."""
+
+
+def case_spec(case: str) -> TrainSpec:
+    from dataclasses import replace
+
+    from lora_budget.catalog.models import resolve_model
+    from lora_budget.catalog.shape import shape_from_config
+
+    name, kwargs = CASES[case]
+    ref = resolve_model(name)
+    config = {**ref.config, "num_hidden_layers": 2}
+    model = replace(ref, name=f"{ref.name} (2 layers)", shape=shape_from_config(config), config=config)
+    return TrainSpec(model=model, framework="litgpt", **{"batch_size": 2, "seq_len": 512, "rank": 8, **kwargs})
+
+
+def write_cases(path: str) -> list[dict[str, Any]]:
+    """Trace every case, plan it, and write both with the versions and commit they came from."""
+    import json
+    import subprocess
+
+    import bitsandbytes
+    import litgpt
+    import torch
+
+    from lora_budget.core.peak import estimate
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    for case in CASES:
+        spec = case_spec(case)
+        traced = trace_litgpt(spec)
+        planned = estimate(spec)
+        rows.append(
+            {
+                "case": case,
+                "model": CASES[case][0],
+                "settings": CASES[case][1],
+                "traced_peak_bytes": traced.peak_bytes,
+                "traced_phase": traced.breakdown.phase,
+                "traced_at": f"{traced.peak_op} in {traced.peak_module}",
+                "traced": {k: v for k, v in traced.breakdown.as_dict().items() if isinstance(v, int)},
+                "planned_peak_bytes": planned.peak_bytes,
+                "planned": {k: v for k, v in planned.as_dict().items() if isinstance(v, int)},
+                "error": round(planned.peak_bytes / traced.peak_bytes - 1, 6),
+            }
+        )
+        print(f"{case}: plan {planned.peak_bytes:,} trace {traced.peak_bytes:,} ({rows[-1]['error']:+.3%})")
+    out = {
+        "about": "plan vs a trace of LitGPT's own finetune/lora.py step on fake tensors (runtime/litgpt.py)",
+        "litgpt": litgpt.__version__ if hasattr(litgpt, "__version__") else LITGPT_VERSION,
+        "litgpt_commit_of_the_published_table": LITGPT_COMMIT,
+        "torch": torch.__version__,
+        "bitsandbytes_installed": bitsandbytes.__version__,
+        "lora_budget_commit": commit,
+        "cases": rows,
+    }
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    return rows
+
+
+if __name__ == "__main__":
+    write_cases("lora_budget/validation/data/litgpt-trace.json")
