@@ -320,7 +320,8 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     if spec.method == "qlora" and framework_key(row) == "torchtune":
         out.extend(_qlora_caveats(spec, row))
     if framework_key(row) == "litgpt":
-        out.extend(litgpt_caveats(row, spec.method, modelled=spec.framework == "litgpt"))
+        head_gib = alloc_gib(spec.model.shape.vocab * spec.model.shape.hidden * spec.compute_bytes)
+        out.extend(litgpt_caveats(row, spec.method, modelled=spec.framework == "litgpt", head_gib=head_gib))
     if output_lora:
         logits_lora = alloc_gib(spec.tokens * spec.model.shape.vocab * 2)
         out.append(
