@@ -246,9 +246,7 @@ def load_baseline(path: str | Path) -> Baseline:
                 if type(peak) is not int or peak != sum(cats.values()):
                     raise ValueError(f"peak_bytes {peak!r} is not the sum of its categories ({sum(cats.values())})")
             if peak == 0:  # no real step peaks at 0 bytes, and growth over 0 is a division by zero
-                raise ValueError(
-                    "peak_bytes is 0; a baseline needs a measured peak (rewrite it with --update-baseline)"
-                )
+                raise ValueError("peak_bytes is 0, and a baseline needs a measured peak")
             entries.append(
                 Entry(
                     method=str(item["method"]),

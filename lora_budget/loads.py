@@ -14,8 +14,9 @@ past their own error classes become an ``InputFileError``:
 - ``NaN`` / ``Infinity`` (JSON's non-standard constants), refused where the caller says numbers
   must be finite (profiles, baselines).
 
-YAML aliases are shared references, not copies, so the size walk stops after ``MAX_NODES``
-containers (an alias bomb of nine nested lists of nine would otherwise be walked 9**9 times).
+YAML aliases are shared references, not copies: the check measures each distinct list or mapping
+once and refuses a file that would expand to more than ``MAX_NODES`` of them (eight levels of
+nine aliases to the level below expand to 9**8) or that contains itself (``a: &a [*a]``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lora_budget.errors import LoraBudgetError
 MAX_DEPTH = 100
 """Deepest nesting of lists and mappings accepted (the files read here nest at most 6 levels)."""
 MAX_NODES = 1_000_000
-"""Most containers walked while checking depth (a YAML alias bomb is refused, not walked)."""
+"""Most lists and mappings a file may expand to, aliases expanded (a YAML alias bomb is refused)."""
 MAX_FILE_BYTES = 256 * 2**20
 """Largest file read (256 MiB; the largest profile of a full sweep is under 1 MiB)."""
 MAX_INT_DIGITS = 4300
@@ -68,23 +69,41 @@ class _Constant(Exception):
 
 
 def check_depth(data: Any, source: str) -> Any:
-    """``data`` itself, or an InputFileError when it nests deeper than MAX_DEPTH (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    walked = 0
+    """``data`` itself, or an InputFileError when it nests deeper than MAX_DEPTH, expands to more
+    than MAX_NODES lists and mappings, or contains itself.
+
+    Walked without recursion, each distinct list or mapping once (post-order, with its depth and
+    its size with aliases expanded), so a YAML alias bomb is measured, not expanded.
+    """
+    if not isinstance(data, dict | list):
+        return data
+    done: dict[int, tuple[int, int]] = {}
+    """id -> (depth, lists and mappings in it with aliases expanded)."""
+    path: set[int] = set()
+    """ids of the containers being walked: the current one's ancestors."""
+    stack: list[Any] = [data]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
+        item = stack[-1]
+        key = id(item)
+        if key in done:
+            stack.pop()
             continue
-        walked += 1
+        kids = [c for c in (item.values() if isinstance(item, dict) else item) if isinstance(c, dict | list)]
+        if key not in path:
+            path.add(key)
+            if any(id(c) in path for c in kids):
+                raise InputFileError(source, "contains itself (a recursive YAML alias)")
+            stack.extend(c for c in kids if id(c) not in done)
+            continue
+        stack.pop()
+        path.discard(key)
+        depth = 1 + max((done[id(c)][0] for c in kids), default=0)
+        size = 1 + sum(done[id(c)][1] for c in kids)
         if depth > MAX_DEPTH:
             raise InputFileError(source, f"nested deeper than {MAX_DEPTH} levels; no file this tool reads is")
-        if walked > MAX_NODES:
+        if size > MAX_NODES:
             raise InputFileError(source, f"holds over {MAX_NODES:,} lists and mappings (a YAML alias bomb?)")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+        done[key] = (depth, size)
     return data
 
 

@@ -38,15 +38,24 @@ _BAD_INPUT_ERRNOS = frozenset(
 error) are failures of the run (exit 1)."""
 
 
+LINE_LIMIT = 1000
+"""Longest error line printed: a message that lists hundreds of names (a library's list of model
+types) is cut to its start and its length."""
+
+
 def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
-    """Cut every word of ``text`` longer than ``limit`` to its ends and its length."""
+    """Cut every word of ``text`` longer than ``limit`` to its ends and its length, then the whole
+    text to LINE_LIMIT characters."""
 
     def cut(match: re.Match[str]) -> str:
         word = match.group(0)
         keep = limit // 2 - 10
         return f"{word[:keep]}...({len(word):,} chars)...{word[-keep:]}"
 
-    return re.sub(rf"\S{{{limit + 1},}}", cut, text)
+    text = re.sub(rf"\S{{{limit + 1},}}", cut, text)
+    if len(text) > LINE_LIMIT:
+        text = f"{text[: LINE_LIMIT - 40]}... (cut; {len(text):,} chars in all)"
+    return text
 
 
 def _os_message(exc: OSError) -> str:

@@ -40,8 +40,8 @@ def _price(card: str, value: str, where: str) -> tuple[str, float]:
         usd = float(value)
     except ValueError:
         raise LoraBudgetError(f"{where}: price {value!r} for {card!r} is not a number") from None
-    if not usd > 0:
-        raise LoraBudgetError(f"{where}: price for {card!r} must be a positive USD per GPU-hour, got {value}")
+    if not 0 < usd < float("inf"):  # nan and inf too: an infinite price is no price
+        raise LoraBudgetError(f"{where}: price for {card!r} must be a positive, finite USD per GPU-hour, got {value}")
     return resolve_gpu(card).name, usd
 
 
