@@ -51,10 +51,21 @@ def _key(text: str) -> str:
     return re.sub(r"[-_.\s]", "", t)
 
 
-@lru_cache(maxsize=1)
-def _index() -> dict[str, dict[str, Any]]:
+def _lookup(text: str) -> dict[str, Any] | None:
+    """``_index()``'s entry for ``text``, by exact (lower-case) name, then forgiving spelling. An exact
+    name of the main catalog is answered by its own index, which is the first part of the full one:
+    models_derived.json (about 10 ms to parse) is read only when that misses."""
+    entry = _index(main_only=True).get(text.strip().lower())
+    if entry is None:
+        index = _index()
+        entry = index.get(text.strip().lower()) or index.get(_key(text))
+    return entry
+
+
+@lru_cache(maxsize=2)
+def _index(main_only: bool = False) -> dict[str, dict[str, Any]]:
     index: dict[str, dict[str, Any]] = {}
-    for entry in _entries():
+    for entry in catalog() if main_only else _entries():
         for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
             index.setdefault(name.lower(), entry)
             index.setdefault(_key(name), entry)
@@ -75,7 +86,9 @@ def _ref(entry: dict[str, Any]) -> ModelRef:
 
 @cache
 def _catalog_ref(name: str) -> ModelRef:
-    entry = next(e for e in _entries() if e["name"] == name)
+    entry = next((e for e in catalog() if e["name"] == name), None) or next(
+        e for e in derived_catalog() if e["name"] == name
+    )
     return ModelRef(
         name=entry["name"],
         hf_id=entry["hf_id"],
@@ -107,8 +120,7 @@ def resolve_model(text: str) -> ModelRef:
     cached = hub.cached_config(text.strip()) if repo else None
     if cached is not None:
         return model_from_path(cached, hf_id=text.strip())
-    index = _index()
-    entry = index.get(text.strip().lower()) or index.get(_key(text))
+    entry = _lookup(text)
     if entry is not None:
         return _ref(entry)
     unmodelled = _unmodelled().get(text.strip().lower())
