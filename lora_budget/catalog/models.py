@@ -113,7 +113,7 @@ def resolve_model(text: str) -> ModelRef:
         local = path.is_dir() or path.suffix == ".json" or path.is_file()
     except OSError as exc:  # a name over the file system's limits (ENAMETOOLONG) is no path, and no model
         why = f"not a catalog name or a usable path ({exc.strerror})"
-        raise LoraBudgetError(f"unknown model {text[:60]!r}...: {why}") from None
+        raise LoraBudgetError(f"unknown model {text[:60]!r}... ({len(text):,} chars): {why}") from None
     if local:
         return model_from_path(path)
     repo = hub.is_repo_id(text)

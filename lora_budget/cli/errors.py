@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +81,12 @@ def boundary(invoke: Callable[[], Any], *, debug: bool) -> Any:
         raise
     except (click.exceptions.Exit, click.Abort):
         raise
+    except BrokenPipeError:  # `lora-budget models | head`: the reader left; no error line, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would hit it again
+        except (OSError, ValueError):  # stdout is not a file (a test runner's buffer)
+            pass
+        raise click.exceptions.Exit(1) from None
     except LoraBudgetError as exc:
         if debug:
             raise
