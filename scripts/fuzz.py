@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # workers too
 os.environ.pop("LORA_BUDGET_DEBUG", None)
 
 from fuzz_cases import TARGETS, TINY, Case, make_case  # noqa: E402
