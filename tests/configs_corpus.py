@@ -167,8 +167,9 @@ def classify(rel: str) -> Outcome:
         family = base or next((ours for key, ours in FAMILY if key in model), "8b")
         if base or (model and not any(word in model for word in NOT_LM)):
             r = _plan(path, "--model", family)
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        return Outcome(path=rel, tool=tool, kind="traceback", why=repr(r.exception), read=loaded is not None)
+    if (r.exception is not None and not isinstance(r.exception, SystemExit)) or "internal error" in r.output:
+        why = repr(r.exception) if r.exception is not None and not isinstance(r.exception, SystemExit) else r.output
+        return Outcome(path=rel, tool=tool, kind="traceback", why=why.strip(), read=loaded is not None)
     if r.exit_code != 0:
         errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
         why = errors[-1] if errors else (first_error if loaded is None else r.output.strip())

@@ -145,7 +145,7 @@ def load_config(path: str | Path, typed: frozenset[str] = frozenset()) -> Loaded
         parallel=reader.parallel,
         objective=goal,
         skipped=dict(reader.skipped),
-        unknown=tuple(unknown),
+        unknown=(*unknown, *reader.nested_unknown),
         pattern_targets=reader.pattern_targets,
         default_targets=reader.default_targets,
     )

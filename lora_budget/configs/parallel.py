@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lora_budget.configs.nested import check_deepspeed, check_fsdp
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
 from lora_budget.loads import InputFileError, read_json
@@ -144,10 +145,8 @@ def _deepspeed(r: Reader, value: Any) -> str:
 
 
 def deepspeed_file(r: Reader) -> str:
-    """A DeepSpeed JSON given as the config itself."""
-    r.used.update(
-        ("zero_optimization", "bf16", "fp16", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-    )
+    """A DeepSpeed JSON given as the config itself (its keys are classified by ``nested.check_deepspeed``)."""
+    r.used.update(r.data)
     r.notes.append("a DeepSpeed JSON does not name the model or the method: --model and --method decide")
     return _from_ds_dict(r, r.data, r.path.name, "")
 
@@ -176,6 +175,7 @@ def _from_ds_dict(r: Reader, data: dict[str, Any], label: str, where: str) -> st
         param = True
     _buckets(r, zero, stage, label)
     _ds_extras(r, data, label, fail)
+    check_deepspeed(r, data, f"deepspeed: {label}: ")
     return _set_zero(r, stage, opt, param, label, f"deepspeed ({label})")
 
 
@@ -330,6 +330,7 @@ def _fsdp(r: Reader) -> str:
     if bad := [t for t in tokens if t not in FSDP_TOKENS]:
         raise r.fail("fsdp", f"unknown option {bad[0]!r}; use {', '.join(FSDP_TOKENS)}")
     cfg = _fsdp_config(r)
+    check_fsdp(r, cfg)
     strategy_token, source = next((t for t in tokens if t in _SHARDING), None), "fsdp"
     if "sharding_strategy" in cfg:
         v = cfg["sharding_strategy"]

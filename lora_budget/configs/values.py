@@ -71,6 +71,8 @@ class Reader:
     """The key whose regular expression gave ``targets`` (kept to the model's linears once it is known)."""
     default_targets: str = ""
     """The absent key whose PEFT per-model default gave ``targets`` (replaced by the model's once it is known)."""
+    nested_unknown: list[str] = field(default_factory=list)
+    """Keys inside a DeepSpeed JSON or fsdp_config no list names (``configs/nested.py``), as ``where.key``."""
 
     def typed_over(self, param: str, *keys: str) -> bool:
         """Whether ``param`` was typed; then ``keys`` count as read (replaced by the flag), not validated."""
