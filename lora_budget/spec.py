@@ -340,11 +340,6 @@ class TrainSpec:
             raise LoraBudgetError(
                 f"completion length {self.completion_len} leaves no prompt in sequence length {self.seq_len}"
             )
-        if self.objective not in ("sft", "reward") and not self.autocast_on and self.activation_bytes == 4:
-            raise LoraBudgetError(
-                f"{self.objective} is planned with 16-bit logits, as TRL runs it (bf16=True, the default); "
-                "fp32 logits (fp32 weights, or a kbit-prepared model without autocast) are not modelled yet"
-            )
         if self.objective != "sft" and self.loss_kernel != "full-ce":
             raise LoraBudgetError(
                 f"--loss {self.loss_kernel} is a cross-entropy kernel; {self.objective} computes its own loss "

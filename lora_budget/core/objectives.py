@@ -29,6 +29,15 @@ for ``logits_to_keep = C + 1`` positions:
   slice's zero tensor and the clone ``CopySlices`` makes of it for the in-place temperature
   division on the view (rows (C + 1) each).
 
+fp32 logits (an fp32 model, or a kbit-prepared one without autocast) take the other branch of
+``selective_log_softmax``: ``gather`` of the logits and a ``logsumexp`` per row, which keeps the
+logits themselves (its input) for backward and no ``log_softmax`` output. The loss holds the
+logits (rows P; the reference's too when it runs) and, inside ``logsumexp``, the ``(x - max)``
+row that ATen's ``logsumexp_out_impl`` allocates (``ReduceOps.cpp``; a C++ temporary the fake
+trace cannot see, so the tests add it to the traced figure); backward holds rows (4P - 3):
+``gather``'s dense zero gradient and the stacked per-row ``logsumexp`` gradients with their
+sum. GRPO's fp32 loss is the bf16 one without the saved rows (rows C); its backward is the same.
+
 Reward (``RewardTrainer``): the classifier's logits are one number per position; no vocabulary
 tensor exists.
 
@@ -59,6 +68,8 @@ class ObjectiveLoss:
     """A reference forward runs inside the loss (adapter-disabled policy or a frozen copy)."""
     completion_len: int
     """grpo: completion tokens (0: TRL's default, 256, at most s - 1)."""
+    fp32: bool = False
+    """fp32 logits: ``selective_log_softmax``'s gather + logsumexp branch."""
 
     def completion(self, seq_len: int) -> int:
         return self.completion_len or min(GRPO_COMPLETION, seq_len - 1)
@@ -69,10 +80,14 @@ class ObjectiveLoss:
             return 0, 0
         if self.kind == "grpo":
             c = self.completion(seq_len)
-            fwd = rows * (c + 1) + 2 * rows * c + 3 * min(ENTROPY_CHUNK, rows * c)
+            saved = 0 if self.fp32 else rows * c  # the 16-bit path keeps each row's log_softmax output
+            fwd = rows * (c + 1) + saved + rows * c + 3 * min(ENTROPY_CHUNK, rows * c)
             bwd = 2 * rows * c + 2 * rows * (c + 1)
             return self.cv * fwd, self.cv * bwd
         p = seq_len
+        if self.fp32:
+            fwd = rows * p * (2 if self.reference else 1) + (p - 1)
+            return self.cv * fwd, self.cv * rows * (4 * p - 3)
         policy = rows * (2 * p - 1)
         ref = rows * p + min(2, rows) * (p - 1) if self.reference else 0
         return self.cv * (policy + ref), self.cv * policy
@@ -88,4 +103,5 @@ def objective_loss(spec: TrainSpec, logits_bytes: int) -> ObjectiveLoss | None:
         cv=logits_bytes * spec.model.shape.vocab,
         reference=spec.objective != "grpo" and spec.reference_kind in ("adapter", "copy"),
         completion_len=spec.completion_len,
+        fp32=logits_bytes == 4,
     )
