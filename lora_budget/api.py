@@ -238,6 +238,12 @@ def _check_keywords(spec_options: dict[str, Any]) -> None:
             raise LoraBudgetError(f"plan() got an unknown keyword {key!r}{hint}; valid: {', '.join(names)}")
 
 
+def card_calibration(card: GPU, overhead_bytes: int = 0) -> CalibratedOverhead | None:
+    """The calibrated overhead ``plan`` (and ``search``) adds to a card's peaks: none when the caller
+    gives its own ``overhead_bytes`` or the card is a bare size, else the card's calibration if any."""
+    return None if overhead_bytes or card.from_size else calibrated_overhead(card.name)
+
+
 @lru_cache(maxsize=1)
 def _spec_keywords() -> tuple[str, ...]:
     return tuple(
@@ -290,7 +296,7 @@ def plan(
         raise LoraBudgetError(f"the price must be a positive USD per GPU-hour, got {price_usd_per_h!r}")
     if isinstance(inter_node_gbps, bool) or not isinstance(inter_node_gbps, int | float) or not inter_node_gbps > 0:
         raise LoraBudgetError(f"the inter-node bandwidth must be a positive Gb/s per GPU, got {inter_node_gbps!r}")
-    calibration = None if overhead_bytes or card.from_size else calibrated_overhead(card.name)
+    calibration = card_calibration(card, overhead_bytes)
     if calibration is not None:
         overhead_bytes = calibration.overhead_bytes
     auto = batch_size == "auto"

@@ -23,7 +23,7 @@ import dataclasses
 import multiprocessing
 from dataclasses import dataclass
 
-from lora_budget.catalog.calibration import calibrated_overhead
+from lora_budget.api import card_calibration
 from lora_budget.catalog.gpus import GPU
 from lora_budget.core.peak import peak_model
 from lora_budget.errors import LoraBudgetError
@@ -180,7 +180,7 @@ def _walk_part(
         cards = [g for g, most in space.gpus if n <= most]
         capacity = {}
         for gpu in cards:
-            cal = calibrated_overhead(gpu.name) if not overhead_bytes else None
+            cal = card_calibration(gpu, overhead_bytes)
             capacity[gpu.name] = gpu.memory_bytes - (cal.overhead_bytes if cal is not None else 0)
         largest = max(capacity.values(), default=0)
         for ckpt in (True, False):  # checkpointing first: where it does not fit, nothing without it does
