@@ -122,6 +122,12 @@ def trace(
 
     if steps < 1:
         raise LoraBudgetError("steps must be at least 1")
+    if spec.framework == "litgpt":
+        # LitGPT's own model and loop, where litgpt is importable (runtime/litgpt.py says how)
+        from lora_budget.runtime.litgpt import import_litgpt, trace_litgpt
+
+        import_litgpt()
+        return trace_litgpt(spec)
     shape = spec.model.shape
     if fake and spec.autocast_on and (shape.norm == "layer" or shape.act == "gelu_new"):
         raise LoraBudgetError(
