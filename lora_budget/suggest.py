@@ -118,10 +118,10 @@ def suggest(spec: TrainSpec, key: StepKey, capacity: int, overhead: int) -> tupl
     out: list[Suggestion] = []
     taken: list[frozenset[str]] = []
     for option in options:
+        if any(words <= option.words for words in taken):
+            continue  # a smaller change already fits (its model need not be built)
         if option.candidate() is None:
             continue
-        if any(words <= option.words for words in taken):
-            continue  # a smaller change already fits
         b = option.batch_size or spec.batch_size
         if option.fits(b, spec.seq_len, capacity):
             peak = option.candidate().model.peak_bytes(b, spec.seq_len)
