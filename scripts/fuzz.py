@@ -182,6 +182,16 @@ class Outcome:
     case: str
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL the case's process group (the child and any worker it started), then reap the child."""
+    for target in (-pid, pid):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.waitpid(pid, 0)
+
+
 def run_case(index: int, case: Case, guard: Path, *, limit_s: float = LIMIT_S) -> Outcome:
     """Run ``case`` in a forked child under ``limit_s`` seconds and judge it and the guard folder."""
     before = snapshot(guard)
@@ -205,24 +215,27 @@ def run_case(index: int, case: Case, guard: Path, *, limit_s: float = LIMIT_S) -
     os.close(write_end)
     chunks: list[bytes] = []
     timed_out = False
-    while True:
-        left = limit_s - (time.monotonic() - started)
-        ready, _, _ = select.select([read_end], [], [], max(left, 0))
-        if not ready:
-            timed_out = True
-            break
-        chunk = os.read(read_end, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
+    try:
+        while True:
+            left = limit_s - (time.monotonic() - started)
+            ready, _, _ = select.select([read_end], [], [], max(left, 0))
+            if not ready:
+                timed_out = True
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BaseException:  # the fuzzer itself interrupted: take the case's processes down with it
+        _kill(pid)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        os.close(read_end)
     if timed_out:
-        for target in (-pid, pid):
-            try:
-                os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    os.waitpid(pid, 0)
+        _kill(pid)
+    else:
+        os.waitpid(pid, 0)
     wall_s = time.monotonic() - started
     shutil.rmtree(work, ignore_errors=True)
     if timed_out:
@@ -265,9 +278,18 @@ def preload() -> None:
         pass
 
 
-def fuzz(seed: int, start: int, cases: int, *, limit_s: float = LIMIT_S, quiet: bool = False) -> list[Outcome]:
+def fuzz(
+    seed: int,
+    start: int,
+    cases: int,
+    *,
+    limit_s: float = LIMIT_S,
+    quiet: bool = False,
+    outcomes: list[Outcome] | None = None,
+) -> list[Outcome]:
+    """Cases ``start`` to ``start + cases - 1`` of ``seed``, appended to ``outcomes`` as they finish."""
     preload()
-    outcomes = []
+    outcomes = [] if outcomes is None else outcomes
     with tempfile.TemporaryDirectory() as top:
         guard = Path(top) / "guard"
         make_guard(guard)
@@ -343,7 +365,12 @@ def main_() -> None:
         return
     else:
         started = time.monotonic()
-        outcomes = fuzz(ns.seed, ns.start, ns.cases, limit_s=ns.limit)
+        outcomes: list[Outcome] = []
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # a timeout's TERM: keep the cases done
+        try:
+            fuzz(ns.seed, ns.start, ns.cases, limit_s=ns.limit, outcomes=outcomes)
+        except KeyboardInterrupt:
+            print(f"interrupted after {len(outcomes)} of {ns.cases} cases; the figure counts those", flush=True)
         figure = summary(outcomes, ns.seed, time.monotonic() - started)
         if ns.summary:
             Path(ns.summary).write_text(json.dumps(figure, indent=1))
