@@ -101,6 +101,7 @@ SETTINGS = (
     "framework",
     "kbit_prep",
     "eval_batch_size",
+    "gpus",
 )
 """The memory-relevant settings each hand-verified config pins."""
 
@@ -129,8 +130,14 @@ class Outcome:
 
 
 def tool_of(path: str) -> str:
-    first = path.split("/")[0]
-    return "llamafactory-v1" if "/examples/v1/" in path else first
+    """The table's row: the repository's folder, with LLaMA-Factory v1, accelerate and DeepSpeed files apart."""
+    if "/examples/v1/" in path:
+        return "llamafactory-v1"
+    if "/accelerate" in path:
+        return "accelerate"
+    if "deepspeed" in path.split("/")[-2]:
+        return "deepspeed"
+    return path.split("/")[0]
 
 
 def _plan(path: Path, *extra: str):
@@ -164,6 +171,7 @@ def classify(rel: str) -> Outcome:
     if r.exit_code != 0 and loaded is not None and (_UNRESOLVED.search(r.output) or "names no model" in r.output):
         model = str(loaded.values.get("model", "")).lower()
         base = next((m for folder, m in BASE_BY_FOLDER.items() if rel.startswith(folder)), None)
+        base = base or ("8b" if loaded.format in ("deepspeed", "accelerate") else None)  # they never name one
         family = base or next((ours for key, ours in FAMILY if key in model), "8b")
         if base or (model and not any(word in model for word in NOT_LM)):
             r = _plan(path, "--model", family)
@@ -202,6 +210,7 @@ def table(outcomes: list[Outcome]) -> str:
         "misread",
         "verified OK",
         "non-SFT",
+        "traceback",
     )
     rows = []
     for tool in [*tools, "total"]:
@@ -221,6 +230,7 @@ def table(outcomes: list[Outcome]) -> str:
                 len(misread),
                 f"{sum(1 for o in verified if not o.wrong)}/{len(verified)}",
                 sum(1 for o in planned if o.objective != "sft"),
+                sum(1 for o in mine if o.kind == "traceback"),
             )
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]

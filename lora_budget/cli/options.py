@@ -275,7 +275,8 @@ def apply_config(path: str, kw: dict[str, Any]) -> dict[str, Any]:
     # typed --strategy overrides both.
     held: tuple[str, ...] = ()
     if "strategy" in out and loaded.values.get("strategy", "ddp") != "ddp" and not typed("strategy"):
-        if out.get("gpus", 1) == 1:
+        gpus = out.get("gpus", 1) if typed("gpus") else loaded.values.get("gpus", out.get("gpus", 1))
+        if gpus == 1:  # an accelerate config's num_processes is the world size
             held = tuple(p for p in ("strategy", "offload") if p in loaded.values)
     overridden = []
     for param, value in loaded.values.items():

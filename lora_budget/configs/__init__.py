@@ -53,6 +53,8 @@ class LoadedConfig:
 
     def check_model(self) -> None:
         """Raise a one-line error when a format that names its model does not; the caller skips it under --model."""
+        if self.format in ("deepspeed", "accelerate"):  # these formats never name one
+            raise LoraBudgetError(f"{self.path}: a {self.format_name} names no model; pass --model (and --method)")
         if self.model_key and "model" not in self.values:
             raise LoraBudgetError(
                 f"{self.path}: no {self.model_key}: the file names no model; add {self.model_key}: <model> "

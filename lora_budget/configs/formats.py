@@ -32,7 +32,7 @@ Key names and defaults are those each tool documents:
 
 from __future__ import annotations
 
-from lora_budget.configs import axolotl, defaults, llamafactory_v1
+from lora_budget.configs import accelerate, axolotl, defaults, llamafactory_v1
 from lora_budget.configs.common import (
     DTYPE_NAMES,
     attn_implementation,
@@ -210,4 +210,5 @@ MAPPERS = {
     "peft": peft,
     "hf_config": hf_config,
     "deepspeed": deepspeed,
+    "accelerate": accelerate.read,
 }

@@ -32,6 +32,8 @@ DS_NO_EFFECT = (
     "csv_monitor",
     "comms_logger",
     "checkpoint",
+    "comms_config",  # communication logging
+    "monitor_config",  # DeepSpeed's monitor (tensorboard / csv / wandb)
     "_comment",
 )
 DS_NOT_MODELLED = {
@@ -112,6 +114,7 @@ FSDP_NO_EFFECT = (
 )
 FSDP_NOT_MODELLED = {
     "activation_cpu_offload": "activations offloaded to CPU memory: planned on the GPU (an over-estimate)",
+    "activation_checkpointing_offload": "checkpointed layer inputs offloaded to CPU memory: planned on the GPU",
     "mixed_precision_policy": "FSDP's own parameter / reduce dtypes: planned in the configured dtype",
     "cpu_offload_pin_memory": "host-side pinning (no GPU effect)",
 }

@@ -8,7 +8,7 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.loads import parse_json, parse_yaml
 
-FORMATS = ("axolotl", "llamafactory", "llamafactory_v1", "trl", "peft", "hf_config", "deepspeed")
+FORMATS = ("axolotl", "llamafactory", "llamafactory_v1", "trl", "peft", "hf_config", "deepspeed", "accelerate")
 FORMAT_NAMES = {
     "axolotl": "axolotl YAML",
     "llamafactory": "LLaMA-Factory YAML",
@@ -17,6 +17,7 @@ FORMAT_NAMES = {
     "peft": "PEFT adapter_config.json",
     "hf_config": "Hugging Face config.json",
     "deepspeed": "DeepSpeed JSON",
+    "accelerate": "accelerate config YAML",
 }
 
 # keys only one tool uses, checked in this order
@@ -67,6 +68,8 @@ def detect(data: dict[str, Any], p: Path, yaml: bool) -> str:
             return "peft"
         if "model_type" in data and ("architectures" in data or "hidden_size" in data or "n_embd" in data):
             return "hf_config"
+    if yaml and "distributed_type" in data and ("compute_environment" in data or "num_processes" in data):
+        return "accelerate"
     if yaml and "model" in data and "base_model" not in data and any(k in data for k in _LLAMAFACTORY_V1_KEYS):
         return "llamafactory_v1"
     if any(k in data for k in _LLAMAFACTORY_KEYS) and "base_model" not in data:
