@@ -73,35 +73,46 @@ def api_sweep() -> list[tuple[str, bool, int, int, int]]:
     return sweep
 
 
-def plan_api_calls_per_second(repeats: int = 3) -> tuple[float, float, float]:
-    """(best calls/s of the public ``plan()`` over ``api_sweep`` from empty caches, the same for 300 specs
-    that each need a new model (a new LoRA rank every call), and one reused ``peak_model`` breakdown
-    evaluation per second: the floor a cached planner approaches). Target >= 2,000 for the first."""
+def plan_api_calls_per_second(repeats: int = 3) -> dict[str, float]:
+    """The public ``plan()`` over ``api_sweep`` from empty caches (target >= 2,000 calls/s), beside its floor.
+
+    Each repeat empties every planner cache, runs the whole sweep, then evaluates one reused
+    ``peak_model`` breakdown for about as long (the floor a cached planner approaches), so both see
+    the same load on a shared machine. Returned: the best wall rate of the sweep (``calls_per_s``), its
+    rate per CPU-second (``calls_per_cpu_s``, what a core of its own would give), the floor's wall
+    rate in the same repeat (``floor_per_s``) and the best ratio of the two (``ratio``); and the rate
+    when every call needs a new model, a new LoRA rank each time (``new_model_calls_per_s``)."""
     from lora_budget.api import plan
     from lora_budget.suggest import clear_caches
 
     plan("7b", "24GB", "lora")  # warm imports and catalog
     sweep = api_sweep()
-    rates = []
+    model = peak_model(TrainSpec(model=resolve_model("7b"), method="lora"))
+    grid = [(b, s) for b in range(1, 11) for s in range(128, 4097, 128)]
+    best: dict[str, float] = {"calls_per_s": 0.0, "calls_per_cpu_s": 0.0, "floor_per_s": 0.0, "ratio": 0.0}
     for _ in range(repeats):
         clear_caches()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for m, c, r, b, s in sweep:
             plan("7b", "rtx4090", m, batch_size=b, seq_len=s, rank=r, grad_ckpt=c)
-        rates.append(len(sweep) / (time.perf_counter() - start))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < wall:
+            for b, s in grid:
+                model.breakdown(b, s)
+            n += len(grid)
+        floor = n / (time.perf_counter() - start)
+        rate = len(sweep) / wall
+        if rate / floor > best["ratio"]:
+            best["floor_per_s"], best["ratio"] = floor, rate / floor
+        best["calls_per_s"] = max(best["calls_per_s"], rate)
+        best["calls_per_cpu_s"] = max(best["calls_per_cpu_s"], len(sweep) / cpu)
     clear_caches()
     start = time.perf_counter()
     for i in range(300):
         plan("7b", "rtx4090", ("full", "lora", "qlora")[i % 3], batch_size=1 + i % 10, rank=8 + i)
-    cold = 300 / (time.perf_counter() - start)
-    model = peak_model(TrainSpec(model=resolve_model("7b"), method="lora"))
-    floors = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b, s in ((b, s) for b in range(1, 11) for s in range(128, 4097, 128)):
-            model.breakdown(b, s)
-        floors.append(320 / (time.perf_counter() - start))
-    return max(rates), cold, max(floors)
+    best["new_model_calls_per_s"] = 300 / (time.perf_counter() - start)
+    return best
 
 
 def write_bytecode() -> None:
@@ -155,11 +166,14 @@ def cold_start(runs: int = 20) -> dict[str, tuple[float, float]]:
 
 
 if __name__ == "__main__":
-    rate, cold, floor = plan_api_calls_per_second()
+    api = plan_api_calls_per_second()
     print(
-        f"plan() API: {rate:,.0f} calls/s over 9,216 distinct single-method specs with suggestions on, from empty "
-        f"caches, best of 3 (target >= 2,000: {'met' if rate >= 2000 else 'NOT met'}); ratio to one reused breakdown "
-        f"evaluation ({floor:,.0f}/s, same run) = {rate / floor:.3f}; every call a new model: {cold:,.0f} calls/s"
+        f"plan() API: {api['calls_per_s']:,.0f} calls/s wall, {api['calls_per_cpu_s']:,.0f} per CPU-second, over "
+        "9,216 distinct single-method specs with suggestions on, from empty caches, best of 3 (target >= 2,000: "
+        f"{'met' if api['calls_per_s'] >= 2000 else 'NOT met'} wall, "
+        f"{'met' if api['calls_per_cpu_s'] >= 2000 else 'NOT met'} per CPU-second); ratio to one reused breakdown "
+        f"evaluation in the same repeat ({api['floor_per_s']:,.0f}/s) = {api['ratio']:.4f}; "
+        f"every call a new model: {api['new_model_calls_per_s']:,.0f} calls/s"
     )
     write_bytecode()
     times = cold_start()

@@ -17,6 +17,7 @@ any of this, over 400 varied specs.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,15 +59,18 @@ class _Candidate:
     Peak memory grows with the micro-batch b and the sequence length s, so a fit at (b, s) answers
     every (b' <= b, s' <= s) and a miss every (b' >= b, s' >= s). ``known`` keeps, per capacity and
     per sequence length seen, the largest b known to fit and the smallest known not to, each
-    propagated to the other sequence lengths it answers for.
+    propagated to the sequence lengths it answers for: the first is then non-increasing in s and
+    the second non-decreasing, so a new sequence length takes its bounds from its two neighbours.
     """
 
     model: PeakModel
-    known: dict[int, dict[int, list[int]]] = field(default_factory=dict)
-    """capacity -> sequence length -> [largest b known to fit (0: none), smallest b known not to]."""
+    known: dict[int, tuple[list[int], dict[int, list[int]]]] = field(default_factory=dict)
+    """capacity -> (sequence lengths seen, sorted; s -> [largest b known to fit (0: none), smallest
+    b known not to])."""
 
     def fits(self, batch_size: int, seq_len: int, capacity: int) -> bool:
-        bounds = self.known.get(capacity, {}).get(seq_len)
+        known = self.known.get(capacity)
+        bounds = known[1].get(seq_len) if known is not None else None
         if bounds is not None:
             if batch_size <= bounds[0]:
                 return True
@@ -75,22 +79,29 @@ class _Candidate:
         return self._evaluate(batch_size, seq_len, capacity)
 
     def _evaluate(self, batch_size: int, seq_len: int, capacity: int) -> bool:
-        by_seq = self.known.get(capacity)
-        if by_seq is None or len(by_seq) >= KNOWN_LIMIT:
-            by_seq = self.known[capacity] = {}
-        bounds = by_seq.get(seq_len)
-        if bounds is None:
-            fit = max((lo for s, (lo, _) in by_seq.items() if s >= seq_len), default=0)
-            miss = min((hi for s, (_, hi) in by_seq.items() if s <= seq_len), default=NEVER)
-            bounds = by_seq[seq_len] = [fit, miss]
+        known = self.known.get(capacity)
+        if known is None or len(known[0]) >= KNOWN_LIMIT:
+            known = self.known[capacity] = ([], {})
+        order, by_seq = known
+        i = bisect.bisect_left(order, seq_len)
+        if i == len(order) or order[i] != seq_len:
+            fit = by_seq[order[i]][0] if i < len(order) else 0  # the next longer sequence's
+            miss = by_seq[order[i - 1]][1] if i > 0 else NEVER  # the next shorter sequence's
+            order.insert(i, seq_len)
+            by_seq[seq_len] = [fit, miss]
             if batch_size <= fit or batch_size >= miss:
                 return batch_size <= fit
         ok = self.model.fit_bytes(batch_size, seq_len) <= capacity
-        for s, known in by_seq.items():
-            if ok and s <= seq_len and known[0] < batch_size:
-                known[0] = batch_size
-            elif not ok and s >= seq_len and known[1] > batch_size:
-                known[1] = batch_size
+        if ok:  # every shorter sequence fits this micro-batch too
+            for s in reversed(order[: i + 1]):
+                if by_seq[s][0] >= batch_size:
+                    break
+                by_seq[s][0] = batch_size
+        else:  # no longer sequence fits it
+            for s in order[i:]:
+                if by_seq[s][1] <= batch_size:
+                    break
+                by_seq[s][1] = batch_size
         return ok
 
 
