@@ -160,6 +160,16 @@ def _judge_api(case: Case) -> tuple[str, str, int]:
     return "ok", "", 0
 
 
+def isolate(work: Path) -> None:
+    """Point every cache a command may write (derived coefficients under ``$XDG_CACHE_HOME``, the
+    Hugging Face cache) into the case's own folder: nothing outside it is written, and no case
+    sees what an earlier one cached."""
+    os.environ["XDG_CACHE_HOME"] = str(work / ".cache")
+    os.environ["HF_HOME"] = str(work / ".cache" / "huggingface")
+    os.environ.pop("LORA_BUDGET_COEFFICIENTS", None)
+    os.environ.pop("HF_HUB_CACHE", None)
+
+
 def judge(case: Case) -> tuple[str, str, int]:
     """Run ``case`` here (the child, in its temp folder): (kind, detail, exit code or HTTP status)."""
     if case.target == "serve":
@@ -205,6 +215,7 @@ def run_case(index: int, case: Case, guard: Path, *, limit_s: float = LIMIT_S) -
         try:
             os.setpgid(0, 0)
             os.chdir(work)
+            isolate(Path(work))
             verdict = judge(case)
         except BaseException as exc:  # noqa: BLE001 - reported, never raised in the fuzzer
             verdict = ("traceback", f"{type(exc).__name__} in the runner: {str(exc)[:200]}", 1)

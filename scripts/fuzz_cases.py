@@ -7,7 +7,7 @@ as one long run, and a printed case can be replayed alone (``fuzz.py --replay SE
 
 Keeping cases cheap (the last 2,000-case run hung for more than 13 minutes on real work):
 
-- torch commands (trace, profile, report --trace, check --engine trace|profile) only ever see the
+- torch commands (trace, derive, profile, report --trace, check --engine trace|profile) only ever see the
   4-layer ``tests/data/tiny-llama`` config as a valid model, never a catalog model;
 - ``validate`` always gets a bad ``--models`` or an unusable ``--out``, so it never starts the grid;
 - ``profile`` starts from ``--device cpu --steps 1 --warmup 0 --methods lora -s 16 -b 1`` (the
@@ -39,7 +39,7 @@ from lora_budget.cli import COMMANDS  # noqa: E402
 
 CLI_TARGETS = tuple(n for n in COMMANDS if n != "serve")
 TARGETS = (*CLI_TARGETS, "serve", "api", "config")
-TORCH = {"trace", "profile", "validate"}
+TORCH = {"trace", "profile", "validate", "derive"}
 DESTINATIONS = ("--out", "--baseline", "--timeline")
 READERS = ("--data", "--price-file", "--profiles", "--tokenizer", "--weights", "--config")
 
@@ -122,7 +122,7 @@ def cli_case(rng: random.Random, name: str, guard: Path) -> Case:
     torch_like = name in TORCH or name in ("report", "check")
     valid = TORCH_VALID if torch_like else VALID
     args: list[str] = ["--offline"] if any(p.opts[0] == "--offline" for p in params) else []
-    if name in ("trace", "check", "report", "profile") or (name == "search" and rng.random() < 0.5):
+    if name in ("trace", "check", "report", "profile", "derive") or (name == "search" and rng.random() < 0.5):
         args += ["--model", TINY]
     if name == "profile":
         args += ["--device", "cpu", "--steps", "1", "--warmup", "0", "--methods", "lora", "-s", "16", "-b", "1"]
