@@ -75,6 +75,8 @@ REASONS = (
     ("flash_attn: must be", "value the tool itself refuses"),
     ("does not exist in", "model unresolved: the stand-in lacks its target modules"),
     ("unsupported config format", "not a training config"),
+    ("is larger than", "LoRA rank above a 1-wide MoE gate (PEFT allows it; the planner refuses)"),
+    ("leaves no prompt", "GRPO completion longer than the sequence (objective reading)"),
     ("unknown model", "model not a causal LM"),
     ("target_modules", "targets not modelled"),
 )
