@@ -52,6 +52,10 @@ FAMILY = (
 )
 """Substring of a model id -> a catalog model of that family (first match wins; else Llama-3.1-8B)."""
 
+BY_MODULE = (("query_key_value", "falcon-7b"), ("c_attn", "gpt2"), ("c_fc", "gpt2"))
+"""A target module name -> a catalog model that has it: the stand-in when the family's lacks the file's targets
+(Pythia and GPT-NeoX name their attention query_key_value, as Falcon does; Cerebras-GPT is GPT-2 shaped)."""
+
 NOT_LM = ("flux", "stable-diffusion", "sdxl")
 """Model ids of image generators: no language model to stand in for them."""
 
@@ -177,6 +181,10 @@ def classify(rel: str) -> Outcome:
         family = base or next((ours for key, ours in FAMILY if key in model), "8b")
         if base or (model and not any(word in model for word in NOT_LM)):
             r = _plan(path, "--model", family)
+            missing = re.search(r"target module '([^']+)' does not exist", r.output)
+            other = next((m for name, m in BY_MODULE if missing and missing.group(1) == name), None)
+            if other:
+                r = _plan(path, "--model", other)
     if (r.exception is not None and not isinstance(r.exception, SystemExit)) or "internal error" in r.output:
         why = repr(r.exception) if r.exception is not None and not isinstance(r.exception, SystemExit) else r.output
         return Outcome(path=rel, tool=tool, kind="traceback", why=why.strip(), read=loaded is not None)
