@@ -77,6 +77,6 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         lines.append(
             "cuda alloc, reserved: the step's allocations and frees replayed through a model of the CUDA caching "
             "allocator (max_memory_allocated counts unsplit block remainders; max_memory_reserved its segments); "
-            "not yet checked on a GPU"
+            "compared with published reserved and nvidia-smi figures in reports/reserved.md, not yet with a GPU profile"
         )
     return "\n".join(lines)

@@ -130,8 +130,10 @@ def _trace_row(row: dict[str, str]) -> dict[str, Any]:
 def provenance(path: Path = TRACES) -> dict[str, Any]:
     """The commit and library versions a trace is made with: ``HEAD`` of the repository holding
     ``path``, and whether the code that ran had uncommitted changes there. Code running from
-    outside that repository (a ``git archive`` of ``HEAD``, so that other edits of the working tree
-    cannot reach a run of many minutes) is that commit as exported."""
+    outside that repository is an export, so that other edits of the working tree cannot reach a
+    run of many minutes: ``git archive HEAD lora_budget | tar -x -C DIR`` and
+    ``git rev-parse HEAD > DIR/COMMIT``, then ``PYTHONPATH=DIR python -m
+    lora_budget.validation.reserved --retrace --traces <this repository's data file>``."""
     from importlib.metadata import PackageNotFoundError, version
 
     root = path.resolve().parents[3]
@@ -150,11 +152,17 @@ def provenance(path: Path = TRACES) -> dict[str, Any]:
             versions[name] = "absent"
     code = Path(__file__).resolve()
     if code.is_relative_to(root):
-        changed = bool(git("status", "--porcelain", "--", "lora_budget"))
-        where = "working tree"
+        commit, changed, where = (
+            git("rev-parse", "HEAD"),
+            bool(git("status", "--porcelain", "--", "lora_budget")),
+            "working tree",
+        )
     else:
-        changed, where = False, "git archive of the commit"
-    return {"commit": git("rev-parse", "HEAD"), "code": where, "uncommitted_changes": changed, "versions": versions}
+        stamp = code.parents[2] / "COMMIT"
+        if not stamp.exists():
+            raise LoraBudgetError(f"{code.parents[2]} is an export: write its commit to {stamp} first")
+        commit, changed, where = stamp.read_text().strip(), False, "git archive of the commit"
+    return {"commit": commit, "code": where, "uncommitted_changes": changed, "versions": versions}
 
 
 def retrace(rows: list[dict[str, str]], path: Path = TRACES, only: set[str] | None = None, log=print) -> dict:

@@ -17,12 +17,17 @@ CAUSES: dict[str, str] = {
     "(row 129, statistic unstated) is 7.98 GiB, 3.6 GiB above the traced allocated peak; torchtune's QLoRA of "
     "April 2024 (torchao NF4 on the LoRA linears, the rest bf16) is not the spec's bitsandbytes QLoRA, and "
     "what else it allocates is not identified yet (issue 11 item 3)",
-    "214": "fp32, batch 4, eager attention: the b*h*s*s scores, probabilities and dropout masks dominate",
-    "215": "batch 1 x 4 accumulation steps",
-    "216": "batch 1 x 4 with reentrant gradient checkpointing",
-    "219": "Adafactor (factored second moment)",
-    "221": "bitsandbytes Adam8bit (8-bit state in 2048-element blocks; parameters under 4096 elements keep 32-bit "
-    "state)",
+    "214": "fp32, batch 4: the replay adds 0.2 GiB of cache over the allocated peak (fixed shapes reuse their "
+    "segments). The miss is in the allocated peak and grows with the batch: published minus predicted is "
+    "1.56 GiB here, 0.51 at batch 1 (215), 0.05 with checkpointing (216), so about 0.35 GiB per added sample, "
+    "close to one more fp32 16x512x512 tensor per layer and sample than the trace keeps (16 MiB x 24 layers = "
+    "0.375 GiB). The guide ran transformers 4.2x on torch 1.x, whose BERT step was not run here; cause not "
+    "identified",
+    "215": "batch 1 x 4 accumulation steps: the one-sample share of 214's gap",
+    "216": "batch 1 x 4 with reentrant gradient checkpointing: only one layer's activations live, and the "
+    "per-sample gap nearly vanishes",
+    "219": "Adafactor (transformers', factored second moment): the batch-4 gap of 214",
+    "221": "bitsandbytes Adam8bit: the batch-4 gap of 214",
 }
 """Per-row notes: the mechanism behind each row's figure and, for misses, the cause found so far.
 Written from the traces and the sources, never fitted."""
@@ -110,9 +115,10 @@ def _line(r: ReservedRow) -> str:
 
 
 NOT_MODELLED = (
-    "allocations outside the tensors the trace sees: the cuBLAS/cuBLASLt workspaces (torch 2.x takes them "
-    "from the caching allocator, 8 MiB and more per stream and handle) and, for nvidia-smi, the cuBLAS and "
-    "cuDNN kernels loaded on first use (after the context was measured);",
+    "allocations no tensor makes: the cuBLAS workspace, one per (handle, stream), which "
+    "`aten/src/ATen/cuda/CublasHandlePool.cpp` takes from the caching allocator (a few MiB, so one 20 MiB "
+    "segment: under 0.2 % of these rows) and, for nvidia-smi, the cuBLAS kernels loaded on the first matmul, "
+    "after the source measured its context;",
     "model loading: the trace registers the weights at the start in module order; a loader that creates and "
     "frees temporaries (a bf16 copy before quantization, a state dict on the GPU) leaves cached segments "
     "the replay does not see;",
