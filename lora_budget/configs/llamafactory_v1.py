@@ -162,6 +162,7 @@ def _kernels(r: Reader) -> None:
     if kernels is None:
         return
     name = _name(r, "kernel_config", kernels)
+    r.nested_unknown.extend(f"kernel_config.{k}" for k in kernels if k not in ("name", "include_kernels"))
     if name == "liger_kernel" and "loss" not in r.typed:
         r.set("loss", "fused-ce", "kernel_config.name: liger_kernel")
     elif name == "auto":
@@ -176,6 +177,8 @@ def _dist(r: Reader) -> str:
     if dist is None:
         return ""
     name = _name(r, "dist_config", dist)
+    known = ("name", "config_file", "cp_size", "cp_mode", "dcp_path")  # dcp_path: where checkpoints go
+    r.nested_unknown.extend(f"dist_config.{k}" for k in dist if k not in known)
     if dist.get("cp_size") not in (None, 1):
         r.notes.append(
             f"dist_config.cp_size: {dist['cp_size']} not modelled: context parallelism splits each sequence "
