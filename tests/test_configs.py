@@ -258,3 +258,17 @@ def test_config_keeps_plan_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_trl_model_init_kwargs(tmp_path):
+    """SFTConfig.model_init_kwargs (TRL v1.9.0 sft_config.py) set the dtype when the trainer loads the model;
+    trl/scripts/sft.py replaces them with ModelConfig's when the file is a script config (model_name_or_path)."""
+    kwargs = {"torch_dtype": "bfloat16", "attn_implementation": "flash_attention_2"}
+    path = tmp_path / "sft.json"
+    path.write_text(json.dumps({"per_device_train_batch_size": 2, "max_length": 512, "model_init_kwargs": kwargs}))
+    v = load_config(path).values
+    assert (v["dtype"], v["attn"]) == ("bf16", "flash")
+    path.write_text(json.dumps({"model_name_or_path": "7b", "max_length": 512, "model_init_kwargs": kwargs}))
+    loaded = load_config(path)
+    assert loaded.values["dtype"] == "fp32"  # ModelConfig.dtype default float32
+    assert any("replaced by the TRL script" in n for n in loaded.notes)

@@ -131,6 +131,13 @@ def _apply_config(path: str, model: str | None, kw: dict[str, Any]) -> tuple[str
             else:
                 kw[option] = convert(value)
     overridden += [p for p in loaded.skipped if p not in overridden]  # file keys a typed flag replaced unread
+    if model is not None and "targets" in kw and "targets" in loaded.values and not typed("targets"):
+        from lora_budget.configs.targets import fit_to_model, peft_default
+
+        if loaded.pattern_targets:  # a pattern adapts only the modules the model has
+            kw["targets"] = fit_to_model(kw["targets"], model)
+        if loaded.default_targets:  # PEFT's default targets depend on the model type
+            kw["targets"] = peft_default(kw["targets"], model)
     for line in loaded.describe(tuple(overridden)):
         click.echo(line, err=True)
     if unused:

@@ -159,8 +159,34 @@ def trl(r: Reader) -> None:
                 raise r.fail(key, f"must be bfloat16, float16, float32 or auto, got {name!r}")
             r.set("dtype", DTYPE_NAMES[name], key)
     attn_implementation(r)
+    _model_init_kwargs(r)
     r.parallel = read_parallel(r)
     defaults.trl(r)
+
+
+def _model_init_kwargs(r: Reader) -> None:
+    """SFTConfig ``model_init_kwargs`` (TRL v1.9.0 trainer/sft_config.py): the kwargs of ``from_pretrained``
+    when the trainer loads the model itself; their dtype and attention count where the top level is silent."""
+    r.used.add("model_init_kwargs")
+    kwargs = r.data.get("model_init_kwargs")
+    if not isinstance(kwargs, dict):
+        return
+    if "model_name_or_path" in r.data:  # trl/scripts/sft.py (v1.9.0) replaces them with ModelConfig's
+        r.notes.append("model_init_kwargs: replaced by the TRL script's own (ModelConfig dtype, attn_implementation)")
+        return
+    for key, value in kwargs.items():
+        where = f"model_init_kwargs.{key}"
+        if key in ("dtype", "torch_dtype") and "dtype" not in r.values and "dtype" not in r.typed:
+            if value not in ("auto", None):
+                if value not in DTYPE_NAMES:
+                    raise r.fail(where, f"must be bfloat16, float16, float32 or auto, got {value!r}")
+                r.set("dtype", DTYPE_NAMES[value], where)
+        elif key == "attn_implementation" and "attn" not in r.values and isinstance(value, str):
+            attn_implementation(r, where, value)
+        elif key == "quantization_config" and value:
+            r.notes.append(f"{where}: not modelled (use load_in_4bit / load_in_8bit, which are read)")
+        elif key not in ("device_map", "trust_remote_code", "revision", "low_cpu_mem_usage", "use_cache"):
+            r.nested_unknown.append(where)
 
 
 def peft(r: Reader) -> None:

@@ -261,8 +261,8 @@ NO_EFFECT: dict[str, str] = {
 """Keys with no effect on one step's memory or speed, each with why."""
 
 NOT_MODELLED: dict[str, str] = {
-    "unfrozen_parameters": "only the parameters matching these patterns train (planned as full fine-tuning of "
-    "every weight: gradients and optimizer state over-planned)",
+    "unfrozen_parameters": "only the matching parameters train (full fine-tuning), or they train beside the "
+    "adapters (LoRA): planned as the method's own trainable set",
     "lora_modules_to_save": "fully trained copies of these modules (their gradients and optimizer state are not "
     "counted)",
     "lora_target_parameters": "LoRA on these parameters (e.g. MoE expert tensors) as well: their adapters are "
