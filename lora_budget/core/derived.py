@@ -301,7 +301,7 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
         backward_transient_attention=backward,
         attention_tail=ZERO,
         first_attention_tail=ZERO,
-        batched_extra=ZERO,
+        batched_extra=Coeff(float(r.get("batched_extra", 0.0))),
         backward_transient_dequant=ZERO,
         dequant_bytes=int(r["forward_fixed_bytes"]),
     )

@@ -83,6 +83,21 @@ def _moment(at: list[fit.Point], series: list[tuple[int, ...]], what: str) -> tu
     return best, best_at
 
 
+def _single_sequence_extra(coeffs: list[float], measured: list[int], probes: list[Any]) -> float | None:
+    """Bytes per token a layer keeps at b = 1 beyond the fit made at b >= 2 (0 for most models).
+
+    Some modelling code saves differently for one sequence: GPT-NeoX (Pythia) keeps 4 h bytes per
+    token more per layer at b = 1 than the b >= 2 fit says (the plan was 1.7 % low against a b = 1
+    trace before this; which op keeps them was not pinned down, the bytes are measured directly).
+    Measured at two sequence lengths; None when the difference is not the same per token at both
+    (then no correction is made and the record says so)."""
+    lin, quad = coeffs
+    per_token = [(m - p.seq_len * (lin + quad * p.seq_len)) / p.seq_len for m, p in zip(measured, probes, strict=True)]
+    if abs(per_token[0] - per_token[1]) > 1.0:
+        return None
+    return float(round(per_token[0]))
+
+
 def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]:
     """Trace, fit and (unless ``save`` is off) cache the coefficients record of ``spec``."""
     from lora_budget.derive.measure import probe
@@ -119,13 +134,26 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
     }
     fwd, fwd_j = _moment(grid, [p.forward for p in probes], "forward")
     bwd, bwd_j = _moment(grid, [p.backward for p in probes], "backward")
-    own = terms["own"][0]
+    single = [probe(dataclasses.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
+    extra = {
+        "first_layer": _single_sequence_extra(terms["first_layer"][0], [p.own[0] for p in single], single),
+        "layer": _single_sequence_extra(terms["own"][0], [p.own[PROBE_LAYERS - 1] for p in single], single),
+    }
+    own, first = list(terms["own"][0]), list(terms["first_layer"][0])
+    batched = 0.0
+    if not spec.grad_ckpt and extra["layer"] is not None and extra["first_layer"] is not None:
+        # the peak model holds the b = 1 layer and adds ``batched_extra`` per token above one sequence
+        own[0] += extra["layer"]
+        first[0] += extra["first_layer"]
+        batched = -extra["layer"]
     record = {
         "schema": SCHEMA,
         "settings": values,
         "layer": [0.0, 0.0] if spec.grad_ckpt else own,
-        "first_layer": terms["first_layer"][0],
-        "checkpoint": own if spec.grad_ckpt else [0.0, 0.0],
+        "first_layer": first,
+        "batched_extra": batched,
+        "single_sequence_extra": extra,
+        "checkpoint": terms["own"][0] if spec.grad_ckpt else [0.0, 0.0],
         "once": terms["once"][0],
         "head": terms["head"][0],
         "forward_transient": fit.per_token(fwd),
@@ -137,6 +165,7 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         "check_residual_bytes": {name: round(t[2]) for name, t in terms.items()},
         "moments": {"forward": fwd_j, "backward": bwd_j},
         "points": [list(p) for p in grid],
+        "single_sequence_points": [[1, p.seq_len] for p in single],
         "layers_traced": PROBE_LAYERS,
         "versions": versions(),
         "wall_s": round(time.perf_counter() - started, 2),
