@@ -272,3 +272,28 @@ def test_trl_model_init_kwargs(tmp_path):
     loaded = load_config(path)
     assert loaded.values["dtype"] == "fp32"  # ModelConfig.dtype default float32
     assert any("replaced by the TRL script" in n for n in loaded.notes)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "targets", "partial"),
+    [
+        # axolotl examples/llama-3-vision: a VLM's text-tower path; Llama-2-7B has all seven modules
+        (
+            r"model.language_model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj",
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            False,
+        ),
+        # PEFT full-matches: ".*(qkv|q|v)_proj" also names qkv_proj, which Llama-2-7B lacks (kept out)
+        (r".*(qkv|q|v)_proj", "q_proj,v_proj", False),
+        # axolotl examples (layer-restricted attention, every MLP): planned on every layer, with a note
+        (r".*\.layers\.(3|7|11)\.self_attn\.(q|v)_proj|.*\.mlp\.down_proj", "q_proj,v_proj,down_proj", True),
+    ],
+)
+def test_target_pattern_is_read_as_peft_matches_it(tmp_path, pattern, targets, partial):
+    path = tmp_path / "axo.yml"
+    path.write_text(f"base_model: 7b\nadapter: lora\nlora_target_modules: '{pattern}'\n")
+    r = run("plan", "--config", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["methods"][0]["spec"]["targets"] == targets
+    assert any("on some layers only" in n for n in data["notes"]) is partial

@@ -165,3 +165,15 @@ def test_profile_config_without_a_model_is_refused_unless_model_is_given(tmp_pat
     r = run("profile", "--config", path, "--device", "cpu", "-m", "7b")
     assert r.exit_code == 0, r.output
     assert seen["model"] == "7b"
+
+
+def test_profile_config_targets_follow_the_model(tmp_path, monkeypatch):
+    """PEFT's per-model default (peft 0.21 utils/constants.py: gpt2 -> c_attn) and a pattern kept to the model's
+    linears (Llama-2 has no qkv_proj), as plan applies them."""
+    seen = _profile_kw(monkeypatch)
+    path = _write(tmp_path / "adapter_config.json", json.dumps({"peft_type": "LORA", "r": 8}))
+    assert run("profile", "--config", path, "--device", "cpu", "-m", "gpt2").exit_code == 0
+    assert seen["targets"] == "c_attn"
+    path = _write(tmp_path / "axo.yml", "base_model: 7b\nadapter: lora\nlora_target_modules: '.*(qkv|q|v)_proj'\n")
+    assert run("profile", "--config", path, "--device", "cpu").exit_code == 0
+    assert seen["targets"] == "q_proj,v_proj"

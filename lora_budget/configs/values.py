@@ -219,9 +219,8 @@ class Reader:
                 key, f"the pattern {pattern!r} matches no decoder-layer linear lora-budget knows; use --targets"
             )
         self.set("targets", ",".join(names), key)
-        self.notes.append(
-            f"{key}: the pattern adapts {', '.join(names)} in the decoder layers (read as PEFT matches it)"
-        )
+        self.pattern_targets = key  # kept to the model's linears once it is known (targets.fit_to_model)
+        self.notes.append(f"{key}: read as PEFT matches it: the decoder linears among {', '.join(names)}")
         if partial:
             self.notes.append(
                 f"{key}: the pattern adapts {', '.join(partial)} on some layers only; not modelled: planned on every "
