@@ -221,9 +221,29 @@ def _analytical_inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     return analytical(shape)
 
 
+def _refusal(shape: ModelShape) -> str:
+    """Why the shipped file could not derive this architecture at this depth ('' if it did not try)."""
+    key = arch_key(shape.arch_config)
+    for row in shipped().get("refused", {}).values():
+        if isinstance(row, dict) and row.get("key") == key and row.get("depth") == shape.layers:
+            return str(row["reason"])
+    return ""
+
+
+_FAILED: dict[tuple[str, int], str] = {}
+"""Architectures this process failed to derive (key, depth) -> the one-line reason: asked again (a
+plan's methods, a config corpus), the answer is the same and costs no second model build."""
+
+
 def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
     arch = json.loads(shape.arch_config)
+    where = (arch_key(shape.arch_config), shape.layers)
+    if where in _FAILED:
+        raise LoraBudgetError(_FAILED[where])
     if not _torch_available():
+        refused = _refusal(shape)  # the shipped file tried it (its transformers' answer)
+        if refused:
+            raise LoraBudgetError(refused)
         raise LoraBudgetError(
             f"{shape.model_type} ({shape.layers} layers) is not modelled analytically and no derived parameter "
             "inventory is stored for it; install torch, transformers and peft (pip install 'lora-budget[torch]') "
@@ -231,7 +251,11 @@ def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
         )
     from lora_budget.derive.arch import derive_architecture
 
-    return derive_architecture(arch, shape.layers)
+    try:
+        return derive_architecture(arch, shape.layers)
+    except LoraBudgetError as exc:
+        _FAILED[where] = str(exc)
+        raise
 
 
 def _torch_available() -> bool:
@@ -329,6 +353,8 @@ def kind(raw: dict[str, Any], where: str = "config") -> str:
         return "not yet"
     if not shape.derived:
         return "analytical"
+    if _refusal(shape):
+        return "not yet"
     key = arch_key(shape.arch_config)
     if read_cache(key).get("coefficients") or shipped()["coefficients"].get(key):
         return "trace-derived"

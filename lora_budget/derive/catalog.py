@@ -34,11 +34,12 @@ def build(entries: list[dict[str, Any]], log: Any = print) -> dict[str, Any]:
     out: dict[str, Any] = {"schema": derived.SCHEMA, "architectures": {}, "coefficients": {}, "refused": {}}
     for entry in entries:
         started = time.perf_counter()
+        key, depth = "", 0
         try:
             shape = shape_from_config(entry["config"], where=entry["name"])
             if not shape.derived:
                 continue
-            key = derived.arch_key(shape.arch_config)
+            key, depth = derived.arch_key(shape.arch_config), shape.layers
             if key not in out["architectures"]:
                 out["architectures"][key] = derive_architecture(json.loads(shape.arch_config), shape.layers)
             elif shape.layers not in out["architectures"][key]["depths"]:
@@ -52,7 +53,7 @@ def build(entries: list[dict[str, Any]], log: Any = print) -> dict[str, Any]:
                 if skey not in out["coefficients"].get(key, {}):
                     out["coefficients"].setdefault(key, {})[skey] = derive_coefficients(spec, save=False)
         except LoraBudgetError as exc:
-            out["refused"][entry["name"]] = str(exc)
+            out["refused"][entry["name"]] = {"reason": str(exc), "key": key, "depth": depth}
             log(f"{entry['name']}: refused ({str(exc)[:100]})")
             continue
         log(f"{entry['name']}: {time.perf_counter() - started:.0f} s")
