@@ -107,7 +107,7 @@ class _Candidate:
 
 def shared_model(key: StepKey, overhead: int) -> PeakModel:
     """The model of ``key``'s specs (``core.peak.shared_peak_model``): evaluate it at a spec's own b and s."""
-    return _candidate(key, (), overhead).model
+    return shared_peak_model(key.spec, overhead)
 
 
 def suggest(spec: TrainSpec, key: StepKey, capacity: int, overhead: int) -> tuple[Suggestion, ...]:
