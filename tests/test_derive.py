@@ -48,6 +48,20 @@ def test_fit_recovers_known_coefficients():
     assert all((b * s) % 512 == 0 for b, s in (*at, check))  # whole allocator blocks (see fit.py)
 
 
+def test_single_sequence_extra_is_a_per_token_difference():
+    """A layer keeping e bytes per token more at b = 1 than the b >= 2 line: e comes back; a
+    difference that is not the same per token at both lengths gives no correction (None)."""
+    from types import SimpleNamespace
+
+    from lora_budget.derive import _single_sequence_extra
+
+    lin, quad, e = 90376.0, 96.0, 8192.0
+    probes = [SimpleNamespace(seq_len=s) for s in (512, 768)]
+    measured = [round(s * (lin + quad * s) + e * s) for s in (512, 768)]
+    assert _single_sequence_extra([lin, quad], measured, probes) == e
+    assert _single_sequence_extra([lin, quad], [measured[0], measured[1] + 4096], probes) is None
+
+
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
@@ -127,6 +141,14 @@ def test_layers_of_several_types_are_refused(cache):
     ref = resolve_model("DeepSeek-V3")
     with pytest.raises(LoraBudgetError, match="differs from layer 0"):
         TrainSpec(model=ref)
+
+
+def test_without_torch_a_shipped_refusal_is_the_message(monkeypatch):
+    """DeepSeek-V3 was refused when the shipped file was made; without torch that reason is the
+    one line, not an install hint that would not help."""
+    monkeypatch.setattr(derived, "_torch_available", lambda: False)
+    with pytest.raises(LoraBudgetError, match="differs from layer 0"):
+        TrainSpec(model=resolve_model("DeepSeek-V3"))
 
 
 def test_missing_coefficients_without_torch_say_how_to_get_them(cache, monkeypatch):

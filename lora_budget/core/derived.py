@@ -268,10 +268,34 @@ def _torch_available() -> bool:
 
 
 def stored_coefficients(spec: Any) -> dict[str, Any] | None:
-    """The coefficients record of ``spec`` from the user cache or the shipped file, or None."""
+    """The coefficients record of ``spec`` from the user cache or the shipped file, or None.
+
+    A cached record is per library versions: one derived under other releases of torch,
+    transformers, peft or bitsandbytes than the installed ones is not used (derived again). The
+    shipped records state the versions they were derived with and serve every installation.
+    """
     key = arch_key(spec.model.shape.arch_config)
     skey = settings_key(settings(spec))
-    return read_cache(key).get("coefficients", {}).get(skey) or shipped()["coefficients"].get(key, {}).get(skey)
+    cached = read_cache(key).get("coefficients", {}).get(skey)
+    installed = installed_versions()
+    if cached is not None and (installed is None or cached.get("versions") == installed):
+        return cached
+    return shipped()["coefficients"].get(key, {}).get(skey)
+
+
+@lru_cache(maxsize=1)
+def installed_versions() -> dict[str, str] | None:
+    """Releases of the libraries that decide what a step saves, from their metadata (no import);
+    None without torch (then any cached record serves)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out if out["torch"] else None
 
 
 def coefficients_record(spec: Any) -> dict[str, Any]:
