@@ -65,7 +65,7 @@ def test_offline_coverage_of_example_model_ids(capsys):
     assert not [i for i, (_, r) in outcomes.items() if r.startswith("error")]
     # floors measured when the entries were added (see the issue note); raise them as entries are added
     assert len(groups["analytical"]) >= 51
-    assert len(groups["analytical"]) + len(groups["derived"]) >= 80
+    assert len(groups["analytical"]) + len(groups["derived"]) >= 81
 
 
 @pytest.mark.parametrize(
@@ -198,5 +198,6 @@ def test_derived_config_builds_with_the_published_count(name, billions):
 
 
 def test_unmodelled_architecture_is_named():
-    with pytest.raises(LoraBudgetError, match=r"architecture 'phi' is not modelled yet"):
-        resolve_model("microsoft/phi-2")
+    # an id of unmodelled.json whose config.json the catalog does not hold: the architecture is named
+    with pytest.raises(LoraBudgetError, match=r"architecture 'mamba' is not modelled yet"):
+        resolve_model("state-spaces/mamba-2.8b")
