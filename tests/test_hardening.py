@@ -264,3 +264,26 @@ def test_report_draws_the_parity_figure_from_store_files(tmp_path):
     with open(out / "parity.csv") as fh:
         got = sorted((int(t["predicted_bytes"]), int(t["measured_bytes"])) for t in csv.DictReader(fh))
     assert got == want and len(got) == 24
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["trace", "-m", str(TINY), "--method", "lora", "-s", "16", "--batch-size", str(2**24 + 1)],
+        ["trace", "-m", str(TINY), "--method", "lora", "-s", str(2**24 + 1)],
+        ["check", "-m", str(TINY), "--method", "lora", "--engine", "profile", "--device", "cpu",
+         "--batch-size", "9" * 40, "--baseline", "b.json", "--update-baseline"],
+        ["profile", "-m", str(TINY), "--device", "cpu", "-s", "16", "-b", f"1,{2**24 + 1}"],
+    ],
+)  # fmt: skip
+def test_a_step_beyond_any_real_one_is_refused_before_it_runs(tmp_path, monkeypatch, args):
+    # a 10^60 micro-batch made a CPU profile allocate for minutes (the fuzzer's one timeout)
+    monkeypatch.chdir(tmp_path)
+    r = _run(args)
+    assert r.exit_code == 2 and "is beyond any real step (at most 16,777,216)" in _error_line(r)
+    assert not any(line.startswith(("running", "reading", "[")) for line in r.stderr.splitlines())
+
+
+def test_plan_takes_any_size():  # it only counts
+    r = _run(["plan", "-m", "7b", "-g", "24GB", "--method", "lora", "--batch-size", str(2**24 + 1)])
+    assert r.exit_code == 0 and "DOES NOT FIT" in r.stdout

@@ -68,9 +68,11 @@ def check_cmd(
     tolerance = finite_number(tolerance, "--tolerance", high=1e6, low_open=False)
     if kw["batch_size"].strip().lower() == "auto":
         raise click.UsageError("check needs a fixed --batch-size (auto depends on the GPU); pass e.g. --batch-size 4")
-    from lora_budget.cli.options import parse_batch
+    from lora_budget.cli.options import check_real_step, parse_batch
 
     batch = parse_batch(kw["batch_size"])
+    if engine in ("trace", "profile"):
+        check_real_step(batch, kw["seq_len"])
     ref = resolve_model(kw["model"])
     methods = MAIN_METHODS if kw["method"] == "all" else tuple(m.strip() for m in kw["method"].split(","))
     specs = []

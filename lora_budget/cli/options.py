@@ -378,6 +378,20 @@ def parse_batch(text: str) -> int | str:
     return value
 
 
+MAX_REAL_STEP = 2**24
+"""Largest micro-batch or sequence length a real or traced step is run at (16,777,216): the step
+makes b x s token ids and activations of that many rows; past this it overflows int64 shapes or
+allocates for minutes (plan, which only counts, takes any size)."""
+
+
+def check_real_step(batch_size: int, seq_len: int) -> None:
+    """A one-line usage error when a step to be traced or measured is beyond any real one."""
+    for value, hint in ((batch_size, "--batch-size"), (seq_len, "--seq-len")):
+        if value > MAX_REAL_STEP:
+            shown = f"{value:,}" if value < 10**12 else f"a {len(str(value))}-digit number"
+            raise click.BadParameter(f"{shown} is beyond any real step (at most {MAX_REAL_STEP:,})", param_hint=hint)
+
+
 _COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from lora_budget.cli.errors import user_errors
-from lora_budget.cli.options import CONFIG_HELP, MODEL_HELP, config_model, typed
+from lora_budget.cli.options import CONFIG_HELP, MAX_REAL_STEP, MODEL_HELP, check_real_step, config_model, typed
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS
 
@@ -25,6 +25,8 @@ def _ints(text: str, name: str) -> list[int]:
         raise click.BadParameter(f"{text!r} is not a comma list of integers", param_hint=name) from None
     if not values or any(v <= 0 for v in values):
         raise click.BadParameter(f"{text!r}: give positive integers, e.g. 512,2048", param_hint=name)
+    if max(values) > MAX_REAL_STEP:  # a real step this size allocates forever or overflows int64 shapes
+        check_real_step(*((max(values), 1) if name == "--batch-size" else (1, max(values))))
     return sorted(set(values))
 
 

@@ -85,6 +85,9 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
         raise click.BadParameter(f"{kw['batch_size']!r} is not a positive integer", param_hint="--batch-size") from None
     if steps < 1:
         raise click.BadParameter("must be at least 1", param_hint="--steps")
+    from lora_budget.cli.options import check_real_step
+
+    check_real_step(batch, kw["seq_len"])
     for note in config_notes():
         click.echo(f"note: {note}", err=True)
     ref = resolve_model(kw["model"])
