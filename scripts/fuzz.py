@@ -203,7 +203,8 @@ def _kill(pid: int) -> None:
 
 
 def run_case(index: int, case: Case, guard: Path, *, limit_s: float = LIMIT_S) -> Outcome:
-    """Run ``case`` in a forked child under ``limit_s`` seconds and judge it and the guard folder."""
+    """Run ``case`` in a forked child under ``limit_s`` seconds (or its own limit) and judge it and the guard folder."""
+    limit_s = case.limit_s or limit_s
     before = snapshot(guard)
     work = tempfile.mkdtemp(prefix="fuzz-case-")
     read_end, write_end = os.pipe()

@@ -10,8 +10,10 @@ Keeping cases cheap (the last 2,000-case run hung for more than 13 minutes on re
 - torch commands (trace, derive, profile, report --trace, check --engine trace|profile) only ever see the
   4-layer ``tests/data/tiny-llama`` config as a valid model, never a catalog model;
 - ``validate`` always gets a bad ``--models`` or an unusable ``--out``, so it never starts the grid;
-- ``profile`` starts from ``--device cpu --steps 1 --warmup 0 --methods lora -s 16 -b 1`` (the
-  random options come after and win) and gets at least one bad value;
+- trace, derive and profile get, last, one value each refuses before its step starts
+  (``SURELY_BAD``); ``profile`` starts from ``--device cpu --steps 1 --warmup 0 --methods lora -s 16
+  -b 1``, and 1 case in 10 gets no sure-bad value, so it may measure one real step (its limit is
+  ``REAL_RUN_LIMIT_S``);
 - destinations (``--out``, ``--baseline``, ``--timeline``) get FIFOs and device nodes often, and
   readers (``--data``, ``--price-file``, ``--profiles``, paths) get them too.
 
@@ -57,6 +59,8 @@ class Case:
     """``config``: the name the file is written under in the case's folder."""
     call: tuple[tuple[Any, ...], dict[str, Any]] = field(default=((), {}))
     """``api``: positional and keyword arguments of ``lora_budget.plan``."""
+    limit_s: float | None = None
+    """Its own time limit, where it may run real work (else the runner's)."""
 
     def describe(self) -> str:
         if self.target == "api":
@@ -134,7 +138,7 @@ def cli_case(rng: random.Random, name: str, guard: Path) -> Case:
         else:  # a real grid choice, so only an unusable --out stops it before tracing
             args += ["--quick", "--models", "GPT-2", "--out", rng.choice(dests)]
         params = [p for p in params if p.opts[0] not in ("--models", "--out", "--quick")]
-    forced_bad = name in TORCH
+    real_run = name == "profile" and rng.random() < 0.1  # 1 in 10 profile cases may measure for real
     for p in rng.sample(params, k=min(len(params), rng.randint(1, 4))):
         opt = p.opts[0]
         if p.is_flag:
@@ -143,19 +147,32 @@ def cli_case(rng: random.Random, name: str, guard: Path) -> Case:
         if isinstance(p.type, click.Choice) and rng.random() < 0.5:
             args += [opt, rng.choice(list(p.type.choices))]
             continue
-        if forced_bad or rng.random() < 0.7:
+        if rng.random() < 0.7:
             pool = dests if opt in DESTINATIONS and rng.random() < 0.5 else values
             args += [opt, rng.choice(pool)]
-            forced_bad = False
         else:
             args += [opt, rng.choice(valid.get(opt, values))]
-    if forced_bad:  # a torch command whose options were all flags: one bad value still
-        args += ["--seq-len", rng.choice(["0", "-1", "inf", "x" * 300])]
+    if name in TORCH and name != "validate" and not real_run:  # last, so it wins: the step never starts
+        names = {p.opts[0] for p in params}
+        opt = rng.choice([o for o in SURELY_BAD if o in names])
+        args += [opt, rng.choice(SURELY_BAD[opt])]
     if name == "check" and rng.random() < 0.4:
         args += ["--update-baseline", "--baseline", rng.choice(dests + ["b.json"])]
     if name in ("profiles", "calibrate") and rng.random() < 0.6:
         args.append(rng.choice(values))
-    return Case(target=name, args=(name, *args))
+    return Case(target=name, args=(name, *args), limit_s=REAL_RUN_LIMIT_S if real_run else None)
+
+
+SURELY_BAD = {
+    "--seq-len": ["0", "-1", "inf", "x" * 300, "9" * 400, ""],
+    "--batch-size": ["0", "-1", "x", "9" * 400],
+    "--method": ["bogus", "lora,dora", ","],
+    "--methods": ["bogus", "lora,dora", ","],
+    "--rank": ["0", "-1"],
+}
+"""Values every torch command refuses before its step starts (one is appended last to each case)."""
+REAL_RUN_LIMIT_S = 120.0
+"""A profile case that may measure for real: a worker process imports torch and runs one step."""
 
 
 SERVE_KEYS = ("model", "gpu", "method", "seq-len", "batch-size", "rank", "gpus", "strategy", "overhead", "tokens")
