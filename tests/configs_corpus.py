@@ -244,9 +244,9 @@ def table(outcomes: list[Outcome]) -> str:
             )
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    lines = [" | ".join(str(x).ljust(w) for x, w in zip(head, widths, strict=True))]
+    lines = [" | ".join(str(x).ljust(w) for x, w in zip(head, widths, strict=True)).rstrip()]
     lines.append("-|-".join("-" * w for w in widths))
-    lines += [" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     reasons = Counter((o.tool, o.reason) for o in outcomes if o.kind == "refused")
     lines.append("")
     lines.append("refused, by reason:")
