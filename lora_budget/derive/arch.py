@@ -47,6 +47,7 @@ def build_meta(config_values: dict[str, Any], dtype: str = "bf16") -> Any:
             return transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
     except Exception as exc:  # transformers raises its own classes (config validators, unknown types)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first if len(first) <= 160 else first[:160] + "..."  # its list of every known type
         raise LoraBudgetError(f"transformers cannot build a {model_type!r} causal LM: {first}") from None
 
 
