@@ -42,13 +42,18 @@ def _entries() -> tuple[dict[str, Any], ...]:
     return catalog() + derived_catalog()
 
 
+_SUFFIX = re.compile(r"[-_.\s]+(hf|instruct|it|pt|base)$")
+_V01 = re.compile(r"[-_.\s]+v0[.\-_]?1$")
+_SEPARATORS = re.compile(r"[-_.\s]")
+
+
 def _key(text: str) -> str:
     """Forgiving spelling: lower case, separators dropped, common repo suffixes dropped."""
     t = text.strip().lower()
     t = t.split("/")[-1]
-    t = re.sub(r"[-_.\s]+(hf|instruct|it|pt|base)$", "", t)
-    t = re.sub(r"[-_.\s]+v0[.\-_]?1$", "", t) if "mistral" not in t and "mixtral" not in t else t
-    return re.sub(r"[-_.\s]", "", t)
+    t = _SUFFIX.sub("", t)
+    t = _V01.sub("", t) if "mistral" not in t and "mixtral" not in t else t
+    return _SEPARATORS.sub("", t)
 
 
 def _lookup(text: str) -> dict[str, Any] | None:
