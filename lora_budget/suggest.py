@@ -38,6 +38,8 @@ LIGHTEST_FIRST = ("zero1", "zero2", "fsdp")
 """Strategies in order of the communication they add; ddp never lowers per-GPU memory."""
 KNOWN_LIMIT = 512
 """Sequence lengths per capacity a candidate remembers fits for before it starts afresh."""
+KNOWN_CAPACITIES = 64
+"""GPU capacities a candidate remembers fits for (a long-running ``serve`` sees many) before it starts afresh."""
 NEVER = 1 << 62
 """A micro-batch no search reaches: no miss known yet."""
 
@@ -81,6 +83,8 @@ class _Candidate:
     def _evaluate(self, batch_size: int, seq_len: int, capacity: int) -> bool:
         known = self.known.get(capacity)
         if known is None or len(known[0]) >= KNOWN_LIMIT:
+            if len(self.known) >= KNOWN_CAPACITIES:
+                self.known.clear()
             known = self.known[capacity] = ([], {})
         order, by_seq = known
         i = bisect.bisect_left(order, seq_len)
