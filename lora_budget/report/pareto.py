@@ -49,6 +49,14 @@ def pareto_data(result: SearchResult, total_tokens: int, *, by_cost: bool) -> Pa
     )
 
 
+def token_count(n: int) -> str:
+    """``1B``, ``200M``, ``50k`` for a round count of tokens, else the digits (``123,456,789``)."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size and n % size == 0:
+            return f"{n // size:,}{unit}"
+    return f"{n:,}"
+
+
 def _money(s: Setup, by_cost: bool) -> float:
     return s.cost_usd if by_cost else s.gpu_hours
 
@@ -129,6 +137,7 @@ def pareto_figure(data: ParetoData, title: str) -> Any:
             axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
             axis.set_major_formatter(StrMethodFormatter("{x:,g}"))
             axis.set_minor_formatter(StrMethodFormatter("{x:,g}"))
+        ax.tick_params(which="both", length=2.5)  # labelled minor ticks sit level with the major ones
         ax.set_xlabel("wall time (hours)")
         ax.set_ylabel("cost (USD)" if data.by_cost else "GPU-hours (no prices given)")
         ax.set_title(wrap_title(title))

@@ -108,7 +108,7 @@ def write_report(
 
         money = "cost" if pareto.by_cost else "GPU-hours"
         fig = P.pareto_figure(
-            pareto, f"{money.capitalize()} vs wall time: {data.model_name}, {pareto.total_tokens:,} tokens"
+            pareto, f"{money.capitalize()} vs wall time: {data.model_name}, {P.token_count(pareto.total_tokens)} tokens"
         )
         figures["pareto"] = tuple(F.save(fig, folder, "pareto", formats))
         tables["pareto"] = P.pareto_table(pareto)
