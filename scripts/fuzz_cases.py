@@ -10,10 +10,10 @@ Keeping cases cheap (the last 2,000-case run hung for more than 13 minutes on re
 - torch commands (trace, derive, profile, report --trace, check --engine trace|profile) only ever see the
   4-layer ``tests/data/tiny-llama`` config as a valid model, never a catalog model;
 - ``validate`` always gets a bad ``--models`` or an unusable ``--out``, so it never starts the grid;
-- trace, derive and profile get, last, one value each refuses before its step starts
-  (``SURELY_BAD``); ``profile`` starts from ``--device cpu --steps 1 --warmup 0 --methods lora -s 16
-  -b 1``, and 1 case in 10 gets no sure-bad value, so it may measure one real step (its limit is
-  ``REAL_RUN_LIMIT_S``);
+- trace, derive, profile and check --engine trace|profile get, last, one value each refuses before
+  its step starts (``SURELY_BAD``); ``profile`` starts from ``--device cpu --steps 1 --warmup 0
+  --methods lora -s 16 -b 1``, and 1 profile or check case in 10 gets no sure-bad value, so it may
+  run one real step (its limit is ``REAL_RUN_LIMIT_S``);
 - destinations (``--out``, ``--baseline``, ``--timeline``) get FIFOs and device nodes often, and
   readers (``--data``, ``--price-file``, ``--profiles``, paths) get them too.
 
@@ -136,9 +136,10 @@ def cli_case(rng: random.Random, name: str, guard: Path) -> Case:
         if rng.random() < 0.5:
             args += ["--models", rng.choice(values), "--out", rng.choice(values + dests)]
         else:  # a real grid choice, so only an unusable --out stops it before tracing
-            args += ["--quick", "--models", "GPT-2", "--out", rng.choice(dests)]
+            refused = [d for d in dests if d not in (str(guard), str(guard / "ro"))]  # root writes into ro/
+            args += ["--quick", "--models", "GPT-2", "--out", rng.choice(refused)]
         params = [p for p in params if p.opts[0] not in ("--models", "--out", "--quick")]
-    real_run = name == "profile" and rng.random() < 0.1  # 1 in 10 profile cases may measure for real
+    real_run = name in ("profile", "check") and rng.random() < 0.1  # 1 in 10 may measure (check: --engine)
     for p in rng.sample(params, k=min(len(params), rng.randint(1, 4))):
         opt = p.opts[0]
         if p.is_flag:
@@ -152,7 +153,8 @@ def cli_case(rng: random.Random, name: str, guard: Path) -> Case:
             args += [opt, rng.choice(pool)]
         else:
             args += [opt, rng.choice(valid.get(opt, values))]
-    if name in TORCH and name != "validate" and not real_run:  # last, so it wins: the step never starts
+    steps = name in TORCH and name != "validate" or name == "check" and ("trace" in args or "profile" in args)
+    if steps and not real_run:  # last, so it wins: the step never starts
         names = {p.opts[0] for p in params}
         opt = rng.choice([o for o in SURELY_BAD if o in names])
         args += [opt, rng.choice(SURELY_BAD[opt])]
