@@ -126,7 +126,7 @@ def write_bytecode() -> None:
 
 
 def cold_start(runs: int = 20) -> dict[str, tuple[float, float]]:
-    """{command: (best wall seconds, user + system CPU seconds per run)} for `python -c pass` and
+    """{command: (median wall seconds, user + system CPU seconds per run)} for `python -c pass` and
     `lora-budget plan --model 7b --gpu 24GB`, interleaved in the same run (hyperfine when installed).
 
     CPU time is the steadier figure on a shared machine: wall time there includes waiting for a core."""
@@ -149,10 +149,11 @@ def cold_start(runs: int = 20) -> dict[str, tuple[float, float]]:
             )
             results = json.loads(out.read_text())["results"]
         return {
-            name: (min(r["times"]), r["user"] + r["system"])  # hyperfine gives CPU as a mean per run
+            name: (r["median"], r["user"] + r["system"])  # hyperfine gives CPU as a mean per run
             for name, r in zip(cmds, results, strict=True)
         }
     best: dict[str, tuple[float, float]] = {name: (float("inf"), float("inf")) for name in cmds}
+    walls: dict[str, list[float]] = {}
     for _ in range(runs):
         for name, cmd in cmds.items():
             before = os.times()
@@ -161,7 +162,8 @@ def cold_start(runs: int = 20) -> dict[str, tuple[float, float]]:
             wall = time.perf_counter() - start
             after = os.times()
             cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+            walls.setdefault(name, []).append(wall)
+            best[name] = (statistics.median(walls[name]), min(best[name][1], cpu))
     return best
 
 
@@ -179,7 +181,7 @@ if __name__ == "__main__":
     times = cold_start()
     (plan_wall, plan_cpu), (bare_wall, bare_cpu) = times["plan"], times["python -c pass"]
     print(
-        f"cold start (bytecode written, best of 20, {'hyperfine' if shutil.which('hyperfine') else 'subprocess'}): "
+        f"cold start (bytecode written, median of 20, {'hyperfine' if shutil.which('hyperfine') else 'subprocess'}): "
         f"plan {plan_wall * 1000:.0f} ms wall / {plan_cpu * 1000:.0f} ms CPU, python -c pass {bare_wall * 1000:.0f} ms "
         f"/ {bare_cpu * 1000:.0f} ms; ratio {plan_wall / bare_wall:.2f} wall, {plan_cpu / bare_cpu:.2f} CPU "
         f"(target <= 2.5: {'met' if plan_wall / bare_wall <= 2.5 else 'NOT met'})"
