@@ -150,7 +150,10 @@ def _search(kw: dict[str, Any], tokens: str, gpus_available: str | None, prices:
         kw["model"], total, methods=kw["method"], gpus_available=gpus_available, prices=prices, seq_len=kw["seq_len"]
     )
     if not found.result.setups:
-        raise click.UsageError("--tokens: no set-up of the searched space fits; widen --gpus-available")
+        raise click.UsageError(
+            "--tokens: no set-up of the searched space fits with a speed estimate (a card needs a 16-bit "
+            "throughput figure); widen --gpus-available"
+        )
     return pareto_data(found.result, total, by_cost=found.priced)
 
 
