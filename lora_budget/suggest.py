@@ -301,7 +301,7 @@ def clear_caches() -> None:
         peak._shared_peak_model,
         peak._activation_model,
         static._static_memory,
-        lora.resolve_targets,
+        lora._resolve_targets,
         lora._adapted,
         lora._adapter_tensors,
         params.inventory,

@@ -9,7 +9,6 @@ from lora_budget.core.params import ParamTensor, inventory, linear_names
 from lora_budget.errors import LoraBudgetError
 
 
-@lru_cache(maxsize=4096)
 def resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ...]:
     """Module names LoRA wraps, validated against the architecture (cached; a refusal is not).
 
@@ -17,6 +16,13 @@ def resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ..
     ``attn`` (the attention projections), ``mlp`` (the MLP projections). MoE expert weights are
     3-D parameters in transformers 5, not ``nn.Linear``, so no preset adapts them.
     """
+    if not isinstance(targets, str):
+        raise LoraBudgetError(f"LoRA targets must be all-linear, attn, mlp or a comma list (a str), got {targets!r}")
+    return _resolve_targets(shape, targets, rank)
+
+
+@lru_cache(maxsize=4096)
+def _resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ...]:
     names = linear_names(shape)
     by_group: dict[str, list[str]] = {"attn": [], "mlp": []}
     for t in inventory(shape):
