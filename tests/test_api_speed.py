@@ -85,3 +85,21 @@ def test_a_shuffled_sweep_answers_as_a_cold_planner_does():
         clear_caches()
         assert plan(m, g, meth, batch_size=b, seq_len=s, grad_ckpt=c).to_dict() == got, (m, meth, b, s)
     assert any(d["methods"][0]["suggestions"] for d in swept) and any(d["methods"][0]["fits"] for d in swept)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": [16]}, "alpha must be a plain value"),
+        ({"grad_ckpt": {"on": True}}, "grad_ckpt must be a plain value"),
+        ({"targets": ["q_proj"]}, "LoRA targets must be all-linear, attn, mlp or a comma list"),
+    ],
+)
+def test_a_value_the_caches_cannot_key_on_is_a_one_line_error(kwargs, message):
+    """The caches key on the spec's values: a list or a dict where TrainSpec takes a plain value is refused
+    by name, not an unhashable-type TypeError."""
+    from lora_budget.api import plan
+    from lora_budget.errors import LoraBudgetError
+
+    with pytest.raises(LoraBudgetError, match=message):
+        plan("7b", "rtx4090", "lora", **kwargs)

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from lora_budget.core.lora import adapted, adapter_tensors, resolve_targets
 from lora_budget.core.params import ParamTensor, inventory, module_names
+from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 BLOCK = 512
@@ -104,13 +105,27 @@ class StepKey:
             StepKey._get = operator.attrgetter(*names)
         self.spec = spec
         self._values = StepKey._get(spec)
-        self._hash = hash(self._values)
+        try:
+            self._hash = hash(self._values)
+        except TypeError:  # a field TrainSpec does not check holds a list or a dict
+            names = [f.name for f in dataclasses.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
+            bad = next(n for n, v in zip(names, self._values, strict=True) if not _hashable(v))
+            value = getattr(spec, bad)
+            raise LoraBudgetError(f"{bad} must be a plain value (a number, bool or str), got {value!r}") from None
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StepKey) and self._values == other._values
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def static_memory(spec: TrainSpec) -> StaticMemory:
