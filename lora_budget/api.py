@@ -296,6 +296,8 @@ def plan(
         raise LoraBudgetError(f"the price must be a positive USD per GPU-hour, got {price_usd_per_h!r}")
     if isinstance(inter_node_gbps, bool) or not isinstance(inter_node_gbps, int | float) or not inter_node_gbps > 0:
         raise LoraBudgetError(f"the inter-node bandwidth must be a positive Gb/s per GPU, got {inter_node_gbps!r}")
+    if isinstance(overhead_bytes, bool) or not isinstance(overhead_bytes, int) or overhead_bytes < 0:
+        raise LoraBudgetError(f"overhead must be a non-negative int of bytes, got {overhead_bytes!r}")
     calibration = card_calibration(card, overhead_bytes)
     if calibration is not None:
         overhead_bytes = calibration.overhead_bytes

@@ -103,3 +103,12 @@ def test_a_value_the_caches_cannot_key_on_is_a_one_line_error(kwargs, message):
 
     with pytest.raises(LoraBudgetError, match=message):
         plan("7b", "rtx4090", "lora", **kwargs)
+
+
+@pytest.mark.parametrize("overhead", [[1], 1.5, -5, "1GiB", True])
+def test_a_bad_overhead_is_a_one_line_error(overhead):
+    from lora_budget.api import plan
+    from lora_budget.errors import LoraBudgetError
+
+    with pytest.raises(LoraBudgetError, match="overhead must be a non-negative int of bytes"):
+        plan("7b", "rtx4090", "lora", overhead_bytes=overhead)
