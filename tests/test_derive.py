@@ -158,6 +158,21 @@ def test_missing_coefficients_without_torch_say_how_to_get_them(cache, monkeypat
         estimate(spec)
 
 
+def test_a_cached_record_serves_only_its_library_versions(tmp_path, monkeypatch):
+    """A record derived under other releases is not used when torch is installed; without torch
+    (versions unknown) it is."""
+    from lora_budget.derive.store import save_coefficients
+
+    monkeypatch.setenv(derived.ENV_DIR, str(tmp_path))
+    spec = TrainSpec(model=_ref(PHI_2, "phi-2", 4, as_derived=True), method="lora")
+    key, skey = derived.arch_key(spec.model.shape.arch_config), derived.settings_key(derived.settings(spec))
+    save_coefficients(key, skey, {"versions": {"torch": "1.0", "transformers": "4.0", "peft": "0", "bitsandbytes": ""}})
+    monkeypatch.setattr(derived, "installed_versions", lambda: {"torch": "2.13.0", "transformers": "5.24.0"})
+    assert derived.stored_coefficients(spec) is None
+    monkeypatch.setattr(derived, "installed_versions", lambda: None)
+    assert derived.stored_coefficients(spec)["versions"]["torch"] == "1.0"
+
+
 def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(derived.ENV_DIR, str(tmp_path / "x"))
     assert derived.cache_dir() == tmp_path / "x"
