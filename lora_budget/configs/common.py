@@ -95,7 +95,7 @@ def grad_ckpt_kwargs(r: Reader, key: str = "gradient_checkpointing_kwargs") -> N
             f"{key}: use_reentrant true not modelled: planned as non-reentrant checkpointing (both keep each "
             "layer's input; the reentrant kind also makes the embedding output require grad, a small tensor)"
         )
-    if other := sorted(k for k in kwargs if k != "use_reentrant"):
+    if other := sorted(str(k) for k in kwargs if k != "use_reentrant"):
         r.notes.append(f"{key}: {', '.join(other)} not modelled (planned with torch.utils.checkpoint's defaults)")
 
 

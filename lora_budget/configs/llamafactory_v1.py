@@ -118,8 +118,8 @@ def _lora(r: Reader, peft: dict[str, Any]) -> None:
         v = peft.get(key)
         if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise r.fail(f"peft_config.{key}", f"must be a non-negative number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise r.fail(f"peft_config.{key}", f"must be a non-negative finite number, got {v!r}")
         return kind(v)
 
     if not r.typed_over("rank", "peft_config") and (rank := number("r", int)):

@@ -304,7 +304,7 @@ def _fsdp_config(r: Reader) -> dict[str, Any]:
             raise r.fail("fsdp_config", str(exc)) from None
     if not isinstance(cfg, dict):
         raise r.fail("fsdp_config", f"must be a mapping or a path to a JSON file, got {cfg!r}")
-    return {(k[5:] if k.startswith("fsdp_") else k): v for k, v in cfg.items()}
+    return {(k[5:] if isinstance(k, str) and k.startswith("fsdp_") else k): v for k, v in cfg.items()}
 
 
 def _truth(r: Reader, key: str, v: Any) -> bool:

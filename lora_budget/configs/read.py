@@ -57,6 +57,8 @@ def read_file(path: str | Path) -> tuple[dict[str, Any], str]:
         )
     if not isinstance(data, dict):
         raise LoraBudgetError(f"{p}: expected a mapping of keys to values at the top level")
+    if bad := [k for k in data if not isinstance(k, str)]:
+        raise LoraBudgetError(f"{p}: the key {bad[0]!r} is not a name (keys are strings such as base_model)")
     return data, detect(data, p, yaml=suffix != ".json")
 
 

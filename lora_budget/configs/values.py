@@ -131,8 +131,8 @@ class Reader:
             f = float(v)
         except (TypeError, ValueError):
             raise self.fail(key, f"must be a positive number, got {v!r}") from None
-        if isinstance(v, bool) or not f > 0:
-            raise self.fail(key, f"must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not 0 < f < float("inf"):
+            raise self.fail(key, f"must be a positive finite number, got {v!r}")
         return f
 
     def flag(self, key: str) -> bool | None:
