@@ -133,6 +133,11 @@ class TrainSpec:
     """With ``grad_ckpt``: each layer's checkpoint (its input hidden state) lives in host memory, as
     Unsloth's offloaded checkpointing and axolotl's ``gradient_checkpointing: offload`` keep it
     (``runtime/offload.py``); the device holds only the layer being recomputed."""
+    activation_offload: bool = False
+    """Every saved activation in host memory during the step, as TRL's ``activation_offloading=True``
+    (and torchtune's ``enable_activation_offloading``, whose ``OffloadActivations`` it adapts) moves
+    it: saved tensors of 1 KiB or more go to the CPU in the forward and come back one autograd node
+    at a time in backward; the output head's are kept (``runtime/offload.py``)."""
     attn: Attention = "sdpa"
     """Attention implementation: eager keeps the s x s scores, sdpa and flash do not."""
     gpus: int = 1

@@ -222,6 +222,12 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "gradient_checkpointing: offload).",
         ),
         click.option(
+            "--activation-offload/--no-activation-offload",
+            default=False,
+            help="Saved activations in host memory (TRL activation_offloading, torchtune "
+            "enable_activation_offloading); traced by `trace`, not planned yet.",
+        ),
+        click.option(
             "--eval-batch-size",
             type=int,
             default=0,
@@ -362,6 +368,7 @@ def spec_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "vllm",
         "eval_batch_size",
         "ckpt_offload",
+        "activation_offload",
     )
     return {k: kw[k] for k in keys if k in kw}
 

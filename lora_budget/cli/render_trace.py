@@ -18,8 +18,22 @@ def _step_line(spec: Any) -> str:
     return ", ".join(parts)
 
 
+class _NotPlanned:
+    """The plan column of a spec the planner does not model (every figure 0, shown as such)."""
+
+    phase = "-"
+
+    def __getattr__(self, name: str) -> int:
+        return 0
+
+
+def _plan(planned: Any, value: int, w: int) -> str:
+    return f"{'-':>{w}}" if isinstance(planned, _NotPlanned) else f"{value / GiB:>{w}.3f}"
+
+
 def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
-    """rows: (TraceResult, planned Breakdown) per method."""
+    """rows: (TraceResult, planned Breakdown or None where the planner does not model the spec) per method."""
+    rows = [(r, p if p is not None else _NotPlanned()) for r, p in rows]
     n = param_count(ref.shape)
     lines = [
         f"Model  {ref.name} ({n / 1e9:.2f}B parameters)"
@@ -43,14 +57,21 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
         pairs = [(getattr(r.breakdown, cat), getattr(p, cat)) for r, p in rows]
         if not any(a or b for a, b in pairs):
             continue
-        lines.append(f"{cat:<14}" + "".join(f"{a / GiB:>{w + 4}.3f}{b / GiB:>{w}.3f}" for a, b in pairs))
+        lines.append(
+            f"{cat:<14}"
+            + "".join(f"{a / GiB:>{w + 4}.3f}{_plan(p, b, w)}" for (a, b), (_, p) in zip(pairs, rows, strict=True))
+        )
     lines.append("-" * len(head))
     lines.append(
-        f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{p.peak_bytes / GiB:>{w}.3f}" for r, p in rows)
+        f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{_plan(p, p.peak_bytes, w)}" for r, p in rows)
     )
     lines.append(
         f"{'plan error':<14}"
-        + "".join(f"{'':>{w + 4}}{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%" for r, p in rows)
+        + "".join(
+            f"{'':>{w + 4}}"
+            + (f"{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%" if p.peak_bytes else f"{'-':>{w}}")
+            for r, p in rows
+        )
     )
     lines.append(f"{'peak during':<14}" + "".join(f"{r.breakdown.phase:>{w + 4}}{p.phase:>{w}}" for r, p in rows))
     if all(r.reserved is not None for r, _ in rows):

@@ -108,7 +108,8 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
                 err=True,
             )
         result = _run(spec, steps, keep_timeline=timeline_path is not None)
-        rows.append((result, estimate(spec)))
+        # activation offloading is traced, not planned yet: no plan column for it
+        rows.append((result, None if spec.activation_offload else estimate(spec)))
     if timeline_path:
         _write_timeline(timeline_path, rows)
     if as_json:
@@ -174,15 +175,17 @@ def _to_json(ref: Any, rows: list[tuple[Any, Any]]) -> dict[str, Any]:
 
     methods = []
     for result, planned in rows:
-        err = (planned.peak_bytes - result.peak_bytes) / result.peak_bytes
+        err = None if planned is None else round((planned.peak_bytes - result.peak_bytes) / result.peak_bytes, 6)
         methods.append(
             {
                 "method": result.spec.method,
                 "gpus": result.spec.gpus,
                 "strategy": result.spec.strategy,
                 "trace": result.to_dict(),
-                "plan": {"peak_bytes": planned.peak_bytes, **{f"{c}_bytes": getattr(planned, c) for c in CATEGORIES}},
-                "plan_error": round(err, 6),
+                "plan": None
+                if planned is None
+                else {"peak_bytes": planned.peak_bytes, **{f"{c}_bytes": getattr(planned, c) for c in CATEGORIES}},
+                "plan_error": err,
             }
         )
     return {

@@ -36,6 +36,7 @@ from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, a
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.objectives import ObjectiveLoss, objective_loss
 from lora_budget.core.static import StaticMemory, StepKey, static_memory
+from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 
@@ -446,6 +447,11 @@ def _autocast_copies(spec: TrainSpec, adapter_bytes: int) -> dict[str, int]:
 
 
 def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
+    if spec.activation_offload:
+        raise LoraBudgetError(
+            "activation offloading is traced (`lora-budget trace --activation-offload`, TRL's offloading "
+            "rules on fake tensors), not planned yet"
+        )
     static = static_memory(spec)
     s = spec.model.shape
     litgpt = spec.framework == "litgpt"  # its LoRA flags are read by core/litgpt.py

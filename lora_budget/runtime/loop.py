@@ -8,6 +8,7 @@ With gradient accumulation each micro-batch's loss is divided by the number of m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +150,7 @@ def run_steps(
     warm_start: bool = False,
     reference: Any = None,
     eval_batch: Any = None,
+    offload: Any = None,
 ) -> None:
     """``steps`` optimizer steps of the reference loop on one fixed batch of token ids.
 
@@ -170,9 +172,12 @@ def run_steps(
     for step in range(1, steps + 1):
         for _ in range(spec.grad_accum):
             on_phase("forward", step)
-            loss = step_loss(model, spec, batch, reference)
-            on_phase("backward", step)
-            (loss / spec.grad_accum if spec.grad_accum > 1 else loss).backward()
+            with offload.hooks() if offload is not None else contextlib.nullcontext():
+                loss = step_loss(model, spec, batch, reference)
+                on_phase("backward", step)
+                (loss / spec.grad_accum if spec.grad_accum > 1 else loss).backward()
+            if offload is not None:
+                offload.end_of_backward()
             on_loss(step, loss.detach())
             del loss
         after_backward(step)

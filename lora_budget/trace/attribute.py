@@ -19,8 +19,6 @@ def attribute(tracker: Any, at: tuple[int, int, str] | None = None) -> tuple[Bre
     for block in tracker.blocks:
         if block.born > event or (block.died is not None and block.died < event):
             continue
-        if block.hosted is not None and block.hosted <= event:
-            continue  # offloaded to host memory by then
         category = block.category or "temporaries"
         totals[category] += block.size
         if block.pageable:

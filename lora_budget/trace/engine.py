@@ -157,7 +157,7 @@ def trace(
         if spec.ckpt_offload:
             from lora_budget.runtime import offload
 
-            offload.install(built.model, *offload.fake_movers(tracker))
+            offload.install(built.model, *offload.fake_movers())
         if reference is not None:
             for tensor in reference.parameters():
                 tracker.register(tensor, "weights")  # the frozen reference copy
@@ -201,6 +201,15 @@ def _run(
             rows = spec.batch_size * spec.sequences_per_example  # chosen + rejected for pairs
             batch = torch.randint(0, spec.model.shape.vocab, (rows, spec.seq_len))
             tracker.register(batch, "activations")
+            offload = None
+            if spec.activation_offload:
+                from lora_budget.runtime.offload import ActivationOffload, fake_movers
+
+                def is_param(t: Any) -> bool:
+                    block = tracker.block_of(t)
+                    return block is not None and block.born < 0
+
+                offload = ActivationOffload(built.output_head, *fake_movers(), is_param)
             eval_batch = None
             if spec.eval_batch_size:
                 eval_batch = torch.randint(0, spec.model.shape.vocab, (spec.eval_batch_size, spec.seq_len))
@@ -216,6 +225,7 @@ def _run(
                 warm_start=warm_start,
                 reference=reference,
                 eval_batch=eval_batch,
+                offload=offload,
             )
             del batch, eval_batch
     except UnsupportedOperatorException as exc:

@@ -65,8 +65,6 @@ class Block:
     op: str = ""
     index: int = -1
     """Position in ``Tracker.blocks`` (what ``Tracker.stream`` names)."""
-    hosted: int | None = None
-    """Event at which it moved to host memory (an offloaded activation): not on the device after it."""
 
 
 @dataclass(slots=True)
@@ -164,20 +162,6 @@ class Tracker(TorchDispatchMode):
         self.live_bytes += size
         return block
 
-    def to_host(self, tensor: Any) -> None:
-        """The storage of ``tensor`` (a copy just made of a device tensor) lives in host memory from
-        now on, as a ``.to("cpu")`` copy does on a GPU: the fake device has one memory, so the copy is
-        made on it and taken off the device's count here."""
-        block = self.block_of(tensor)
-        if block is None or block.hosted is not None:
-            return
-        self.event += 1
-        self.live_per_event.append(self.live_bytes - block.size)
-        block.hosted = self.event
-        block.category = "host"
-        self.live_bytes -= block.size
-        self.stream.append(~block.index)
-
     def storage_resized(self, tensor: Any) -> None:
         """A storage its owner resized in place (FSDP2 frees an unsharded parameter with
         ``storage.resize_(0)`` and regathers into the same storage object): the old block dies
@@ -199,9 +183,8 @@ class Tracker(TorchDispatchMode):
             entry = self._refs.pop(key, None)
             if entry is not None:
                 entry[1].died = self.event
-                if entry[1].hosted is None:  # a host block left the device's count when it moved
-                    self.live_bytes -= entry[1].size
-                    self.stream.append(~entry[1].index)
+                self.live_bytes -= entry[1].size
+                self.stream.append(~entry[1].index)
 
         return freed
 
