@@ -300,3 +300,25 @@ def test_target_pattern_is_read_as_peft_matches_it(tmp_path, pattern, targets, p
     data = json.loads(r.output)
     assert data["methods"][0]["spec"]["targets"] == targets
     assert any("on some layers only" in n for n in data["notes"]) is partial
+
+
+@pytest.mark.parametrize(
+    ("extra", "prepared"),
+    [
+        ("adapter: qlora\nload_in_4bit: true\n", True),  # single GPU: prepared
+        ("adapter: qlora\nload_in_4bit: true\nfsdp_config:\n  reshard_after_forward: true\n", False),  # qlora + FSDP
+        # is_qlora_and_fsdp_enabled checks the literal adapter name: a 4-bit "lora" under FSDP is prepared
+        ("adapter: lora\nload_in_4bit: true\nfsdp_config:\n  reshard_after_forward: true\n", True),
+        (
+            "adapter: lora\nload_in_8bit: true\nfsdp_config:\n  reshard_after_forward: true\n"
+            "  cpu_ram_efficient_loading: true\n",
+            False,
+        ),  # FSDP with cpu_ram_efficient_loading
+        ("adapter: qlora\nload_in_4bit: true\nquantize_moe_experts: true\n", False),  # quantized experts
+    ],
+)
+def test_axolotl_kbit_preparation_follows_its_loader(tmp_path, extra, prepared):
+    """axolotl v0.18.0 loaders/model.py _prepare_model_for_quantization, condition by condition."""
+    path = tmp_path / "axo.yml"
+    path.write_text("base_model: 7b\nbf16: true\n" + extra)
+    assert load_config(path).values["kbit_prep"] is prepared

@@ -134,9 +134,7 @@ def axolotl(r: Reader) -> None:
     else:
         default(r, "dtype", "fp32", "bf16", f"{AXOLOTL} resolve_dtype: no bf16/fp16/bfloat16/float16 key loads fp32;")
     if r.values.get("method") in ("qlora", "lora8bit"):
-        fsdp_qlora = r.values.get("method") == "qlora" and r.values.get("strategy") == "fsdp"
-        skip = fsdp_qlora or r.values.get("strategy") == "zero3"
-        default(r, "kbit_prep", not skip, "(axolotl)", f"{AXOLOTL} loaders/model.py")
+        default(r, "kbit_prep", not _axolotl_skips_kbit_prep(r), "(axolotl)", f"{AXOLOTL} loaders/model.py")
     cce_plugin = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in (r.data.get("plugins") or [])
     cce = r.flag("cut_cross_entropy")
     if r.flag("liger_fused_linear_cross_entropy"):
@@ -145,6 +143,23 @@ def axolotl(r: Reader) -> None:
         default(r, "loss", "fused-ce", "cut_cross_entropy", AXOLOTL)
     elif cce is None and cce_plugin:
         default(r, "loss", "fused-ce", "cut_cross_entropy", f"{AXOLOTL} CutCrossEntropyPlugin (args.py)")
+
+
+def _axolotl_skips_kbit_prep(r: Reader) -> bool:
+    """axolotl v0.18.0 ``loaders/model.py`` ``_prepare_model_for_quantization``: no
+    ``prepare_model_for_kbit_training`` with FSDP (``fsdp`` or ``fsdp_config`` set) and ``adapter: qlora``
+    (the literal name: ``adapter: lora`` with ``load_in_4bit`` is prepared), with FSDP and
+    ``cpu_ram_efficient_loading``, under DeepSpeed ZeRO-3, with LoftQ bits on a LoRA adapter, or with
+    quantized MoE experts (``quantize_moe_experts``)."""
+    fsdp_on = r.data.get("fsdp_config") is not None or r.data.get("fsdp") is not None
+    cfg = r.data.get("fsdp_config") if isinstance(r.data.get("fsdp_config"), dict) else {}
+    cpu_ram = bool(cfg.get("cpu_ram_efficient_loading") or cfg.get("fsdp_cpu_ram_efficient_loading"))
+    adapter = str(r.data.get("adapter") or "").lower()
+    peft_block = r.data.get("peft") if isinstance(r.data.get("peft"), dict) else {}
+    loftq = isinstance(peft_block.get("loftq_config"), dict) and bool(peft_block["loftq_config"].get("loftq_bits"))
+    zero3 = r.values.get("strategy") == "zero3" and r.parallel.startswith("deepspeed")
+    moe = r.data.get("quantize_moe_experts") is True
+    return (fsdp_on and (adapter == "qlora" or cpu_ram)) or zero3 or (adapter == "lora" and loftq) or moe
 
 
 def peft(r: Reader) -> None:
