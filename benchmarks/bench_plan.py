@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 from lora_budget.spec import TrainSpec
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 from lora_budget.search.inputs import parse_available
 from lora_budget.search.space import Space, walk
 from lora_budget.spec import TrainSpec

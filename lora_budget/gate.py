@@ -149,7 +149,7 @@ def measure(specs: list[TrainSpec], engine: str, *, device: str = "auto", runner
     entries = []
     for spec in specs:
         if engine == "plan":
-            from lora_budget.core.peak import estimate
+            from lora_budget.core.model import estimate
 
             breakdown = estimate(spec)
         else:

@@ -24,7 +24,8 @@ from functools import lru_cache
 from typing import Any
 
 from lora_budget.core.fit import max_batch_size, max_seq_len
-from lora_budget.core.peak import PeakModel, shared_peak_model
+from lora_budget.core.model import shared_peak_model
+from lora_budget.core.peak import PeakModel
 from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
@@ -110,7 +111,7 @@ class _Candidate:
 
 
 def shared_model(key: StepKey, overhead: int) -> PeakModel:
-    """The model of ``key``'s specs (``core.peak.shared_peak_model``): evaluate it at a spec's own b and s."""
+    """The model of ``key``'s specs (``core.model.shared_peak_model``): evaluate it at a spec's own b and s."""
     return shared_peak_model(key.spec, overhead)
 
 
@@ -291,14 +292,14 @@ def _options(key: StepKey, overhead: int) -> tuple[tuple[_Option, ...], tuple[_O
 def clear_caches() -> None:
     """Forget every shared model, every fit found and every cached part of the planner (for tests and
     benchmarks that time a cold planner, and for a process that wants the memory back)."""
-    from lora_budget.core import lora, params, peak, static
+    from lora_budget.core import lora, model, params, peak, static
 
     for cached in (
         _options,
         _candidate,
         _max_batch_size,
         _max_seq_len,
-        peak._shared_peak_model,
+        model._shared_peak_model,
         peak._activation_model,
         static._static_memory,
         lora._resolve_targets,

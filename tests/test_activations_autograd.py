@@ -11,7 +11,7 @@ checked only where the kernels agree.
 import pytest
 
 from lora_budget.catalog.shape import shape_from_config
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 from lora_budget.spec import ModelRef, TrainSpec
 from tests.tiny_models import tiny_config
 

@@ -17,7 +17,7 @@ import pytest
 from lora_budget.catalog.models import resolve_model
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core import derived
-from lora_budget.core.peak import estimate, peak_model
+from lora_budget.core.model import estimate, peak_model
 from lora_budget.spec import ModelRef, TrainSpec
 
 pytest.importorskip("peft")

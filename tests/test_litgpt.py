@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from lora_budget.catalog.models import resolve_model
 from lora_budget.cli import main
-from lora_budget.core.peak import estimate
+from lora_budget.core.model import estimate
 from lora_budget.core.static import static_memory
 from lora_budget.errors import LoraBudgetError
 from lora_budget.runtime.litgpt import CASES, case_spec

@@ -15,8 +15,8 @@ import pytest
 from lora_budget.catalog.models import resolve_model
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.configs import load_config
+from lora_budget.core.model import estimate
 from lora_budget.core.objectives import objective_loss
-from lora_budget.core.peak import estimate
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ModelRef, TrainSpec
 

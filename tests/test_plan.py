@@ -7,7 +7,7 @@ from lora_budget.api import plan, plan_spec
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.catalog.gpus import resolve_gpu
 from lora_budget.core.fit import max_batch_size, max_seq_len
-from lora_budget.core.peak import estimate, peak_model
+from lora_budget.core.model import estimate, peak_model
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 

@@ -177,7 +177,7 @@ def test_caveats_keep_rows_out_of_the_summary(rows):
 
 
 def test_paged_state_is_left_out_of_the_plan_compared(rows):
-    from lora_budget.core.peak import peak_model
+    from lora_budget.core.model import peak_model
 
     r = next(r for r in rows if r.id == 156)
     model = peak_model(r.spec)

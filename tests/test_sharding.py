@@ -18,7 +18,7 @@ from lora_budget.api import plan
 from lora_budget.catalog.gpus import resolve_gpu
 from lora_budget.catalog.models import resolve_model
 from lora_budget.cli import main
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 from tests.tiny_models import tiny_ref

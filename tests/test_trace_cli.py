@@ -14,7 +14,7 @@ pytest.importorskip("torch", reason="needs torch: pip install -e .[torch]")
 pytest.importorskip("bitsandbytes", reason="needs bitsandbytes: pip install -e .[torch]")
 
 from lora_budget.catalog.models import resolve_model  # noqa: E402
-from lora_budget.core.peak import peak_model  # noqa: E402
+from lora_budget.core.model import peak_model  # noqa: E402
 from lora_budget.spec import TrainSpec  # noqa: E402
 from lora_budget.trace.engine import trace  # noqa: E402
 

@@ -113,7 +113,7 @@ def test_validate_rejects_an_unknown_model():
 def test_replan_rescores_stored_traces_without_tracing(tmp_path):
     import csv
 
-    from lora_budget.core.peak import estimate
+    from lora_budget.core.model import estimate
     from lora_budget.validation.grid import Config, replan, spec_for
 
     config = Config("GPT-2", "lora", False, 2, 256)

@@ -67,7 +67,7 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
     """
     from lora_budget.api import MAIN_METHODS
     from lora_budget.catalog.models import resolve_model
-    from lora_budget.core.peak import estimate
+    from lora_budget.core.model import estimate
     from lora_budget.spec import TrainSpec
 
     if timeline_path:

@@ -35,7 +35,7 @@ from lora_budget.breakdown import Breakdown
 from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.objectives import ObjectiveLoss, objective_loss
-from lora_budget.core.static import StaticMemory, StepKey, static_memory
+from lora_budget.core.static import StaticMemory, static_memory
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
@@ -446,7 +446,8 @@ def _autocast_copies(spec: TrainSpec, adapter_bytes: int) -> dict[str, int]:
     return dict(autocast_fwd=adapters + head, autocast_bwd=head + (0 if spec.grad_ckpt else adapters))
 
 
-def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
+def single_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
+    """The step on one GPU (``core.model.peak_model`` shards it for more)."""
     if spec.activation_offload:
         raise LoraBudgetError(
             "activation offloading is traced (`lora-budget trace --activation-offload`, TRL's offloading "
@@ -479,31 +480,9 @@ def peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         acts, static = derived_activations(spec, static)
     else:
         acts = _activation_model(s, settings, spec.grad_ckpt, static.dequant_bytes)
-    model = PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
-    if spec.gpus > 1:
-        from lora_budget.core.sharding import shard_peak_model
-
-        return shard_peak_model(model)  # per GPU
-    return model
+    return PeakModel(spec=spec, static=static, acts=acts, overhead_bytes=overhead_bytes)
 
 
 _activation_model = lru_cache(maxsize=4096)(activation_model)
 """``activation_model`` cached: its arguments are frozen, and optimizers, world sizes and accumulation
 share one walk."""
-
-
-def shared_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
-    """``peak_model(spec)``, shared by every spec that differs from ``spec`` only in micro-batch and
-    sequence length (``StepKey``). Its ``spec`` is the first such spec seen, so evaluate it at the
-    caller's own b and s (``breakdown(b, s)``, ``fit_bytes(b, s)``) and read the spec from the caller."""
-    return _shared_peak_model(StepKey(spec), overhead_bytes)
-
-
-@lru_cache(maxsize=4096)
-def _shared_peak_model(key: StepKey, overhead_bytes: int) -> PeakModel:
-    return peak_model(key.spec, overhead_bytes)
-
-
-def estimate(spec: TrainSpec, overhead_bytes: int = 0) -> Breakdown:
-    """Peak breakdown of one training step of ``spec``."""
-    return peak_model(spec, overhead_bytes).breakdown(spec.batch_size, spec.seq_len)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_budget.core.peak import estimate
+from lora_budget.core.model import estimate
 from lora_budget.errors import LoraBudgetError
 from lora_budget.profile.measure import Measurement, Settings
 from lora_budget.profile.specio import model_to_dict, spec_to_dict

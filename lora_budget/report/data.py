@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 
 AXES = ("seq_len", "batch_size")
 """Scaling axes: peak memory vs sequence length (at the spec's micro-batch) and vs micro-batch

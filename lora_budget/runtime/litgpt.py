@@ -283,7 +283,7 @@ def write_cases(path: str) -> list[dict[str, Any]]:
     import litgpt
     import torch
 
-    from lora_budget.core.peak import estimate
+    from lora_budget.core.model import estimate
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from lora_budget.api import card_calibration
 from lora_budget.catalog.gpus import GPU
-from lora_budget.core.peak import peak_model
+from lora_budget.core.model import peak_model
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.time import estimate_time
 from lora_budget.spec import ModelRef, TrainSpec

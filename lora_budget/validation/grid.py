@@ -88,7 +88,7 @@ def spec_for(config: Config) -> TrainSpec:
 
 def plan_columns(config: Config) -> dict[str, Any]:
     """The planner's columns of a row (cheap: no trace)."""
-    from lora_budget.core.peak import peak_model
+    from lora_budget.core.model import peak_model
 
     spec = spec_for(config)
     model = peak_model(spec)

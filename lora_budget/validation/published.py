@@ -95,7 +95,7 @@ def _gpu(text: str):
 
 
 def compare_row(row: dict[str, str]) -> PublishedRow:
-    from lora_budget.core.peak import peak_model
+    from lora_budget.core.model import peak_model
 
     mapped = map_row(row)
     plan = paged = None

@@ -344,7 +344,7 @@ share of the published figure: the unknown real length could then explain the er
 def _seq_bound(spec: TrainSpec, published: int | None) -> tuple[str, bool]:
     """Dynamic padding to a truncation bound: the real batches may have been shorter. The plan at
     half the bound shows how much that uncertainty is worth for this row."""
-    from lora_budget.core.peak import peak_model
+    from lora_budget.core.model import peak_model
 
     model = peak_model(spec)
     full = model.fit_bytes(spec.batch_size, spec.seq_len)  # allocator-visible: paged state excluded
@@ -390,7 +390,7 @@ def _foreach_adamw(spec: TrainSpec) -> tuple[str, bool]:
     """torch.optim.AdamW without ``fused=True`` runs the foreach path on CUDA, whose step builds
     ``torch._foreach_sqrt(exp_avg_sqs)``: one transient copy of the second moment (state dtype).
     The row does not say which path ran; material if that copy would move the peak to the step."""
-    from lora_budget.core.peak import peak_model
+    from lora_budget.core.model import peak_model
     from lora_budget.core.static import alloc
 
     model = peak_model(spec)
