@@ -8,11 +8,16 @@ from lora_budget.units import GiB
 from lora_budget.validation.reserved import CONTEXT_BYTES, WITHIN, ReservedRow, Summary, summarize
 
 CAUSES: dict[str, str] = {
-    "159": "torchtune LoRA (q,v): the allocated peak traces 13.2 GiB against 14.5 reserved; the replay adds the "
-    "cache's segments",
-    "160": "as 159, plus LoRA on the output head, which the spec cannot express (its b*s*V bf16 branch: 0.06 GiB)",
-    "161": "as 159 at rank 64",
-    "162": "as 160 at rank 64",
+    "159": "torchtune LoRA (q,v). The replay adds 0.23 GiB of cache over the replayed allocated peak (1.8 %): "
+    "one step at one shape reuses its segments. The published reserved figure sits 1.3 GiB above the traced "
+    "allocated peak; what the replay does not see: alpaca batches padded to their longest sequence (<= 512), so "
+    "every step has another shape and the cache keeps segments sized for earlier ones (the trace runs one "
+    "512-token step, an upper bound for the allocated peak, not for the cache); the source gives no allocated "
+    "figure for this run to say how much of the gap is allocated memory",
+    "160": "as 159 (the replay adds 0.26 GiB), plus LoRA on the output head, which the spec cannot express (its "
+    "b*s*V bf16 branch: 0.06 GiB)",
+    "161": "as 159 at rank 64 (the replay adds 0.23 GiB)",
+    "162": "as 160 at rank 64 (the replay adds 0.16 GiB)",
     "163": "not a reserved-memory mechanism: the allocated peak itself is low. The same config's README figure "
     "(row 129, statistic unstated) is 7.98 GiB, 3.6 GiB above the traced allocated peak; torchtune's QLoRA of "
     "April 2024 (torchao NF4 on the LoRA linears, the rest bf16) is not the spec's bitsandbytes QLoRA, and "
@@ -88,8 +93,10 @@ def render(rows: list[ReservedRow], data: dict[str, Any]) -> str:
             "",
             "## torchtune rows whose statistic is not named",
             "",
-            "Same configurations as rows 163 and 159 (outside the summary): the published figure beside both "
-            "predictions shows which statistic the README quoted, as far as the allocated model allows.",
+            "Same configurations as rows 163 and 159 (outside the summary). Row 129 (7.98 GiB) lies below row "
+            "163's reserved 8.65 GiB for the same config, as that run's allocated or active peak would; row 131 "
+            "(16.00 GiB) lies above row 159's reserved 14.50 GiB, so it cannot be an allocated figure of the "
+            "run the tutorial measured: the README table and the tutorials come from different runs.",
             "",
             "| row | model | method | published GiB | cuda allocated GiB | traced reserved GiB | vs allocated % | "
             "vs reserved % |",
