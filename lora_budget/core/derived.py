@@ -277,9 +277,10 @@ def stored_coefficients(spec: Any) -> dict[str, Any] | None:
     key = arch_key(spec.model.shape.arch_config)
     skey = settings_key(settings(spec))
     cached = read_cache(key).get("coefficients", {}).get(skey)
-    installed = installed_versions()
-    if cached is not None and (installed is None or cached.get("versions") == installed):
-        return cached
+    if cached is not None:  # (versions read only then: a shipped model's plan reads no package metadata)
+        installed = installed_versions()
+        if installed is None or cached.get("versions") == installed:
+            return cached
     return shipped()["coefficients"].get(key, {}).get(skey)
 
 
