@@ -157,3 +157,15 @@ def test_tiny_bert_trainer_step_replays():
     # In step 2 the fp32 weights, gradients (zeroed in place, torch 1.x) and both AdamW moments
     # all live: 4 x 4 B each.
     assert t.tracked_peak_bytes >= 16 * 45_430_786
+
+
+@pytest.mark.slow
+def test_a_stored_bert_trace_reproduces():
+    # row 216 (bert-large, batch 1 x 4, checkpointing), traced again with today's code: the stored
+    # figures are what the code computes, not numbers typed in (about 1.5 min on 2 cores)
+    from lora_budget.validation.reserved import _trace_row
+
+    stored = load(TRACES)["rows"]["216"]
+    again = _trace_row(BY_ID["216"])
+    for key in ("tracked_peak_bytes", "cuda_allocated_bytes", "reserved_bytes", "segments"):
+        assert again[key] == stored[key], key
