@@ -22,6 +22,11 @@ hard time limit: a child still running at ``--limit`` seconds is killed with its
 - ``other``: an exit code outside {0, 1, 2}, or more than one error line;
 - ``timeout``: see above.
 
+Measured (seed 1, commit 98f9972, 2 shared cores, 8 chunks of 250 run from ``git archive HEAD``):
+2,000 cases, 133 or 134 per target, in 728 s: 0 tracebacks, 0 clobbered, 0 other, 0 timeouts;
+the slowest case 28.7 s (a profile measuring one real step). A 150-case sample (seed 7) passed with
+exit 0: 28, 1: 7, 2: 105 and HTTP 200: 2, 400: 8.
+
     python scripts/fuzz.py --cases 2000 --seed 1                     # one run
     python scripts/fuzz.py --start 0 --cases 500 --summary a.json    # a chunk of the same run
     python scripts/fuzz.py --combine a.json b.json c.json d.json     # the figure of the chunks
@@ -321,7 +326,8 @@ def summary(outcomes: list[Outcome], seed: int, wall_s: float) -> dict:
     per: dict[str, dict[str, int]] = {t: dict.fromkeys(KINDS, 0) for t in TARGETS}
     for o in outcomes:
         per[o.target][o.kind] += 1
-    return {"seed": seed, "cases": len(outcomes), "wall_s": round(wall_s, 1), "per_target": per,
+    codes = Counter(str(o.code) for o in outcomes if o.kind == "ok")
+    return {"seed": seed, "cases": len(outcomes), "wall_s": round(wall_s, 1), "per_target": per, "ok_codes": codes,
             "slowest": sorted(([o.wall_s, o.target, o.index] for o in outcomes), reverse=True)[:5]}  # fmt: skip
 
 
@@ -330,7 +336,10 @@ def combine(parts: list[dict]) -> dict:
     for part in parts:
         for target, kinds in part["per_target"].items():
             per[target].update(kinds)
-    return {"seed": sorted({p["seed"] for p in parts}), "cases": sum(p["cases"] for p in parts),
+    codes = Counter()
+    for part in parts:
+        codes.update(part.get("ok_codes", {}))
+    return {"seed": sorted({p["seed"] for p in parts}), "cases": sum(p["cases"] for p in parts), "ok_codes": codes,
             "wall_s": round(sum(p["wall_s"] for p in parts), 1),
             "per_target": {t: {k: c[k] for k in KINDS} for t, c in per.items()},
             "slowest": sorted((s for p in parts for s in p["slowest"]), reverse=True)[:5]}  # fmt: skip
@@ -344,6 +353,9 @@ def render(figure: dict) -> str:
         totals.update(kinds)
         lines.append(f"{target:<10}{sum(kinds.values()):>11}" + "".join(f"{kinds[k]:>11}" for k in KINDS))
     lines.append(f"{'all':<10}{sum(totals.values()):>11}" + "".join(f"{totals[k]:>11}" for k in KINDS))
+    codes = figure.get("ok_codes", {})
+    lines.append("passing cases by exit code (HTTP status for serve): "
+                 + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items(), key=lambda kv: int(kv[0]))))  # fmt: skip
     lines.append("slowest cases (s, target, case): " + ", ".join(f"{s:.1f} {t} #{i}" for s, t, i in figure["slowest"]))
     lines.append(f"tracebacks: {totals['traceback']}  clobbered: {totals['clobbered']}  "
                  f"other problems: {totals['other']}  timeouts: {totals['timeout']}")  # fmt: skip
