@@ -12,9 +12,12 @@ allocator replay as ``trace``:
   mode; inputs ``input_ids`` and ``labels`` only, as the guide's dummy dataset has;
 - the Trainer's step: the loss divided by the accumulation steps, ``backward`` per micro-batch,
   ``clip_grad_norm_(1.0)`` (``max_grad_norm`` default), ``optimizer.step()``, then
-  ``model.zero_grad()``. The guide predates torch 2.0, whose ``zero_grad`` sets gradients to
-  ``None`` by default; torch 1.x zeroed them in place (``set_to_none=False``, changed by
-  pytorch/pytorch#92731), so the gradients stay allocated through the next forward: traced so;
+  ``model.zero_grad()``. The rows date the guide's figures to transformers 4.2x on torch 1.x,
+  whose ``zero_grad`` zeroed gradients in place (``set_to_none=False``; torch 2.0 changed the default,
+  pytorch/pytorch#92731, and the Trainer passes ``set_to_none=True`` only since
+  huggingface/transformers#22136, March 2023), so the gradients stay allocated through the next
+  forward: traced so. With ``set_to_none=True`` the fp32 gradients (1.25 GiB) would leave the
+  forward's peak;
 - the optimizers: ``adamw_hf``, the Trainer default of that time, was transformers' own
   ``AdamW``: one parameter at a time, one ``denom`` temporary each, which is what
   ``torch.optim.AdamW(foreach=False)`` does (it adds a second transient of the same size, at
