@@ -1,12 +1,13 @@
 """Fuzz every ``lora-budget`` entry point; count tracebacks, clobbered files and timeouts.
 
-Targets (``fuzz_cases.py`` draws the inputs): every CLI command but ``serve`` (plan, trace,
-validate, profile, profiles, calibrate, report, check, models, gpus, search), ``serve``'s
+Targets (``fuzz_cases.py`` draws the inputs): every CLI command but ``serve`` (plan, trace, derive,
+validate, profile, profiles, calibrate, report, check, models, gpus, search: ``cli.COMMANDS``, so a
+new command is fuzzed without a change here), ``serve``'s
 ``/api/plan`` handler, the Python API (``lora_budget.plan``) and the ``--config`` / ``config.json``
 readers fed mutated real files.
 
 Each case runs in a forked child (torch, transformers, peft, bitsandbytes and matplotlib are
-imported once, before the first fork) in a fresh temp folder with ``HF_HUB_OFFLINE=1``, under a
+imported once, before the first fork) in a fresh temp folder with ``HF_HUB_OFFLINE=1`` and its caches inside it, under a
 hard time limit: a child still running at ``--limit`` seconds is killed with its process group
 (profile's workers included) and counted as a **timeout**, its own kind, never a pass. Kinds:
 
