@@ -150,8 +150,8 @@ class TrainSpec:
     """optimizer: optimizer state, master weights and gradient partitions live in CPU memory
     (DeepSpeed ZeRO-Offload, zero1/2/3); params: parameters too (zero3 ``offload_param``, FSDP2
     ``CPUOffloadPolicy``, which moves sharded parameters, gradients and optimizer state)."""
-    framework: Framework = "plain"
-    """The training code that runs the step. plain: the reference loop in README.md (no autocast,
+    framework: Framework = "hf-trainer"
+    """The training code that runs the step; the default is what most fine-tuning runs use. plain: the reference loop in README.md (no autocast,
     transformers' loss); hf-trainer: transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory,
     which run on it): the forward under autocast with 16-bit weights (``bf16=True``/``fp16=True``);
     torchtune: its recipes' chunked cross-entropy (``loss="auto"``); litgpt: LitGPT's own model code

@@ -23,6 +23,10 @@ from lora_budget.core.model import estimate, peak_model
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ModelRef, TrainSpec
 
+PLAIN = "plain"
+"""The reference loop (no autocast): what the shipped records and these checks are of; stated, not
+taken from the framework default."""
+
 PHI_2 = {
     # microsoft/phi-2 config.json (https://huggingface.co/microsoft/phi-2/blob/main/config.json)
     "model_type": "phi", "vocab_size": 51200, "hidden_size": 2560, "intermediate_size": 10240,
@@ -89,8 +93,8 @@ def test_derived_coefficients_reproduce_the_analytical_walk(cache):
     ``once`` and ``head`` are 8 bytes per token more: the int64 labels that nll_loss keeps for its
     backward, which the walk leaves out (measured, not a fudge: T x 8 bytes). The peaks agree."""
     qwen = dict(resolve_model("Qwen2.5-0.5B").config)
-    spec_a = TrainSpec(model=_ref(qwen, "qwen", 4), batch_size=2, seq_len=512)
-    spec_d = TrainSpec(model=_ref(qwen, "qwen", 4, as_derived=True), batch_size=2, seq_len=512)
+    spec_a = TrainSpec(framework=PLAIN, model=_ref(qwen, "qwen", 4), batch_size=2, seq_len=512)
+    spec_d = TrainSpec(framework=PLAIN, model=_ref(qwen, "qwen", 4, as_derived=True), batch_size=2, seq_len=512)
     ana, der = peak_model(spec_a), peak_model(spec_d)
     for name in ("layer", "first_layer"):
         assert getattr(der.acts, name) == getattr(ana.acts, name), name
@@ -108,7 +112,7 @@ def test_plan_from_derived_coefficients_matches_a_deeper_trace(cache, caplog):
     The first plan derives the coefficients and says so in one logged line naming the cache folder."""
     from lora_budget.trace.engine import trace
 
-    spec = TrainSpec(model=_ref(PHI_2, "phi-2", 4), method="lora", batch_size=2, seq_len=512)
+    spec = TrainSpec(framework=PLAIN, model=_ref(PHI_2, "phi-2", 4), method="lora", batch_size=2, seq_len=512)
     with caplog.at_level(logging.WARNING, logger="lora_budget.derive"):
         planned = estimate(spec).peak_bytes
     notes = [r.getMessage() for r in caplog.records if "derived phi coefficients" in r.getMessage()]
@@ -140,7 +144,7 @@ def test_layers_of_several_types_are_refused(cache):
     refused (checked at the model's own depth), never silently wrong."""
     ref = resolve_model("DeepSeek-V3")
     with pytest.raises(LoraBudgetError, match="differs from layer 0"):
-        TrainSpec(model=ref)
+        TrainSpec(framework=PLAIN, model=ref)
 
 
 def test_without_torch_a_shipped_refusal_is_the_message(monkeypatch):
@@ -148,12 +152,12 @@ def test_without_torch_a_shipped_refusal_is_the_message(monkeypatch):
     one line, not an install hint that would not help."""
     monkeypatch.setattr(derived, "_torch_available", lambda: False)
     with pytest.raises(LoraBudgetError, match="differs from layer 0"):
-        TrainSpec(model=resolve_model("DeepSeek-V3"))
+        TrainSpec(framework=PLAIN, model=resolve_model("DeepSeek-V3"))
 
 
 def test_missing_coefficients_without_torch_say_how_to_get_them(cache, monkeypatch):
     monkeypatch.setattr(derived, "_torch_available", lambda: False)
-    spec = TrainSpec(model=_ref(PHI_2, "phi-2", 4), method="full", grad_ckpt=True)
+    spec = TrainSpec(framework=PLAIN, model=_ref(PHI_2, "phi-2", 4), method="full", grad_ckpt=True)
     with pytest.raises(LoraBudgetError, match=r"pip install 'lora-budget\[torch\]'.*lora-budget derive"):
         estimate(spec)
 
@@ -164,7 +168,7 @@ def test_a_cached_record_serves_only_its_library_versions(tmp_path, monkeypatch)
     from lora_budget.derive.store import save_coefficients
 
     monkeypatch.setenv(derived.ENV_DIR, str(tmp_path))
-    spec = TrainSpec(model=_ref(PHI_2, "phi-2", 4, as_derived=True), method="lora")
+    spec = TrainSpec(framework=PLAIN, model=_ref(PHI_2, "phi-2", 4, as_derived=True), method="lora")
     key, skey = derived.arch_key(spec.model.shape.arch_config), derived.settings_key(derived.settings(spec))
     save_coefficients(key, skey, {"versions": {"torch": "1.0", "transformers": "4.0", "peft": "0", "bitsandbytes": ""}})
     monkeypatch.setattr(derived, "installed_versions", lambda: {"torch": "2.13.0", "transformers": "5.24.0"})
@@ -213,7 +217,7 @@ def test_models_lists_the_planner_of_each_entry():
 
 def test_plan_of_a_shipped_derived_model_imports_no_torch():
     code = (
-        "import sys; from lora_budget.api import plan; r = plan('GPT-J-6B', 'h100', seq_len=1024)\n"
+        "import sys; from lora_budget.api import plan; r = plan('GPT-J-6B', 'h100', seq_len=1024, framework='plain')\n"
         "assert r.methods[0].peak_bytes > 0\n"
         "print([m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'numpy') if m in sys.modules])"
     )

@@ -70,7 +70,9 @@ def test_framework_defaults():
     assert (hf.kbit_prepared, hf.autocast_on, hf.loss_kernel) == (True, True, "full-ce")
     # TRL's SFTTrainer and LLaMA-Factory do not call prepare_model_for_kbit_training
     assert not TrainSpec(model=ref, method="qlora", framework="hf-trainer").kbit_prepared
-    plain = TrainSpec(model=ref, method="qlora")
+    # the default is what most users run: the Trainer (TRL, axolotl, LLaMA-Factory run on it)
+    assert TrainSpec(model=ref).framework == "hf-trainer" and TrainSpec(model=ref).autocast_on
+    plain = TrainSpec(model=ref, method="qlora", framework="plain")
     assert (plain.kbit_prepared, plain.autocast_on, plain.loss_kernel) == (False, False, "full-ce")
     assert TrainSpec(model=ref, framework="torchtune").loss_kernel == "chunked-ce"
     # kbit preparation is a property of a quantized model: switching the method re-resolves it

@@ -70,7 +70,10 @@ def test_trace_bad_input_is_one_line(args, message):
 @pytest.mark.parametrize("ckpt", [False, True], ids=["no-ckpt", "ckpt"])
 def test_plan_agrees_with_trace_on_gpt2(method, ckpt):
     """GPT-2 (Conv1D, LayerNorm, GELU, dropout 0.1, tied embeddings) within the accuracy contract."""
-    spec = TrainSpec(model=resolve_model("GPT-2"), method=method, grad_ckpt=ckpt, batch_size=2, seq_len=256)
+    # the reference loop: CPU autocast differs from CUDA's for GPT-2's LayerNorm and tanh-GELU
+    spec = TrainSpec(
+        model=resolve_model("GPT-2"), method=method, grad_ckpt=ckpt, batch_size=2, seq_len=256, framework="plain"
+    )
     traced = trace(spec)
     model = peak_model(spec)
     planned = model.breakdown(spec.batch_size, spec.seq_len)

@@ -140,7 +140,7 @@ def spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--framework",
             type=click.Choice(FRAMEWORKS),
-            default="plain",
+            default="hf-trainer",
             show_default=True,
             help="Training code: plain (the reference loop), hf-trainer (transformers Trainer, TRL, axolotl, "
             "LLaMA-Factory: bf16/fp16 autocast), litgpt (LitGPT's model and finetune loop: fused qkv, bf16 "

@@ -22,6 +22,9 @@ from lora_budget.core import derived
 from lora_budget.errors import LoraBudgetError
 
 SETTINGS = tuple((method, ckpt) for method in ("full", "lora", "qlora") for ckpt in (False, True))
+"""(method, checkpointing) shipped, for the plain reference loop (no autocast), stated explicitly: on
+fake CPU tensors autocast follows CPU rules for LayerNorm and pow, so the trace refuses autocast for
+LayerNorm / tanh-GELU models (every shipped architecture) and no Trainer-autocast record is derived."""
 
 
 def build(entries: list[dict[str, Any]], log: Any = print) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def build(entries: list[dict[str, Any]], log: Any = print) -> dict[str, Any]:
                 name=entry["name"], hf_id=entry["hf_id"], source=entry["source"], shape=shape, config=entry["config"]
             )
             for method, ckpt in SETTINGS:
-                spec = TrainSpec(model=ref, method=method, grad_ckpt=ckpt)
+                spec = TrainSpec(framework="plain", model=ref, method=method, grad_ckpt=ckpt)
                 skey = derived.settings_key(derived.settings(spec))
                 if skey not in out["coefficients"].get(key, {}):
                     out["coefficients"].setdefault(key, {})[skey] = derive_coefficients(spec, save=False)
