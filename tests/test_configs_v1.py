@@ -36,6 +36,7 @@ def test_v1_lora_file(tmp_path):
     assert loaded.format == "llamafactory_v1"
     assert loaded.values == {
         "model": "Qwen/Qwen3-0.6B",  # model
+        "framework": "plain",  # v1 runs its own loop (v1/core/base_trainer.py), not transformers' Trainer
         "method": "qlora",  # peft_config.name lora + quant_config.quantization_bit 4
         "rank": 16,  # peft_config.r
         "alpha": 32,  # peft_config.lora_alpha

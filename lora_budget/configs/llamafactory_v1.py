@@ -7,8 +7,8 @@ Keys and defaults from LLaMA-Factory v0.9.5 ``src/llamafactory/v1/config/model_a
 with ``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules`` (``all``), ``name: freeze``;
 ``quant_config`` ``name: bnb|auto`` with ``quantization_bit`` 4 or 8; ``dist_config`` ``name:
 fsdp2|deepspeed`` (``config_file``), ``cp_size``; ``kernel_config`` ``name: liger_kernel|auto``.
-The v1 trainer is LLaMA-Factory's own loop (``v1/core/base_trainer.py``), not transformers' Trainer,
-so no framework is set.
+The v1 trainer is LLaMA-Factory's own loop (``v1/core/base_trainer.py``), not transformers' Trainer:
+it is planned as the plain loop (no Trainer autocast).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def _name(r: Reader, key: str, section: dict[str, Any]) -> str:
 
 def read(r: Reader) -> None:
     r.model("model")
+    if "framework" not in r.typed:
+        r.set("framework", "plain", "(LLaMA-Factory v1: its own loop, v1/core/base_trainer.py)")
     peft = _section(r, "peft_config")
     quant = _section(r, "quant_config")
     if not r.typed_over("method", "peft_config", "quant_config"):
