@@ -177,6 +177,14 @@ def test_a_cached_record_serves_only_its_library_versions(tmp_path, monkeypatch)
     assert derived.stored_coefficients(spec)["versions"]["torch"] == "1.0"
 
 
+def test_autocast_is_refused_for_layernorm_models(cache):
+    """Under the Trainer's autocast a LayerNorm model would be traced with CPU autocast's rules
+    (layer_norm in 16 bits, CUDA runs it in fp32): refused with the fix, as the trace engine does."""
+    spec = TrainSpec(framework="hf-trainer", model=_ref(PHI_2, "phi-2", 4), method="lora")
+    with pytest.raises(LoraBudgetError, match="CPU autocast.*--framework plain"):
+        estimate(spec)
+
+
 def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(derived.ENV_DIR, str(tmp_path / "x"))
     assert derived.cache_dir() == tmp_path / "x"

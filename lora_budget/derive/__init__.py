@@ -98,6 +98,26 @@ def _single_sequence_extra(coeffs: list[float], measured: list[int], probes: lis
     return float(round(per_token[0]))
 
 
+def _check_autocast(spec: TrainSpec) -> None:
+    """Refuse autocast where CPU autocast on fake tensors would not be CUDA's, as the trace engine
+    does: CPU autocast keeps layer_norm and pow in 16 bits where CUDA's runs them in fp32, so a
+    model with a LayerNorm or the tanh GELU (``gelu_new``, which calls pow) is derived without it."""
+    import torch
+
+    from lora_budget.derive.arch import build_meta
+
+    raw = dict(spec.model.config)
+    model = build_meta(truncated_config(raw, PROBE_LAYERS))
+    layer_norm = any(isinstance(m, torch.nn.LayerNorm) or "LayerNorm" in type(m).__name__ for m in model.modules())
+    acts = {str(raw.get(k, "")) for k in ("hidden_act", "activation_function", "hidden_activation")}
+    if layer_norm or "gelu_new" in acts:
+        raise LoraBudgetError(
+            f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "
+            "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is derived without "
+            "autocast only (--framework plain or --no-autocast)"
+        )
+
+
 def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]:
     """Trace, fit and (unless ``save`` is off) cache the coefficients record of ``spec``."""
     from lora_budget.derive.measure import probe
@@ -114,6 +134,8 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
             f"{spec.model.name}: MoE routing has data-dependent shapes that the fake-tensor trace cannot follow; "
             "its parameters, weights and optimizer state are exact, its activations are not derivable yet"
         )
+    if spec.autocast_on:
+        _check_autocast(spec)
     started = time.perf_counter()
     small = truncated_spec(spec)
     at, check = fit.points(spec.model.shape.max_positions)
