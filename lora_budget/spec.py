@@ -151,12 +151,13 @@ class TrainSpec:
     (DeepSpeed ZeRO-Offload, zero1/2/3); params: parameters too (zero3 ``offload_param``, FSDP2
     ``CPUOffloadPolicy``, which moves sharded parameters, gradients and optimizer state)."""
     framework: Framework = "hf-trainer"
-    """The training code that runs the step; the default is what most fine-tuning runs use. plain: the reference loop in README.md (no autocast,
-    transformers' loss); hf-trainer: transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory,
-    which run on it): the forward under autocast with 16-bit weights (``bf16=True``/``fp16=True``);
-    torchtune: its recipes' chunked cross-entropy (``loss="auto"``); litgpt: LitGPT's own model code
-    and ``finetune lora`` loop (``core/litgpt.py``: fused qkv, its LoRA flags, bf16-true, its
-    chunked loss, 4-bit lm_head under QLoRA)."""
+    """The training code that runs the step; the default is what most fine-tuning runs use.
+    plain: the reference loop in README.md (no autocast, transformers' loss). hf-trainer:
+    transformers' ``Trainer`` (and TRL, axolotl and LLaMA-Factory, which run on it): the forward
+    under autocast with 16-bit weights (``bf16=True``/``fp16=True``). torchtune: its recipes'
+    chunked cross-entropy (``loss="auto"``). litgpt: LitGPT's own model code and ``finetune lora``
+    loop (``core/litgpt.py``: fused qkv, its LoRA flags, bf16-true, its chunked loss, 4-bit lm_head
+    under QLoRA)."""
     lora_dropout: float = 0.0
     """LoRA dropout p (peft's ``lora_dropout``; its default is 0). Above 0 every adapted linear runs
     its adapter on ``dropout(x)``: a new input-sized tensor and a 1-byte mask per adapted layer."""
@@ -269,6 +270,21 @@ class TrainSpec:
             object.__setattr__(self, "attn", "eager")
             object.__setattr__(
                 self, "warnings", self.warnings + ("Gemma 2 has no sdpa attention in transformers; planned with eager",)
+            )
+        if shape.derived and self.autocast is None and self.framework == "hf-trainer" and self.dtype != "fp32":
+            # trace-derived coefficients come from the plain loop: CPU autocast on fake tensors is not
+            # CUDA's for LayerNorm models (derive/_check_autocast), and every shipped record is plain
+            object.__setattr__(self, "autocast", False)
+            object.__setattr__(
+                self,
+                "warnings",
+                self.warnings
+                + (
+                    "a trace-derived model is planned without the Trainer's autocast (its coefficients are the "
+                    "plain loop's): LoRA keeps fp32 copies of adapter inputs there, 16-bit ones under autocast, "
+                    "so LoRA activations are over-planned; --autocast derives autocast coefficients (RMSNorm "
+                    "models only)",
+                ),
             )
         if shape.notes:
             object.__setattr__(self, "warnings", self.warnings + shape.notes)

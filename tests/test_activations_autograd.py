@@ -55,9 +55,8 @@ def measure(cfg, method, adapter_dtype, attn, b=2, s=16):
 
     shape = shape_from_config(cfg)
     ref = ModelRef(name=cfg["model_type"], hf_id="", source="test", shape=shape)
-    spec = TrainSpec(
-        model=ref, method=method, adapter_dtype=adapter_dtype, rank=4, attn=attn, batch_size=b, seq_len=s, framework="plain"
-    )
+    kw = dict(adapter_dtype=adapter_dtype, rank=4, attn=attn, batch_size=b, seq_len=s, framework="plain")
+    spec = TrainSpec(model=ref, method=method, **kw)
     acts = peak_model(spec).acts
     T = b * s
     planned = T * (acts.once.at(s) + acts.first_layer.at(s) + (shape.layers - 1) * acts.layer.at(s))

@@ -180,9 +180,17 @@ def test_a_cached_record_serves_only_its_library_versions(tmp_path, monkeypatch)
 def test_autocast_is_refused_for_layernorm_models(cache):
     """Under the Trainer's autocast a LayerNorm model would be traced with CPU autocast's rules
     (layer_norm in 16 bits, CUDA runs it in fp32): refused with the fix, as the trace engine does."""
-    spec = TrainSpec(framework="hf-trainer", model=_ref(PHI_2, "phi-2", 4), method="lora")
+    spec = TrainSpec(framework="hf-trainer", model=_ref(PHI_2, "phi-2", 4), method="lora", autocast=True)
     with pytest.raises(LoraBudgetError, match="CPU autocast.*--framework plain"):
         estimate(spec)
+
+
+def test_the_trainer_default_plans_derived_models_from_the_plain_loop(cache):
+    """The default (hf-trainer, autocast unset) keeps a derived model plannable: the plain loop's
+    coefficients, with a warning that LoRA is over-planned there."""
+    spec = TrainSpec(model=_ref(PHI_2, "phi-2", 4), method="lora")
+    assert spec.framework == "hf-trainer" and not spec.autocast_on
+    assert any("planned without the Trainer's autocast" in w for w in spec.warnings)
 
 
 def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):

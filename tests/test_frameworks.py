@@ -101,9 +101,10 @@ def test_old_bitsandbytes_keeps_matmul_inputs():
     new = estimate(TrainSpec(model=ref, method="qlora", batch_size=2, seq_len=512))
     old = estimate(TrainSpec(model=ref, method="qlora", batch_size=2, seq_len=512, bitsandbytes="0.42.0"))
     assert old.activations - new.activations == pytest.approx((38_400 * 32 - 2 * 4096) * 1024, rel=1e-4)
-    assert estimate(TrainSpec(model=ref, method="qlora", bitsandbytes="0.43.2")).peak_bytes == estimate(
-        TrainSpec(model=ref, method="qlora")
-    ).peak_bytes
+    assert (
+        estimate(TrainSpec(model=ref, method="qlora", bitsandbytes="0.43.2")).peak_bytes
+        == estimate(TrainSpec(model=ref, method="qlora")).peak_bytes
+    )
 
 
 def test_chunked_loss_terms():

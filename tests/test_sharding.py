@@ -9,8 +9,6 @@ its own CUDA allocation, rounded up to 512 bytes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from click.testing import CliRunner
 

@@ -486,11 +486,3 @@ def single_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
 _activation_model = lru_cache(maxsize=4096)(activation_model)
 """``activation_model`` cached: its arguments are frozen, and optimizers, world sizes and accumulation
 share one walk."""
-
-
-def __getattr__(name: str) -> object:  # TRANSITIONAL: remove once every caller imports core.model
-    if name in ("peak_model", "estimate", "shared_peak_model"):
-        from lora_budget.core import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

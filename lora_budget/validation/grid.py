@@ -83,6 +83,7 @@ def spec_for(config: Config) -> TrainSpec:
         grad_ckpt=config.grad_ckpt,
         batch_size=config.batch_size,
         seq_len=config.seq_len,
+        framework="plain",  # the grid is of the reference loop (the Trainer's mechanisms: test_frameworks.py)
     )
 
 

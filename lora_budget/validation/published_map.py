@@ -246,6 +246,10 @@ def map_row(row: dict[str, str]) -> Mapped:
     if method == "qlora" and "no double quant" in row["frozen_weight_precision"].lower():
         kwargs["double_quant"] = False
     kwargs.update(_mechanisms(row, method))
+    if litgpt and kwargs.get("framework") != "litgpt":
+        # a LitGPT run its own layout does not walk (full fine-tuning, other blocks): bf16-true runs
+        # without autocast, so the plain loop is the nearer step
+        kwargs["framework"] = "plain"
     spec = TrainSpec(**kwargs)
     if method != "full" and spec.framework != "litgpt" and not litgpt:
         from lora_budget.core.params import linear_names
@@ -265,6 +269,9 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     import re
 
     out: dict[str, Any] = {}
+    if framework_key(row) in ("plain", "hf-trainer"):
+        # the row's own loop: PEFT's accelerate scripts (plain) or the Trainer, not the spec's default
+        out["framework"] = framework_key(row)
     if framework_key(row) == "torchtune":
         # chunked cross-entropy only where the row says the recipe used it: earlier recipes (and the
         # baseline of the cumulative technique table) take cross-entropy of the whole fp32 logits
