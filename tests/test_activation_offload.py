@@ -14,16 +14,10 @@ import dataclasses
 import pytest
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core.model import estimate
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ModelRef, TrainSpec
-
-
-def _layers(name: str, n: int) -> ModelRef:
-    ref = resolve_model(name)
-    config = {**ref.config, "num_hidden_layers": n}
-    return dataclasses.replace(ref, name=f"{ref.name} ({n} layers)", shape=shape_from_config(config), config=config)
+from lora_budget.spec import TrainSpec
+from tests.tiny_models import truncated
 
 
 def test_pack_rules():
@@ -51,7 +45,7 @@ def test_trace_offloads_the_layers_activations():
     pytest.importorskip("peft")
     from lora_budget.trace.engine import trace
 
-    spec = TrainSpec(model=_layers("Qwen2.5-0.5B", 4), method="lora", batch_size=2, seq_len=256, framework="plain")
+    spec = TrainSpec(model=truncated("Qwen2.5-0.5B", 4), method="lora", batch_size=2, seq_len=256, framework="plain")
     kept = trace(dataclasses.replace(spec, activation_offload=True)).breakdown.activations
     assert kept < 0.15 * trace(spec).breakdown.activations
 

@@ -6,21 +6,13 @@ checkpointing hook, with each host copy taken off the fake device's count (``Tra
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core.model import estimate, peak_model
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ModelRef, TrainSpec
-
-
-def _layers(name: str, n: int) -> ModelRef:
-    ref = resolve_model(name)
-    config = {**ref.config, "num_hidden_layers": n}
-    return dataclasses.replace(ref, name=f"{ref.name} ({n} layers)", shape=shape_from_config(config), config=config)
+from lora_budget.spec import TrainSpec
+from tests.tiny_models import truncated
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
@@ -30,7 +22,7 @@ def test_plan_matches_trace(method):
     from lora_budget.trace.engine import trace
 
     spec = TrainSpec(
-        model=_layers("Qwen2.5-0.5B", 4), method=method, batch_size=2, seq_len=256, grad_ckpt=True, ckpt_offload=True
+        model=truncated("Qwen2.5-0.5B", 4), method=method, batch_size=2, seq_len=256, grad_ckpt=True, ckpt_offload=True
     )
     assert abs(estimate(spec).peak_bytes / trace(spec).breakdown.peak_bytes - 1) <= 0.005
 

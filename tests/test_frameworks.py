@@ -14,10 +14,10 @@ import dataclasses
 import pytest
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core.model import estimate
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ModelRef, TrainSpec
+from lora_budget.spec import TrainSpec
+from tests.tiny_models import truncated
 
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
@@ -35,12 +35,6 @@ CASES = {
 }
 
 
-def _two_layers(name: str) -> ModelRef:
-    ref = resolve_model(name)
-    config = {**ref.config, "num_hidden_layers": 2}
-    return dataclasses.replace(ref, name=f"{ref.name} (2 layers)", shape=shape_from_config(config), config=config)
-
-
 def _error(spec: TrainSpec) -> float:
     from lora_budget.trace.engine import trace
 
@@ -50,7 +44,7 @@ def _error(spec: TrainSpec) -> float:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_plan_matches_trace_per_mechanism(case):
-    spec = TrainSpec(model=_two_layers("Qwen2.5-0.5B"), batch_size=2, seq_len=256, **CASES[case])
+    spec = TrainSpec(model=truncated("Qwen2.5-0.5B", 2), batch_size=2, seq_len=256, **CASES[case])
     # full fine-tuning's chunked loss accumulates lm_head's weight gradient chunk by chunk, which
     # the planner does not model (known error, about 1 % on the full-depth model)
     assert abs(_error(spec)) <= (0.03 if case == "full-chunked-ce" else 0.005)
@@ -140,6 +134,6 @@ def test_bad_framework_settings(kw, match):
 def test_fused_loss_is_refused_by_the_trace():
     from lora_budget.trace.engine import trace
 
-    spec = TrainSpec(model=_two_layers("Qwen2.5-0.5B"), batch_size=1, seq_len=64, loss="fused-ce")
+    spec = TrainSpec(model=truncated("Qwen2.5-0.5B", 2), batch_size=1, seq_len=64, loss="fused-ce")
     with pytest.raises(LoraBudgetError, match="Triton"):
         trace(spec)

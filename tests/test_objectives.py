@@ -13,12 +13,12 @@ import dataclasses
 import pytest
 
 from lora_budget.catalog.models import resolve_model
-from lora_budget.catalog.shape import shape_from_config
 from lora_budget.configs import load_config
 from lora_budget.core.model import estimate
 from lora_budget.core.objectives import objective_loss
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import ModelRef, TrainSpec
+from lora_budget.spec import TrainSpec
+from tests.tiny_models import truncated
 
 CORPUS = "tests/data/configs/corpus"
 
@@ -37,19 +37,13 @@ CASES = {
 }
 
 
-def _two_layers(name: str) -> ModelRef:
-    ref = resolve_model(name)
-    config = {**ref.config, "num_hidden_layers": 2}
-    return dataclasses.replace(ref, name=f"{ref.name} (2 layers)", shape=shape_from_config(config), config=config)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_plan_matches_trace_of_trl_loss(case):
     pytest.importorskip("trl")
     pytest.importorskip("peft")
     from lora_budget.trace.engine import trace
 
-    spec = TrainSpec(model=_two_layers("Qwen2.5-0.5B"), batch_size=2, seq_len=256, **CASES[case])
+    spec = TrainSpec(model=truncated("Qwen2.5-0.5B", 2), batch_size=2, seq_len=256, **CASES[case])
     traced = trace(spec).breakdown
     planned = estimate(spec)
     # a reward model has no vocabulary logits, which exposes the planner's estimate of a LoRA
@@ -203,7 +197,7 @@ def test_evaluation_phase_matches_trace(method, eval_batch):
     pytest.importorskip("peft")
     from lora_budget.trace.engine import trace
 
-    spec = TrainSpec(model=_two_layers("Qwen2.5-0.5B"), method=method, seq_len=256, eval_batch_size=eval_batch)
+    spec = TrainSpec(model=truncated("Qwen2.5-0.5B", 2), method=method, seq_len=256, eval_batch_size=eval_batch)
     traced, planned = trace(spec).breakdown, estimate(spec)
     assert traced.phase == planned.phase == "evaluation"
     assert abs(planned.peak_bytes / traced.peak_bytes - 1) <= 0.001

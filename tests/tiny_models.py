@@ -46,3 +46,17 @@ def tiny_ref(arch: str) -> ModelRef:
     return ModelRef(
         name=f"tiny-{arch}", hf_id="", source="tests/tiny_models.py", shape=shape_from_config(cfg), config=cfg
     )
+
+
+def truncated(name: str, layers: int) -> ModelRef:
+    """A catalog model cut to ``layers`` decoder layers at its real width and vocabulary (per-layer
+    terms are exact per layer, so a few layers test them at a fraction of a full trace's cost)."""
+    import dataclasses
+
+    from lora_budget.catalog.models import resolve_model
+
+    ref = resolve_model(name)
+    config = {**ref.config, "num_hidden_layers": layers}
+    return dataclasses.replace(
+        ref, name=f"{ref.name} ({layers} layers)", shape=shape_from_config(config), config=config
+    )
