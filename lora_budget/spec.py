@@ -59,6 +59,13 @@ unless ``precompute_ref_log_probs``; GRPO only when ``beta`` > 0, its default be
 SimPO are reference-free by construction."""
 GRPO_COMPLETION = 256
 """TRL v1.9.0 ``GRPOConfig.max_completion_length`` default (``grpo_config.py``)."""
+
+
+def grpo_completion(completion_len: int, seq_len: int) -> int:
+    """GRPO's completion tokens: ``completion_len``, or TRL's default at most ``seq_len`` - 1."""
+    return completion_len or min(GRPO_COMPLETION, seq_len - 1)
+
+
 SHARDED_PARAMS: tuple[Strategy, ...] = ("zero3", "fsdp")
 """Strategies that shard the (frozen and trainable) parameters themselves."""
 TARGET_PRESETS = ("all-linear", "attn", "mlp")
@@ -410,7 +417,7 @@ class TrainSpec:
         """grpo: completion tokens per sequence (0 for other objectives)."""
         if self.objective != "grpo":
             return 0
-        return self.completion_len or min(GRPO_COMPLETION, self.seq_len - 1)
+        return grpo_completion(self.completion_len, self.seq_len)
 
     @property
     def loss_kernel(self) -> str:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_budget.spec import GRPO_COMPLETION, TrainSpec
+from lora_budget.spec import TrainSpec, grpo_completion
 
 ENTROPY_CHUNK = 128
 """``entropy_from_logits``' default ``chunk_size`` (TRL v1.9.0)."""
@@ -71,15 +71,12 @@ class ObjectiveLoss:
     fp32: bool = False
     """fp32 logits: ``selective_log_softmax``'s gather + logsumexp branch."""
 
-    def completion(self, seq_len: int) -> int:
-        return self.completion_len or min(GRPO_COMPLETION, seq_len - 1)
-
     def logits_bytes(self, rows: int, seq_len: int) -> tuple[int, int]:
         """(loss phase, start of backward) logits bytes for ``rows`` sequences of ``seq_len``."""
         if self.kind == "reward":
             return 0, 0
         if self.kind == "grpo":
-            c = self.completion(seq_len)
+            c = grpo_completion(self.completion_len, seq_len)
             saved = 0 if self.fp32 else rows * c  # the 16-bit path keeps each row's log_softmax output
             fwd = rows * (c + 1) + saved + rows * c + 3 * min(ENTROPY_CHUNK, rows * c)
             bwd = 2 * rows * c + 2 * rows * (c + 1)

@@ -17,7 +17,6 @@ transformers' checkpointing hook (``_gradient_checkpointing_func`` of each
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 
@@ -50,7 +49,7 @@ def install(model: Any, to_host: Callable[[Any], Any], to_device: Callable[[Any]
     found = False
     for module in model.modules():
         if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
-            module._gradient_checkpointing_func = partial(checkpoint)
+            module._gradient_checkpointing_func = checkpoint
             found = True
     if not found:
         from lora_budget.errors import LoraBudgetError
