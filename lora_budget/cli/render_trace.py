@@ -18,22 +18,13 @@ def _step_line(spec: Any) -> str:
     return ", ".join(parts)
 
 
-class _NotPlanned:
-    """The plan column of a spec the planner does not model (every figure 0, shown as such)."""
-
-    phase = "-"
-
-    def __getattr__(self, name: str) -> int:
-        return 0
-
-
-def _plan(planned: Any, value: int, w: int) -> str:
-    return f"{'-':>{w}}" if isinstance(planned, _NotPlanned) else f"{value / GiB:>{w}.3f}"
+def _plan(planned: Any, attr: str, w: int) -> str:
+    """One plan cell in GiB; ``-`` where the planner does not model the spec (``planned`` None)."""
+    return f"{'-':>{w}}" if planned is None else f"{getattr(planned, attr) / GiB:>{w}.3f}"
 
 
 def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
     """rows: (TraceResult, planned Breakdown or None where the planner does not model the spec) per method."""
-    rows = [(r, p if p is not None else _NotPlanned()) for r, p in rows]
     n = param_count(ref.shape)
     lines = [
         f"Model  {ref.name} ({n / 1e9:.2f}B parameters)"
@@ -54,26 +45,26 @@ def render_trace(ref: Any, rows: list[tuple[Any, Any]]) -> str:
     )
     lines += [head, "-" * len(head)]
     for cat in CATEGORIES:
-        pairs = [(getattr(r.breakdown, cat), getattr(p, cat)) for r, p in rows]
-        if not any(a or b for a, b in pairs):
+        if not any(getattr(r.breakdown, cat) or (p is not None and getattr(p, cat)) for r, p in rows):
             continue
         lines.append(
-            f"{cat:<14}"
-            + "".join(f"{a / GiB:>{w + 4}.3f}{_plan(p, b, w)}" for (a, b), (_, p) in zip(pairs, rows, strict=True))
+            f"{cat:<14}" + "".join(f"{getattr(r.breakdown, cat) / GiB:>{w + 4}.3f}{_plan(p, cat, w)}" for r, p in rows)
         )
     lines.append("-" * len(head))
     lines.append(
-        f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{_plan(p, p.peak_bytes, w)}" for r, p in rows)
+        f"{'peak':<14}" + "".join(f"{r.peak_bytes / GiB:>{w + 4}.3f}{_plan(p, 'peak_bytes', w)}" for r, p in rows)
     )
     lines.append(
         f"{'plan error':<14}"
         + "".join(
             f"{'':>{w + 4}}"
-            + (f"{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%" if p.peak_bytes else f"{'-':>{w}}")
+            + (f"{'-':>{w}}" if p is None else f"{(p.peak_bytes / r.peak_bytes - 1) * 100:>+{w - 1}.2f}%")
             for r, p in rows
         )
     )
-    lines.append(f"{'peak during':<14}" + "".join(f"{r.breakdown.phase:>{w + 4}}{p.phase:>{w}}" for r, p in rows))
+    lines.append(
+        f"{'peak during':<14}" + "".join(f"{r.breakdown.phase:>{w + 4}}{p.phase if p else '-':>{w}}" for r, p in rows)
+    )
     if all(r.reserved is not None for r, _ in rows):
         lines.append(
             f"{'cuda alloc':<14}" + "".join(f"{r.reserved.peak_allocated / GiB:>{w + 4}.3f}{'':>{w}}" for r, _ in rows)
