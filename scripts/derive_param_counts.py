@@ -19,6 +19,8 @@ def main() -> None:
     counts = {}
     for entry in catalog["models"]:
         cfg = dict(entry["config"])
+        if isinstance(cfg.get("text_config"), dict):  # multimodal: the planner counts the text tower only
+            cfg = dict(cfg["text_config"])
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(config)

@@ -83,6 +83,9 @@ def test_offline_coverage_of_example_model_ids(capsys):
         ("meta-llama/Llama-3.3-70B-Instruct", "Llama-3.1-70B"),
         ("Qwen/Qwen2-1.5B-Instruct", "Qwen2-1.5B"),
         ("nvidia/Qwen3-30B-A3B-NVFP4", "Qwen3-30B-A3B"),
+        ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "TinyLlama-1.1B"),
+        ("openlm-research/open_llama_3b_v2", "OpenLLaMA-3B"),
+        ("google/gemma-3-270m-it", "Gemma-3-270M"),
     ],
 )
 def test_variants_resolve_to_their_base(model_id, name):
@@ -149,6 +152,10 @@ PUBLISHED_B = [
     ("Llama-3-70B", 70.0),  # Meta-Llama-3-70B card: 70B
     ("Mistral-Large-2407", 123.0),  # Mistral-Large-Instruct-2407 card: "123B"
     ("Phi-4-mini", 3.8),  # Phi-4-mini-instruct card: "3.8B parameters"
+    # rasbt/LLMs-from-scratch 28c65cd ch05/12_gemma3/standalone-gemma3.ipynb loads the checkpoint's weights
+    # into its own model and prints "Total number of unique parameters: 268,098,176"
+    ("Gemma-3-270M", 0.268098176),
+    ("Cerebras-GPT-1.3B", 1.316),  # models/Cerebras/README.md @ huplay/open-all-gpt 56a69bb: "1,316 M"
 ]
 
 
