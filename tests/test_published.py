@@ -26,9 +26,16 @@ def raw() -> dict[int, dict[str, str]]:
     return out
 
 
-ORIGINAL, ADDED = 54, 53
-"""54 rows in the team's shared file; 53 LitGPT config-hub rows added (the README table at
-Lightning-AI/litgpt 00af8b0d has 53 config lines)."""
+ORIGINAL = 54
+"""Rows in the team's shared file."""
+LITGPT_HUB, FMS, LITGPT_RESOURCE = 53, 63, 15
+"""Added rows: 53 LitGPT config-hub lines (the README table at Lightning-AI/litgpt 00af8b0d has 53
+config lines); fms-acceleration's reference CSVs: at 24bdadb 36 allocated rows (19 with figures, 17
+runs without train metrics, taken as OOM: full fine-tuning of Mixtral and Llama-2-70B on 1 and 2
+GPUs at 2 batch sizes each, 8; Mixtral LoRA on 1 GPU, 2; Llama-2-70B LoRA, 4; Llama-2-70B QLoRA,
+3) and 8 nvidia-smi rows of its single-GPU runs with figures, at c3a069c 19 allocated rows with
+figures; lit-gpt's resource table: 10 single-GPU Llama 2 lines and 5 multi-GPU ones."""
+ADDED = LITGPT_HUB + FMS + LITGPT_RESOURCE
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +227,8 @@ def test_framework_keys(rows):
     assert by_id[131].framework == "torchtune"
     assert by_id[96].framework == "plain"
     assert by_id[214].framework == "hf-trainer"
-    assert {r.framework for r in rows if r.id > 1000} == {"litgpt"}
+    assert {r.framework for r in rows if 1000 < r.id < 2000 or 2300 < r.id < 2400} == {"litgpt"}
+    assert {r.framework for r in rows if 2000 < r.id < 2300} == {"hf-trainer"}  # fms-hf-tuning runs TRL's SFTTrainer
     assert by_id[131].mechanisms == ()
 
 
@@ -281,3 +289,84 @@ def test_render_does_not_import_the_comparison():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_fms_rows_bytes_are_the_csv_bytes(raw):
+    """fms-acceleration's refs/a100_80gb.csv at 24bdadb prints bytes: Mistral-7B LoRA, 1 GPU, bs 4:
+    mem_peak_torch_mem_alloc_in_bytes 26704571904, stored as 26.704571904 GB(1e9)."""
+    row = raw[2013]
+    assert (row["memory_value"], row["memory_unit"]) == ("26.704571904", "GB(1e9)")
+    assert published_bytes(row) == 26_704_571_904
+    assert metric_kind(row) == "allocated" and metric_kind(raw[2203]) == "nvidia-smi"
+
+
+def test_fms_lora_row_field_by_field(raw):
+    """scenarios.yaml standard-peft at 24bdadb: r 16, alpha 16, dropout 0.1, q/k/v/o_proj, torch_dtype
+    bfloat16 and neither bf16 nor fp16 (accelerate mixed_precision 'no'): no autocast; defaults.yaml:
+    gradient checkpointing, flash-attn; benchmark.py: packed 4096-token sequences; 2 GPUs: FSDP."""
+    one, two = map_row(raw[2013]).spec, map_row(raw[2014]).spec
+    assert one.framework == "hf-trainer" and one.autocast is False and not one.autocast_on
+    assert (one.rank, one.alpha, one.targets) == (16, 16, "q_proj,k_proj,v_proj,o_proj")
+    assert (one.batch_size, one.seq_len, one.grad_accum) == (4, 4096, 1)
+    assert one.grad_ckpt and one.attn == "flash" and one.lora_dropout == 0.1
+    assert one.dtype == "bf16" and one.adapter_dtype == "fp32"  # peft 0.13.2 autocast_adapter_dtype
+    assert (two.gpus, two.strategy, two.offload, two.batch_size) == (2, "fsdp", "none", 2)
+
+
+def test_fms_qlora_rows_read_kbit_prep_and_the_bitsandbytes_release(raw):
+    """baseline-peft-bnb on 1 GPU: TRL 0.13 calls prepare_model_for_kbit_training (sft_trainer.py 191-201),
+    then peft_module_casting_to_bf16 puts embed_tokens and lm_head back in bf16: 2 x 32000 x 4096
+    weights x 2 bytes saved = 0.488 GiB the plan's fp32 copies have in excess. The July 2024 run
+    (c3a069c) pinned bitsandbytes 0.43.1, whose MatMul4Bit keeps its input, and ran fp16."""
+    new = map_row(raw[2025])
+    assert new.spec.kbit_prep is True and new.spec.bitsandbytes == "0.43.3" and new.spec.autocast_on
+    assert any("peft_module_casting_to_bf16" in c and "0.49 GiB" in c for c in new.caveats)
+    assert 2 * 32000 * 4096 * 2 / 2**30 == 0.48828125
+    old = map_row(raw[2111]).spec
+    assert (old.bitsandbytes, old.dtype, old.kbit_prep, old.adapter_dtype) == ("0.43.1", "fp16", True, "fp32")
+    assert old.bnb_keeps_input and not new.spec.bnb_keeps_input
+    assert map_row(raw[2105]).spec.adapter_dtype == "fp16"  # peft 0.11.1: a floating base weight's dtype
+    sharded = map_row(raw[2026]).spec  # FSDP QLoRA: TRL skips kbit prep, adapters bf16
+    assert not sharded.kbit_prep and sharded.adapter_dtype == "bf16"
+
+
+def test_fms_mixtral_qlora_expert_caveat_is_material(raw):
+    """transformers 4.48 quantizes Mixtral's per-expert nn.Linear; the plan (transformers 5 layout) keeps
+    the 3-D experts 16-bit, fp32 after kbit prep: 32 layers x 8 experts x 3 x 4096 x 14336 =
+    45,097,156,608 weights x (4 - 4.127/8) bytes = 146.33 GiB more than the run."""
+    mapped = map_row(raw[2029])
+    assert mapped.material and mapped.spec.kbit_prep
+    extra = 32 * 8 * 3 * 4096 * 14336 * (4 - 4.127 / 8) / 2**30
+    assert f"{extra:.2f} GiB more expert weights" in " ".join(mapped.caveats)
+    assert f"{extra:.2f}" == "146.33"
+
+
+def test_fms_oom_rows_have_no_figure(raw):
+    row = raw[2005]  # Mixtral full fine-tuning on 1 GPU: no train metrics, nvidia-smi 81166 MiB
+    assert row["outcome"] == "OOM" and published_bytes(row) is None and "81166" in row["notes"]
+
+
+def test_litgpt_resource_table_rows(raw):
+    """lit-gpt resource-tables.md at 0cc02afa, lit-gpt 8641822 finetune/lora.py: r 8, alpha 16, q and v,
+    dropout 0.05, batch 128 (accumulation 128 / micro), the longest Alpaca sample (1304 Llama 2
+    tokens) forced into the first batch, PagedAdamW when quantized, bitsandbytes 0.41.1."""
+    qlora = map_row(raw[2302]).spec  # Llama 2 7B bnb.nf4, micro-batch 1: 14.14 GB
+    assert published_bytes(raw[2302]) == 14_140_000_000
+    assert (qlora.method, qlora.framework, qlora.double_quant, qlora.optimizer) == (
+        "qlora",
+        "litgpt",
+        False,
+        "paged_adamw",
+    )
+    assert (qlora.batch_size, qlora.seq_len, qlora.grad_accum, qlora.bitsandbytes) == (1, 1304, 128, "0.41.1")
+    assert map_row(raw[2303]).spec.double_quant  # bnb.nf4-dq
+    fsdp = map_row(raw[2311])  # 2 GPUs: FSDP with activation checkpointing, not LitGPT's walked path
+    assert (fsdp.spec.framework, fsdp.spec.gpus, fsdp.spec.offload, fsdp.spec.grad_ckpt) == ("plain", 2, "none", True)
+    assert fsdp.material and any("outside the training step" in c for c in fsdp.caveats)
+
+
+def test_transformers_target_names_map():
+    from lora_budget.validation.published_map import lora_targets
+
+    assert lora_targets("q_proj,k_proj,v_proj,o_proj") == (("q_proj", "k_proj", "v_proj", "o_proj"), False)
+    assert lora_targets("gate_proj, up_proj, down_proj") == (("gate_proj", "up_proj", "down_proj"), False)

@@ -74,6 +74,8 @@ def _source(text: str) -> str:
     t = text.lower()
     if "litgpt" in t:
         return "litgpt"
+    if "fms-acceleration" in t:
+        return "fms-acceleration"
     return "torchtune" if "torchtune" in t else "peft" if "peft" in t else "transformers-docs"
 
 

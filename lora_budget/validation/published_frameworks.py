@@ -9,7 +9,10 @@ Sources for every LitGPT statement: Lightning-AI/litgpt at 00af8b0d (2024-09-27)
 
 from __future__ import annotations
 
+import re
+
 from lora_budget.errors import LoraBudgetError
+from lora_budget.spec import TrainSpec
 
 MECHANISM_COLUMNS: tuple[str, ...] = (
     "framework_key",
@@ -102,12 +105,20 @@ LITGPT_RUN = (
 )
 
 
+LITGPT_FSDP_RUN = (
+    "whole-run figure under FSDP: the resource table's 2-GPU Llama 2 7B figures (22.18, 22.47 GB) are above its "
+    "1-GPU ones (21.30 GB at micro-batch 1) although each rank holds half the weights, so the printed peak lies "
+    "outside the training step (model setup and checkpoint load under FSDP); not planned"
+)
+
+
 def litgpt_caveats(
     row: dict[str, str], method: str, modelled: bool = False, head_gib: float = 0.0
 ) -> list[tuple[str, bool]]:
     """What LitGPT's run does that the spec does not say (none is material: these rows exist to
-    measure the mechanisms). ``modelled``: the row is planned with ``framework="litgpt"``, whose
-    step has LitGPT's dropout, loss, kept logits and 4-bit head; only the run-level figure is left."""
+    measure the mechanisms; except the resource table's FSDP rows, whose figure is not the step's).
+    ``modelled``: the row is planned with ``framework="litgpt"``, whose step has LitGPT's dropout,
+    loss, kept logits and 4-bit head; only the run-level figure is left."""
     if modelled:
         out = [(LITGPT_RUN, False)]
         if method == "qlora" and head_gib:
@@ -123,11 +134,13 @@ def litgpt_caveats(
         return out
     out: list[tuple[str, bool]] = [
         (
-            "LitGPT's block for this model (or `finetune full`) is not walked by --framework litgpt; planned "
-            "with transformers' layout",
+            "LitGPT's block for this model (or `finetune full`, or its multi-GPU / checkpointed path) is not walked "
+            "by --framework litgpt; planned with transformers' layout",
             False,
         )
     ]
+    if "resource-tables" in row["source"] and row["num_gpus"].strip() not in ("", "null", "1"):
+        out.append((LITGPT_FSDP_RUN, True))
     p = row.get("lora_dropout", "null").strip()
     if method != "full" and p not in ("", "null", "0", "0.0"):
         out.append(
@@ -159,4 +172,60 @@ def litgpt_caveats(
                 False,
             )
         )
+    return out
+
+
+def _transformers_version(row: dict[str, str]) -> tuple[int, int] | None:
+    """(major, minor) of the transformers release the row's ``lib_versions`` names, or None."""
+    found = re.search(r"transformers (\d+)\.(\d+)", row.get("lib_versions", "") or "")
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+NF4_DQ_BYTES = 4.127 / 8
+"""Bytes per weight of NF4 with double quantization (4 bits + 8/64 + 32/(64*256)), as the plan counts it."""
+
+
+def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, bool]]:
+    """What a Trainer run of the row's (older) library versions did that the spec does not say.
+
+    - transformers 4.x builds each Mixtral expert from ``nn.Linear`` modules (w1, w2, w3 of
+      ``MixtralBlockSparseTop2MLP``), which bitsandbytes replaces by ``Linear4bit``; transformers 5
+      stores experts as 3-D parameters that bitsandbytes leaves 16-bit, as the plan has them.
+    - TRL's SFTTrainer (0.x) follows ``prepare_model_for_kbit_training`` with
+      ``peft_module_casting_to_bf16`` when ``bf16=True`` (trl/trainer/utils.py, v0.13.0 line 872):
+      embed_tokens and lm_head go back to bf16, so the plan's fp32 copies of them are too many.
+    - transformers 4.x ``gradient_checkpointing_enable`` defaults to ``use_reentrant=True``.
+    """
+    from lora_budget.core.params import inventory
+
+    out: list[tuple[str, bool]] = []
+    version = _transformers_version(row)
+    tensors = inventory(spec.model.shape)
+    if spec.method == "qlora" and version and version < (5, 0):
+        experts = sum(t.total_numel for t in tensors if t.role == "experts")
+        if experts:
+            planned = 4 if spec.kbit_prep else spec.compute_bytes  # kbit prep upcasts the 16-bit experts
+            extra = experts * (planned - NF4_DQ_BYTES) / 2**30
+            out.append(
+                (
+                    f"transformers {version[0]}.{version[1]} builds each MoE expert from nn.Linear modules, which "
+                    "bitsandbytes quantizes to NF4; transformers 5 keeps experts as 3-D 16-bit parameters, as "
+                    f"planned: the plan holds {extra:.2f} GiB more expert weights than the run",
+                    True,
+                )
+            )
+    if "peft_module_casting_to_bf16" in row.get("kbit_prep", "") and spec.kbit_prep:
+        numel = sum(t.total_numel for t in tensors if t.role in ("embedding", "lm_head"))
+        out.append(
+            (
+                "TRL's peft_module_casting_to_bf16 casts embed_tokens and lm_head back to bf16 after kbit prep: "
+                f"the plan's fp32 copies of them are {numel * 2 / 2**30:.2f} GiB more than the run's",
+                False,
+            )
+        )
+    if "reentrant" in row.get("mechanism_notes", "").lower() and spec.grad_ckpt:
+        note = (
+            "reentrant activation checkpointing (transformers 4.x default use_reentrant=True); planned as non-reentrant"
+        )
+        out.append((note, False))
     return out

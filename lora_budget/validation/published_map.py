@@ -16,7 +16,13 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 from lora_budget.units import GiB, MiB
-from lora_budget.validation.published_frameworks import framework_key, litgpt_caveats, litgpt_fields, litgpt_targets
+from lora_budget.validation.published_frameworks import (
+    framework_key,
+    hf_trainer_caveats,
+    litgpt_caveats,
+    litgpt_fields,
+    litgpt_targets,
+)
 
 UNIT_BYTES: dict[str, int] = {"GB(1e9)": 10**9, "GiB": GiB, "MiB": MiB}
 """Bytes per published unit: GB is decimal (torchtune's older logs divide by 1e9), GiB/MiB binary."""
@@ -47,6 +53,10 @@ TORCHTUNE_LINEARS: dict[str, tuple[str, ...]] = {
 }
 """torchtune's LoRA module names -> the transformers Llama module names the spec uses
 (torchtune's MLP w1/w3/w2 are gate_proj/up_proj/down_proj)."""
+
+HF_LINEARS: tuple[str, ...] = ("o_proj", "gate_proj", "up_proj", "down_proj")
+"""transformers module names a PEFT ``target_modules`` list may give directly (q/k/v_proj are shared
+with torchtune's names above)."""
 
 COMPILE_NOTE = "torch.compile: fused kernels keep fewer activations (rows 150 -> 151, same config: 60.0 -> 51.0 GiB)"
 
@@ -155,9 +165,16 @@ def _dtype(row: dict[str, str]) -> tuple[str, bool]:
 
 
 def _adapter_dtype(row: dict[str, str]) -> str:
-    """torchtune trains LoRA A/B in the model dtype (``trainable_precision`` bf16); PEFT keeps them fp32."""
+    """torchtune trains LoRA A/B in the model dtype (``trainable_precision`` bf16); PEFT keeps them fp32
+    (since 0.12, ``autocast_adapter_dtype``); peft 0.11 and older gave them a float base weight's dtype."""
     text = row["trainable_precision"].lower()
-    return "bf16" if text.startswith("bf16") else "fp32"
+    return text[:4] if text.startswith(("bf16", "fp16")) else "fp32"
+
+
+def _attention(text: str) -> str:
+    """The spec's kernel for ``attention_impl``: flash-attn 2, torch SDPA, else eager."""
+    t = text.lower()
+    return "flash" if "flash_attention_2" in t else "sdpa" if "sdpa" in t else "eager"
 
 
 def optimizer_name(text: str) -> str:
@@ -194,6 +211,9 @@ def lora_targets(text: str) -> tuple[tuple[str, ...], bool]:
         if key == "output":
             output = True
             continue
+        if key in HF_LINEARS:
+            names.append(key)
+            continue
         if key not in TORCHTUNE_LINEARS:
             raise LoraBudgetError(f"cannot map LoRA target {token.strip()!r}")
         names.extend(TORCHTUNE_LINEARS[key])
@@ -224,7 +244,7 @@ def map_row(row: dict[str, str]) -> Mapped:
         seq_len=int(row["seq_len"]),
         grad_accum=1 if null(row["grad_accum"]) else int(row["grad_accum"]),
         grad_ckpt=row["gradient_checkpointing"].strip().lower().startswith("true"),
-        attn="sdpa" if "sdpa" in row["attention_impl"].lower() else "eager",
+        attn=_attention(row["attention_impl"]),
         **_sharding(row),
     )
     caveats: list[str] = [model_note] if model_note else []
@@ -236,7 +256,8 @@ def map_row(row: dict[str, str]) -> Mapped:
         names, output_lora = lora_targets(row["lora_targets"])
         kwargs.update(rank=int(row["lora_rank"]), alpha=int(row["lora_alpha"]), adapter_dtype=_adapter_dtype(row))
         kwargs["targets"] = ",".join(names)
-        lit = litgpt_fields(names, output_lora, model.shape, method) if litgpt else None
+        single = _gpus(row) == 1 and not kwargs["grad_ckpt"]  # core/litgpt.py walks the single-device path
+        lit = litgpt_fields(names, output_lora, model.shape, method) if litgpt and single else None
         if lit:  # LitGPT's own model, LoRA flags and loop (core/litgpt.py): lm_head's LoRA included
             kwargs.update(lit, adapter_dtype="bf16")
             output_lora = False
@@ -272,6 +293,9 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     if framework_key(row) in ("plain", "hf-trainer"):
         # the row's own loop: PEFT's accelerate scripts (plain) or the Trainer, not the spec's default
         out["framework"] = framework_key(row)
+    if framework_key(row) == "hf-trainer" and "no autocast" in row.get("precision_mode", "").lower():
+        # a Trainer run with 16-bit weights and neither bf16=True nor fp16=True: no autocast
+        out["autocast"] = False
     if framework_key(row) == "torchtune":
         # chunked cross-entropy only where the row says the recipe used it: earlier recipes (and the
         # baseline of the cumulative technique table) take cross-entropy of the whole fp32 logits
@@ -280,6 +304,8 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     p = row.get("lora_dropout", "null").strip()
     if method != "full" and not null(p) and p:
         out["lora_dropout"] = float(p)
+    if method in ("qlora", "lora8bit") and row.get("kbit_prep", "null").strip().lower().startswith("true"):
+        out["kbit_prep"] = True  # the row says the run called peft's prepare_model_for_kbit_training
     found = re.search(r"bitsandbytes (\d+\.\d+(?:\.\d+)?)", row.get("lib_versions", "") or "")
     if method == "qlora" and found:
         out["bitsandbytes"] = found.group(1)
@@ -311,13 +337,11 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     if "optimizer_in_bwd" in settings + optimizer:
         out.append(("optimizer step inside backward: the full set of gradients never lives at once", True))
     if spec.gpus > 1:
-        out.append(
-            (
-                f"torchtune's FSDP on {spec.gpus} GPUs (FSDP1 in older releases, FSDP2 `fully_shard` since 0.3) "
-                "planned as FSDP2, per GPU",
-                False,
-            )
-        )
+        fsdp = {
+            "hf-trainer": "accelerate's FSDP1 (the Trainer's FSDP)",
+            "litgpt": "Lightning's FSDPStrategy (FSDP1)",
+        }.get(framework_key(row), "torchtune's FSDP (FSDP1 in older releases, FSDP2 `fully_shard` since 0.3)")
+        out.append((f"{fsdp} on {spec.gpus} GPUs planned as FSDP2, per GPU", False))
     if spec.optimizer.startswith("paged"):
         out.append(("bitsandbytes paged state sits outside torch's allocator: compared without it", False))
     if row["reliability"].strip() == "low":
@@ -329,6 +353,8 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     if framework_key(row) == "litgpt":
         head_gib = alloc_gib(spec.model.shape.vocab * spec.model.shape.hidden * spec.compute_bytes)
         out.extend(litgpt_caveats(row, spec.method, modelled=spec.framework == "litgpt", head_gib=head_gib))
+    if framework_key(row) == "hf-trainer":
+        out.extend(hf_trainer_caveats(row, spec))
     if output_lora:
         logits_lora = alloc_gib(spec.tokens * spec.model.shape.vocab * 2)
         out.append(
@@ -339,7 +365,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
             )
         )
     if spec.method == "full" and spec.optimizer == "adamw" and spec.offload == "none":  # offload: a CPU step
-        out.append(_foreach_adamw(spec))
+        out.append(_foreach_adamw(spec, "torchtune's " if framework_key(row) == "torchtune" else "the run's "))
     return out
 
 
@@ -393,7 +419,7 @@ def _qlora_caveats(spec: TrainSpec, row: dict[str, str]) -> list[tuple[str, bool
     return out
 
 
-def _foreach_adamw(spec: TrainSpec) -> tuple[str, bool]:
+def _foreach_adamw(spec: TrainSpec, owner: str) -> tuple[str, bool]:
     """torch.optim.AdamW without ``fused=True`` runs the foreach path on CUDA, whose step builds
     ``torch._foreach_sqrt(exp_avg_sqs)``: one transient copy of the second moment (state dtype).
     The row does not say which path ran; material if that copy would move the peak to the step."""
@@ -410,7 +436,7 @@ def _foreach_adamw(spec: TrainSpec) -> tuple[str, bool]:
     moves = step_total > peak
     where = f"the step would peak at {alloc_gib(step_total):.2f} GiB" + (" (above the plan peak)" if moves else "")
     return (
-        f"if torchtune's AdamW ran unfused (foreach), its step holds one more copy of the second moment "
+        f"if {owner}AdamW ran unfused (foreach), its step holds one more copy of the second moment "
         f"({alloc_gib(copy):.2f} GiB): {where}",
         moves,
     )

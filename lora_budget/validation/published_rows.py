@@ -17,7 +17,7 @@ class PublishedRow:
 
     id: int
     source: str
-    """torchtune, peft, transformers-docs or litgpt: the publication."""
+    """torchtune, peft, transformers-docs, litgpt or fms-acceleration: the publication."""
     framework: str
     """The training stack that ran (``published_map.framework_key``): plain, hf-trainer, litgpt, torchtune."""
     mechanisms: tuple[tuple[str, str], ...]
