@@ -206,5 +206,5 @@ def test_derived_config_builds_with_the_published_count(name, billions):
 
 def test_unmodelled_architecture_is_named():
     # an id of unmodelled.json whose config.json the catalog does not hold: the architecture is named
-    with pytest.raises(LoraBudgetError, match=r"architecture 'mamba' is not modelled yet"):
-        resolve_model("state-spaces/mamba-2.8b")
+    with pytest.raises(LoraBudgetError, match=r"architecture 'mpt' is not modelled yet"):
+        resolve_model("mosaicml/mpt-7b")
