@@ -194,6 +194,8 @@ def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, 
     - TRL's SFTTrainer (0.x) follows ``prepare_model_for_kbit_training`` with
       ``peft_module_casting_to_bf16`` when ``bf16=True`` (trl/trainer/utils.py, v0.13.0 line 872):
       embed_tokens and lm_head go back to bf16, so the plan's fp32 copies of them are too many.
+    - transformers before 4.49 computes the causal-LM loss on ``logits[..., :-1, :].contiguous()``,
+      a shifted fp32 copy of the upcast logits (transformers#35646 shifts the labels instead).
     - transformers 4.x ``gradient_checkpointing_enable`` defaults to ``use_reentrant=True``.
     """
     from lora_budget.core.params import inventory
@@ -220,6 +222,17 @@ def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, 
             (
                 "TRL's peft_module_casting_to_bf16 casts embed_tokens and lm_head back to bf16 after kbit prep: "
                 f"the plan's fp32 copies of them are {numel * 2 / 2**30:.2f} GiB more than the run's",
+                False,
+            )
+        )
+    if version and version < (4, 49):
+        copy = spec.batch_size * (spec.seq_len - 1) * spec.model.shape.vocab * 4 / 2**30
+        out.append(
+            (
+                f"transformers {version[0]}.{version[1]}'s causal-LM loss upcasts the logits and then takes "
+                "shift_logits = logits[..., :-1, :].contiguous(), one more fp32 copy of them "
+                f"({copy:.2f} GiB) at the loss than transformers 5 (shifted labels, transformers#35646, "
+                "merged 2025-01-13, after the 4.48.0 release); not planned",
                 False,
             )
         )

@@ -54,9 +54,9 @@ TORCHTUNE_LINEARS: dict[str, tuple[str, ...]] = {
 """torchtune's LoRA module names -> the transformers Llama module names the spec uses
 (torchtune's MLP w1/w3/w2 are gate_proj/up_proj/down_proj)."""
 
-HF_LINEARS: tuple[str, ...] = ("o_proj", "gate_proj", "up_proj", "down_proj")
+HF_LINEARS: tuple[str, ...] = ("o_proj", "gate_proj", "up_proj", "down_proj", "query_key_value", "qkv_proj")
 """transformers module names a PEFT ``target_modules`` list may give directly (q/k/v_proj are shared
-with torchtune's names above)."""
+with torchtune's names above; query_key_value is BLOOM's and Falcon's fused projection, qkv_proj Phi-3's)."""
 
 COMPILE_NOTE = "torch.compile: fused kernels keep fewer activations (rows 150 -> 151, same config: 60.0 -> 51.0 GiB)"
 
