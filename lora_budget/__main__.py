@@ -1,3 +1,5 @@
-from lora_budget.cli import main
+import sys
 
-main()
+from lora_budget.cli import run
+
+sys.exit(run())

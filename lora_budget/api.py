@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_budget.breakdown import CATEGORIES, Breakdown
-from lora_budget.catalog.calibration import CalibratedOverhead, calibrated_overhead
 from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
 from lora_budget.catalog.models import resolve_model
 from lora_budget.core.params import param_count
@@ -20,6 +19,9 @@ from lora_budget.perf.time import TimeEstimate, estimate_time
 from lora_budget.spec import METHODS, ModelRef, TrainSpec
 from lora_budget.suggest import Suggestion, largest_batch, longest_sequence, shared_model, suggest
 from lora_budget.units import fmt_gib
+
+if TYPE_CHECKING:
+    from lora_budget.catalog.calibration import CalibratedOverhead
 
 MAIN_METHODS = ("full", "lora", "qlora")
 
@@ -241,7 +243,11 @@ def _check_keywords(spec_options: dict[str, Any]) -> None:
 def card_calibration(card: GPU, overhead_bytes: int = 0) -> CalibratedOverhead | None:
     """The calibrated overhead ``plan`` (and ``search``) adds to a card's peaks: none when the caller
     gives its own ``overhead_bytes`` or the card is a bare size, else the card's calibration if any."""
-    return None if overhead_bytes or card.from_size else calibrated_overhead(card.name)
+    if overhead_bytes or card.from_size:
+        return None
+    from lora_budget.catalog.calibration import calibrated_overhead  # not imported for a bare size
+
+    return calibrated_overhead(card.name)
 
 
 @lru_cache(maxsize=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -135,6 +134,8 @@ def resolve_gpu(text: str) -> GPU:
     if re.match(r"^\s*[0-9.]+\s*[a-z]*\s*$", text, re.IGNORECASE):
         parse_size(text)  # raises the size error with the fix
     names = [g.name for g in catalog()]
+    import difflib  # only for an unknown name's suggestions: plan's start does not pay for it
+
     close = difflib.get_close_matches(key, [_key(n) for n in names], n=3, cutoff=0.4)
     hint = f"; closest: {', '.join(n for n in names if _key(n) in close)}" if close else ""
     raise UnknownNameError(f"unknown GPU {text!r}{hint} (see `lora-budget gpus`, or give a size like 24GB)")

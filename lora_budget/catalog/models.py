@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from functools import cache, lru_cache
@@ -163,6 +162,8 @@ def _closest(text: str) -> list[str]:
     if size is not None:
         same = [n for n in names if size_token(n) == size]
         names = same or [n for n in names if size_token(n) is None]
+    import difflib  # only for an unknown name's suggestions: plan's start does not pay for it
+
     close = difflib.get_close_matches(text.strip(), names, n=max(1, len(names)), cutoff=0.5)
     if not close:
         keys = difflib.get_close_matches(_key(text), [_key(n) for n in names], n=max(1, len(names)), cutoff=0.5)

@@ -82,10 +82,7 @@ def boundary(invoke: Callable[[], Any], *, debug: bool) -> Any:
     except (click.exceptions.Exit, click.Abort):
         raise
     except BrokenPipeError:  # `lora-budget models | head`: the reader left; no error line, as cat does
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would hit it again
-        except (OSError, ValueError):  # stdout is not a file (a test runner's buffer)
-            pass
+        silence_stdout()
         raise click.exceptions.Exit(1) from None
     except LoraBudgetError as exc:
         if debug:
@@ -113,6 +110,14 @@ def boundary(invoke: Callable[[], Any], *, debug: bool) -> Any:
             f"internal error ({what}); please report it at the project's issue tracker "
             "(rerun as `lora-budget --debug ...` for the traceback)"
         ) from None
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: stdout to /dev/null, as the flush at exit would hit the pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a test runner's buffer)
+        pass
 
 
 class _DropBnbKernelsNote(logging.Filter):

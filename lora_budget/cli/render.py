@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import TYPE_CHECKING
 
 from lora_budget.breakdown import CATEGORIES
@@ -202,6 +200,9 @@ def _speed_value(m: MethodPlan, key: str) -> float | None:
 
 
 def render_csv(result: PlanResult) -> str:
+    import csv
+    import io
+
     buf = io.StringIO()
     fields = [
         "model",
