@@ -72,7 +72,8 @@ def render(
     out = [
         "## Published measurements (independent check)",
         "",
-        f"{len(rows)} peak-memory figures that torchtune, PEFT, the transformers docs and LitGPT measured and "
+        f"{len(rows)} peak-memory figures that torchtune, PEFT, the transformers docs, LitGPT and fms-acceleration "
+        "(HF Trainer / TRL runs) measured and "
         "published (`lora_budget/validation/data/published-memory.csv` and `published-memory-added.csv`; "
         "provenance in the README beside them). Each usable row "
         "is mapped to a spec from what the row states; the planner's constants are never fitted to these rows. "
