@@ -120,6 +120,8 @@ def derived_shape(raw: dict[str, Any], where: str) -> ModelShape:
     layers = int(raw[depth_key(raw)])
     key = arch_key(arch_json)
     record = read_cache(key).get("architecture") or shipped()["architectures"].get(key)
+    if record is None:
+        record = _early_architecture(arch, key, layers)
     values = dict(record["shape"]) if record else _shape_values(raw, where)
     return ModelShape(
         model_type=str(raw["model_type"]),
@@ -139,16 +141,38 @@ def derived_shape(raw: dict[str, Any], where: str) -> ModelShape:
         experts=0,
         experts_per_token=0,
         attn_softcap=False,
-        final_softcap=False,
+        # transformers soft-caps the logits (tanh(x / cap) * cap: one more c V tensor per token) when set
+        final_softcap=bool(raw.get("final_logit_softcapping")),
         dropout=0.0,
         checkpoint_dtype=str(raw.get("torch_dtype", raw.get("dtype", "unknown"))),
         arch_config=arch_json,
         notes=(
             f"{raw['model_type']} is not modelled analytically: planned from coefficients traced on a "
-            "2-layer copy of the model (lora-budget derive)",
+            "truncated copy of the model (lora-budget derive)",
         ),
         **values,
     )
+
+
+def _early_architecture(arch: dict[str, Any], key: str, layers: int) -> dict[str, Any] | None:
+    """The architecture record derived now, where torch is installed and the shipped file did not
+    refuse it: the planner derives it moments later anyway (``inventory``), and the shape's widths
+    and tied head must be transformers' own from the start (a config without
+    ``tie_word_embeddings`` is tied by PretrainedConfig's default, untied by many model classes').
+    None when it cannot be derived (the planner says why when it needs the inventory)."""
+    refused = any(
+        isinstance(row, dict) and row.get("key") == key and row.get("depth") == layers
+        for row in shipped().get("refused", {}).values()
+    )
+    if refused or (key, layers) in _FAILED or not _torch_available():
+        return None
+    from lora_budget.derive.arch import derive_architecture
+
+    try:
+        return derive_architecture(arch, layers)
+    except LoraBudgetError as exc:
+        _FAILED[(key, layers)] = str(exc)
+        return None
 
 
 def _first(raw: dict[str, Any], *keys: str) -> Any:
@@ -188,14 +212,35 @@ def _tensor(row: list[Any], count: int) -> ParamTensor:
 
 def inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     """The parameter tensors of a derived model: the rest of the model plus ``layers`` decoder layers."""
-    record = architecture_record(shape)
-    if record is None or shape.layers not in record.get("depths", ()):
-        record = _derive_architecture(shape)
+    record = architecture_at(shape)
     rest = [_tensor(row, 1) for row in record["other"]]
     layer = [_tensor(row, shape.layers) for row in record["layer"]]
+    if record.get("types"):  # layers of several types: each type's rows times its layer count
+        counts: dict[tuple[Any, ...], list[Any]] = {}
+        types = record["types"]
+        for t in layer_pattern(record, shape.layers):
+            for row in types[t]["layer"]:
+                key = (row[0], tuple(row[1]), *row[3:])
+                counts.setdefault(key, [*row[:2], 0, *row[3:]])[2] += row[2]
+        layer = [_tensor(row, 1) for row in counts.values()]
     # the planner's convention: the embedding first, lm_head last
     head = [t for t in rest if t.role == "lm_head"]
     return tuple([t for t in rest if t.role != "lm_head"] + layer + head)
+
+
+def architecture_at(shape: ModelShape) -> dict[str, Any]:
+    """The architecture record checked at the shape's depth: stored, else derived (or a one-line error)."""
+    record = architecture_record(shape)
+    if record is None or shape.layers not in record.get("depths", ()):
+        record = _derive_architecture(shape)
+    return record
+
+
+def layer_pattern(record: dict[str, Any], layers: int) -> list[str]:
+    """The type of every decoder layer at depth ``layers`` (one type: ``["layer"] * layers``)."""
+    if not record.get("types"):
+        return ["layer"] * layers
+    return list(record["patterns"][str(layers)])
 
 
 def stored_param_count(raw: dict[str, Any], where: str) -> int | None:
@@ -302,7 +347,7 @@ def installed_versions() -> dict[str, str] | None:
 def coefficients_record(spec: Any) -> dict[str, Any]:
     """The stored coefficients of ``spec``'s architecture and settings; derived when missing."""
     record = stored_coefficients(spec)
-    if record is not None:
+    if record is not None and _covers(record, spec.model.shape):
         return record
     shape = spec.model.shape
     values = settings(spec)
@@ -316,6 +361,15 @@ def coefficients_record(spec: Any) -> dict[str, Any]:
     from lora_budget.derive import derive_coefficients
 
     return derive_coefficients(spec)
+
+
+def _covers(record: dict[str, Any], shape: ModelShape) -> bool:
+    """The record has every layer type of the model at its depth (a record of several types may
+    come from another depth of the same architecture, DeepSeek's dense-then-MoE at a shallow one)."""
+    arch = architecture_at(shape)
+    if not arch.get("types"):
+        return not record.get("types")
+    return set(layer_pattern(arch, shape.layers)) <= set(record.get("types", {}))
 
 
 def _coeff(pair: list[float]) -> Coeff:
@@ -333,6 +387,14 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
     has one moment.
     """
     r = coefficients_record(spec)
+    arch = architecture_at(spec.model.shape)
+    if r.get("types"):  # layers of several types (core/derived_types.py)
+        from lora_budget.core.derived_types import compose
+
+        pattern = layer_pattern(arch, spec.model.shape.layers)
+        acts, static = compose(r, pattern, spec.grad_ckpt, static)
+        buffers = arch.get("buffers", {}).get("other", 0) + sum(arch["types"][t]["buffers"] for t in pattern)
+        return acts, replace(static, weights=static.weights + buffers)
     layer = _coeff(r["layer"])
     first = _coeff(r["first_layer"])
     backward = _coeff(r["backward_transient"])
@@ -354,7 +416,7 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
         backward_transient_dequant=ZERO,
         dequant_bytes=int(r["forward_fixed_bytes"]),
     )
-    buffers = (architecture_record(spec.model.shape) or {}).get("buffers", {})
+    buffers = arch.get("buffers", {})
     static = replace(
         static,
         # registered buffers (rotary tables, a causal-mask table): not parameters, but resident

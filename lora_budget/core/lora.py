@@ -24,7 +24,7 @@ def resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ..
 @lru_cache(maxsize=4096)
 def _resolve_targets(shape: ModelShape, targets: str, rank: int) -> tuple[str, ...]:
     names = linear_names(shape)
-    by_group: dict[str, list[str]] = {"attn": [], "mlp": []}
+    by_group: dict[str, list[str]] = {"attn": [], "mlp": [], "other": []}  # other: a derived model's conv/mixer
     for t in inventory(shape):
         if t.role == "linear" and t.name not in by_group[t.group]:
             by_group[t.group].append(t.name)

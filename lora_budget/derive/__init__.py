@@ -35,13 +35,17 @@ REFERENCE: fit.Point = (4, 2048)
 
 
 def truncated_config(raw: dict[str, Any], layers: int = PROBE_LAYERS) -> dict[str, Any]:
-    """``raw`` with ``layers`` decoder layers (per-layer lists cut to match)."""
+    """``raw`` with its first ``layers`` decoder layers (per-layer lists and pattern strings cut to
+    match); a multimodal config gives its text tower's, which is what the planner plans."""
+    from lora_budget.derive.layers import per_layer_values
+
+    if isinstance(raw.get("text_config"), dict) and "model_type" in raw["text_config"]:
+        raw = raw["text_config"]
     key = depth_key(raw)
     depth = raw[key]
     out = dict(raw)
-    for name, value in raw.items():
-        if isinstance(value, list) and len(value) == depth and depth > 1:
-            out[name] = value[:layers]
+    for name, value in per_layer_values(raw, depth).items():
+        out[name] = value[:layers]
     out[key] = layers
     return out
 
@@ -64,7 +68,9 @@ def truncated_spec(spec: TrainSpec, layers: int = PROBE_LAYERS) -> TrainSpec:
     )
 
 
-def _moment(at: list[fit.Point], series: list[tuple[int, ...]], what: str) -> tuple[tuple[float, ...], int]:
+def _moment(
+    at: list[fit.Point], series: list[tuple[int, ...]], what: str, allow_unaligned: bool = False
+) -> tuple[tuple[float, ...], int]:
     """The event whose fitted bytes are largest at ``REFERENCE``: (its coefficients, its index).
 
     The peak model holds one line per transient, so one moment of the layer stands for all; at a
@@ -73,7 +79,13 @@ def _moment(at: list[fit.Point], series: list[tuple[int, ...]], what: str) -> tu
     """
     lengths = {len(s) for s in series}
     if len(lengths) != 1:
-        raise LoraBudgetError(f"the layer's {what} runs a different number of ops at different sizes; not derivable")
+        if not allow_unaligned:
+            raise LoraBudgetError(
+                f"the layer's {what} runs a different number of ops at different sizes; not derivable"
+            )
+        # a loop over sequence chunks (linear attention's chunked scan): events do not pair up
+        # across sizes; the largest event of each size is fitted (index -1), checked by the fifth point
+        return fit.fit(at, [max(s) for s in series]), -1
     best, best_at = None, -1
     for j in range(lengths.pop()):
         coeffs = fit.fit(at, [s[j] for s in series])
@@ -137,6 +149,16 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
     if spec.autocast_on:
         _check_autocast(spec)
     started = time.perf_counter()
+    from lora_budget.core.derived import architecture_at, layer_pattern
+
+    arch = architecture_at(spec.model.shape)
+    if arch.get("types"):  # layers of several types (derive/hybrid.py)
+        from lora_budget.derive.hybrid import derive_types
+
+        record = {"schema": SCHEMA, "settings": values}
+        record.update(derive_types(spec, layer_pattern(arch, spec.model.shape.layers)))
+        record.update(versions=versions(), wall_s=round(time.perf_counter() - started, 2))
+        return _finish(spec, values, record, save)
     small = truncated_spec(spec)
     at, check = fit.points(spec.model.shape.max_positions)
     probes = [probe(dataclasses.replace(small, batch_size=b, seq_len=s)) for b, s in (*at, check)]
@@ -154,8 +176,8 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         "once": term("once", lambda p: p.total - sum(p.own)),
         "head": term("head", lambda p: p.head),
     }
-    fwd, fwd_j = _moment(grid, [p.forward for p in probes], "forward")
-    bwd, bwd_j = _moment(grid, [p.backward for p in probes], "backward")
+    fwd, fwd_j = _moment(grid, [p.forward[-1] for p in probes], "forward")
+    bwd, bwd_j = _moment(grid, [p.backward[-1] for p in probes], "backward")
     single = [probe(dataclasses.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
     extra = {
         "first_layer": _single_sequence_extra(terms["first_layer"][0], [p.own[0] for p in single], single),
@@ -181,7 +203,7 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         "forward_transient": fit.per_token(fwd),
         "forward_fixed_bytes": max(0, round(fwd[0])),
         "backward_transient": fit.per_token(bwd),
-        "backward_gradient_bytes": probes[0].grads[bwd_j],
+        "backward_gradient_bytes": probes[0].grads[-1][bwd_j],
         "backward_fixed_bytes": max(0, round(bwd[0])),
         "fixed_bytes": {name: round(t[1]) for name, t in terms.items()},
         "check_residual_bytes": {name: round(t[2]) for name, t in terms.items()},
@@ -192,6 +214,10 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         "versions": versions(),
         "wall_s": round(time.perf_counter() - started, 2),
     }
+    return _finish(spec, values, record, save)
+
+
+def _finish(spec: TrainSpec, values: dict[str, Any], record: dict[str, Any], save: bool) -> dict[str, Any]:
     if save:
         key = arch_key(spec.model.shape.arch_config)
         save_coefficients(key, settings_key(values), record)
@@ -199,7 +225,7 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
             "note: derived %s coefficients (%s) from a %d-layer trace in %.0f s; cached in %s",
             spec.model.shape.model_type,
             describe(values),
-            PROBE_LAYERS,
+            record["layers_traced"],
             record["wall_s"],
             cache_dir(),
         )

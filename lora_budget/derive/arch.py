@@ -23,7 +23,7 @@ import json
 import time
 from typing import Any
 
-from lora_budget.core.derived import SCHEMA, arch_key, canonical, config_at_depth, heterogeneous
+from lora_budget.core.derived import SCHEMA, arch_key, canonical, config_at_depth
 from lora_budget.derive.store import save_architecture
 from lora_budget.errors import LoraBudgetError
 
@@ -118,7 +118,16 @@ def _rows(model: Any, prefix: str, head: Any, input_embedding: Any) -> list[list
     return list(merged.values())
 
 
-_INDEX_ATTRS = frozenset({"layer_idx", "layer_id", "layer_number", "layer_index", "idx", "block_idx"})
+_INDEX_ATTRS = frozenset(
+    {
+        "layer_idx", "layer_id", "layer_number", "layer_index", "idx", "block_idx",
+        # Gemma 4: the last sliding and the last full layer before the KV-sharing layers put their
+        # k and v in a dict for the sharing layers to read (``Gemma4TextAttention.forward``): a
+        # reference to tensors the attention keeps anyway, so no byte of a training step changes
+        "store_full_length_kv",
+    }
+)  # fmt: skip
+"""Attributes that tell layers apart without changing what a training step allocates."""
 
 
 def signature(module: Any) -> list[Any]:
@@ -189,13 +198,20 @@ def buffer_bytes(model: Any, layers: int) -> dict[str, int]:
 def shape_values(config: Any) -> dict[str, Any]:
     """The widths the rest of the planner reads, from transformers' config object (its ``attribute_map``
     resolves each model type's own key names)."""
+
+    def get(name: str) -> Any:
+        try:  # a per-layer attribute (Gemma 4's kv heads) raises on global access: None
+            return getattr(config, name, None)
+        except Exception:
+            return None
+
     hidden = int(config.hidden_size)
-    heads = int(getattr(config, "num_attention_heads", 0) or 1)
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    if getattr(config, "multi_query", False) is True:
+    heads = int(get("num_attention_heads") or 1)
+    kv = get("num_key_value_heads") or heads
+    if get("multi_query") is True:
         kv = 1
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    head_dim = get("head_dim") or hidden // heads
+    intermediate = get("intermediate_size") or get("n_inner") or 4 * hidden
     return dict(
         hidden=hidden,
         heads=heads,
@@ -203,26 +219,25 @@ def shape_values(config: Any) -> dict[str, Any]:
         head_dim=int(head_dim),
         intermediate=int(intermediate),
         vocab=int(config.vocab_size),
-        max_positions=int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)),
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        max_positions=int(get("max_position_embeddings") or get("n_positions") or 2048),
+        tied_embeddings=bool(get("tie_word_embeddings")),
     )
 
 
 def derive_architecture(arch: dict[str, Any], depth: int, save: bool = True) -> dict[str, Any]:
     """The architecture record of ``arch`` (``core.derived.arch_config``), checked at ``depth`` layers:
-    built on meta at that depth, every layer must be alike (``check_alike``) and the inventory is read
-    from it. Depths already checked are kept in the record (``depths``). Cached unless ``save`` is off."""
+    built on meta at that depth and its layers grouped into types (``derive/layers.py``). One type:
+    the inventory of layer 0 and of the rest. Several: ``types`` (the rows of one layer of each type)
+    and ``patterns`` (each depth's type per layer), ``layer`` left empty. Depths already checked
+    are kept in the record (``depths``). Cached unless ``save`` is off."""
     from lora_budget.core.derived import read_cache
+    from lora_budget.derive import layers as kinds
 
     started = time.perf_counter()
-    field = heterogeneous(arch)
-    if field:
-        raise LoraBudgetError(
-            f"{arch['model_type']}: its layers differ ({field}); a truncated copy cannot stand for its depth "
-            "(layers of several types are not derivable yet)"
-        )
-    model = build_meta(config_at_depth(arch, depth))
-    layer, other = inventory_rows(model, depth)
+    config = config_at_depth(arch, depth)
+    model = build_meta(config)
+    path, stack = decoder_layers(model, depth)
+    pattern = kinds.pattern(stack, config)
     old = read_cache(arch_key(canonical(arch))).get("architecture") or {}
     tied = model.get_output_embeddings() is None or (
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -237,15 +252,37 @@ def derive_architecture(arch: dict[str, Any], depth: int, save: bool = True) -> 
         "model_type": arch["model_type"],
         "model_class": type(model).__name__,
         "shape": values,
-        "layer": layer,
-        "other": other,
         "depths": sorted({depth, *old.get("depths", ())}),
-        "buffers": buffer_bytes(model, depth),
-        "moe": any(row[3] == "experts" for row in layer),
+        "moe": False,
         "versions": versions(),
-        "wall_s": round(time.perf_counter() - started, 3),
     }
+    if len(set(pattern)) == 1 and not old.get("types"):
+        layer, other = inventory_rows(model, depth)
+        record.update(layer=layer, other=other, buffers=buffer_bytes(model, depth))
+        record["moe"] = any(row[3] == "experts" for row in layer)
+    else:
+        types = {**old.get("types", {}), **kinds.rows_of_types(model, path, stack, pattern, config)}
+        counts = {t: pattern.count(t) for t in types}
+        everything = _rows(model, "", model.get_output_embeddings(), model.get_input_embeddings())
+        in_layers = sum(types[t]["buffers"] * n for t, n in counts.items())
+        other_buffers = sum(alloc_bytes(b) for _, b in model.named_buffers()) - in_layers
+        record.update(
+            layer=[],
+            other=kinds.rest_rows(everything, types, counts),
+            buffers={"layer": 0, "other": other_buffers},
+            types=types,
+            patterns={**old.get("patterns", {}), str(depth): pattern},
+        )
+        record["depths"] = sorted(int(d) for d in record["patterns"])
+        record["moe"] = any(row[3] == "experts" for t in types.values() for row in t["layer"])
+    record["wall_s"] = round(time.perf_counter() - started, 3)
     json.dumps(record)  # every value is plain JSON
     if save:
         save_architecture(record)
     return record
+
+
+def alloc_bytes(tensor: Any) -> int:
+    from lora_budget.core.static import alloc
+
+    return alloc(tensor.numel() * tensor.element_size())

@@ -1,8 +1,9 @@
 """One traced step of a truncated model, read per decoder layer.
 
 The step is the trace engine's (``trace/engine.py``: the real transformers + peft + bitsandbytes
-step on fake tensors, warm start then step 1), on a copy of the model with two decoder layers at
-real width. Hooks on the two layers mark where each one's forward and backward run:
+step on fake tensors, warm start then step 1), on a truncated copy of the model at real width (two
+decoder layers, or for layers of several types the fewest leading layers that hold every type,
+``derive/layers.py``). Hooks on every layer mark where each one's forward and backward run:
 
 - forward: a pre-hook and a hook on each layer give the events of its forward (step 1 only, so a
   checkpointed layer's recomputation in backward is not taken for it);
@@ -19,12 +20,14 @@ bytes after every event:
   backward, the planner's convention (under checkpointing: the layer input the checkpoint keeps);
 - ``head``: what the final norm, the output head and the loss keep (born after the last layer),
   plus the last layer's output the final norm keeps;
-- ``forward[j]``: live bytes at event j of the last layer's forward less the live bytes at backward
-  start without the logits (weights, state and every activation): the forward transient the peak
-  model adds to all activations;
-- ``backward[j]``: live bytes at event j of the last layer's backward less those at its start (less
-  the incoming gradient) and less ``grads[j]``, the gradients of that layer's parameters made by
-  then: the backward working set beside the saved activations.
+- ``forward[k][j]``: live bytes at event j of layer k's forward less the live bytes at backward
+  start without the logits (weights, state and every activation), plus what the layers above k
+  keep (not yet made when k runs): the forward transient the peak model adds to all activations
+  when k is the last layer;
+- ``backward[k][j]``: live bytes at event j of layer k's backward less those at its start (less
+  the incoming gradient) and less ``grads[k][j]``, the gradients of that layer's parameters made
+  by then: the backward working set beside the saved activations; ``layer_grads[k]``: all the
+  gradients layer k's backward makes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from lora_budget.derive.arch import PROBE_LAYERS, decoder_layers
+from lora_budget.derive.arch import decoder_layers
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
 
@@ -48,9 +51,13 @@ class Probe:
     total: int
     own: tuple[int, ...]
     head: int
-    forward: tuple[int, ...]
-    backward: tuple[int, ...]
-    grads: tuple[int, ...]
+    forward: tuple[tuple[int, ...], ...]
+    """Per layer k, its forward's events (see the module docstring), the saved bytes of the layers
+    above k added back: relative to what is alive when k runs, not to the whole stack."""
+    backward: tuple[tuple[int, ...], ...]
+    grads: tuple[tuple[int, ...], ...]
+    layer_grads: tuple[int, ...]
+    """Per layer: bytes of the parameter gradients its backward makes (alive after it)."""
     wall_s: float
 
 
@@ -117,8 +124,8 @@ def _first_tensor(output: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _layer_hooks(model: Any, windows: _Windows) -> Any:
-    _, stack = decoder_layers(model, PROBE_LAYERS)
+def _layer_hooks(model: Any, windows: _Windows, layers: int) -> Any:
+    _, stack = decoder_layers(model, layers)
     handles = []
     for k, layer in enumerate(stack):
         handles.append(layer.register_forward_pre_hook(windows.pre_hook(k), with_kwargs=True))
@@ -152,7 +159,7 @@ def probe(spec: TrainSpec) -> Probe:
         optimizer = make_optimizer(spec, built.trainable, paged=False)
         hooks = engine.Hooks(built, tracker, optimizer, False, 1, True, None)
         windows = _Windows(tracker)
-        with _layer_hooks(built.model, windows):
+        with _layer_hooks(built.model, windows, spec.model.shape.layers):
             engine._run(spec, built, tracker, optimizer, hooks, fake_mode, 1, True)
     return _read(spec, tracker, windows, time.perf_counter() - started)
 
@@ -171,8 +178,9 @@ def _alive(block: Any, event: int) -> bool:
 
 
 def _read(spec: TrainSpec, tracker: Any, w: _Windows, wall_s: float) -> Probe:
-    last = PROBE_LAYERS - 1
-    missing = [k for k in range(PROBE_LAYERS) if k not in w.pre or k not in w.post]
+    layers = spec.model.shape.layers
+    last = layers - 1
+    missing = [k for k in range(layers) if k not in w.pre or k not in w.post]
     if missing:
         raise LoraBudgetError(f"internal: decoder layer {missing[0]} did not run in the traced forward")
     fwd0 = _marker(tracker, "forward", 1)
@@ -186,33 +194,47 @@ def _read(spec: TrainSpec, tracker: Any, w: _Windows, wall_s: float) -> Probe:
         return block.size if block is not None and _alive(block, bwd0) else 0
 
     own = []
-    for k in range(PROBE_LAYERS):
+    for k in range(layers):
         born = sum(b.size for b in acts if w.pre[k] < b.born <= w.post[k])
         moved_in = alive_size(w.inp[k]) if w.inp[k] is not None and w.inp[k].born <= w.pre[k] else 0
         own.append(born - alive_size(w.out[k]) + moved_in)
     head = sum(b.size for b in acts if b.born > w.post[last]) + alive_size(w.out[last])
     logits_at_bwd = sum(b.size for b in tracker.blocks if b.category == "logits" and _alive(b, bwd0))
     ref_fwd = live[bwd0 - 1] - logits_at_bwd
-    forward = tuple(live[j - 1] - ref_fwd for j in range(w.pre[last] + 1, w.post[last] + 1))
-    if last not in w.grad_at:
-        raise LoraBudgetError("internal: no gradient reached the last decoder layer's output")
-    start = w.grad_at[last]
-    end = w.grad_at.get(last - 1, opt0)
-    ref_bwd = live[start - 1] - w.grad_size[last]
-    grads_born = [b for b in tracker.blocks if b.category == "gradients" and start < b.born <= end]
-    backward, grads = [], []
-    for j in range(start + 1, end + 1):
-        g = sum(b.size for b in grads_born if _alive(b, j))
-        grads.append(g)
-        backward.append(live[j - 1] - ref_bwd - g)
+    forward = []
+    for k in range(layers):
+        above = sum(own[k + 1 :])
+        forward.append(tuple(live[j - 1] - ref_fwd + above for j in range(w.pre[k] + 1, w.post[k] + 1)))
+    backward, grads, layer_grads = [], [], []
+    for k in range(layers):
+        if k not in w.grad_at:
+            if k == last:
+                raise LoraBudgetError("internal: no gradient reached the last decoder layer's output")
+            backward.append(())
+            grads.append(())
+            layer_grads.append(0)
+            continue
+        start = w.grad_at[k]
+        end = w.grad_at.get(k - 1, opt0)
+        ref_bwd = live[start - 1] - w.grad_size[k]
+        grads_born = [b for b in tracker.blocks if b.category == "gradients" and start < b.born <= end]
+        moments, made = [], []
+        for j in range(start + 1, end + 1):
+            g = sum(b.size for b in grads_born if _alive(b, j))
+            made.append(g)
+            moments.append(live[j - 1] - ref_bwd - g)
+        backward.append(tuple(moments))
+        grads.append(tuple(made))
+        layer_grads.append(sum(b.size for b in grads_born if _alive(b, end)))
     return Probe(
         batch_size=spec.batch_size,
         seq_len=spec.seq_len,
         total=total,
         own=tuple(own),
         head=head,
-        forward=forward,
+        forward=tuple(forward),
         backward=tuple(backward),
         grads=tuple(grads),
+        layer_grads=tuple(layer_grads),
         wall_s=wall_s,
     )
