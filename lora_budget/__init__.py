@@ -8,16 +8,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
 
-def plan(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`lora_budget.api.plan`."""
-    from lora_budget.api import plan as _plan
+def __getattr__(name: str) -> object:
+    """``plan`` is :func:`lora_budget.api.plan` itself, imported on first use (PEP 562): importing the
+    package (every ``lora-budget`` start does) stays free, and a call pays no wrapper or import."""
+    if name == "plan":
+        from lora_budget.api import plan
 
-    return _plan(*args, **kwargs)
+        globals()["plan"] = plan
+        return plan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["plan", "__version__"]

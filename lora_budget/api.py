@@ -245,9 +245,16 @@ def card_calibration(card: GPU, overhead_bytes: int = 0) -> CalibratedOverhead |
     gives its own ``overhead_bytes`` or the card is a bare size, else the card's calibration if any."""
     if overhead_bytes or card.from_size:
         return None
-    from lora_budget.catalog.calibration import calibrated_overhead  # not imported for a bare size
+    return _calibration_lookup()(card.name)
 
-    return calibrated_overhead(card.name)
+
+@lru_cache(maxsize=1)
+def _calibration_lookup() -> Any:
+    """``calibrated_overhead``, imported on the first card that may have one (not for a bare size,
+    so plan's start does not pay for it) and kept: an import statement per call costs about 5 us."""
+    from lora_budget.catalog.calibration import calibrated_overhead
+
+    return calibrated_overhead
 
 
 @lru_cache(maxsize=1)
