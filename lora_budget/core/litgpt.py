@@ -27,13 +27,13 @@ the layout and the ops of ``litgpt/model.py`` and ``litgpt/lora.py``:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.activations import _T, ZERO, ActivationModel, Coeff, StepSettings, _Walk
 from lora_budget.errors import LoraBudgetError
-from lora_budget.spec import DTYPE_BYTES, TrainSpec
+from lora_budget.spec import DTYPE_BYTES, TrainSpec, _version
 
 PARTS: tuple[str, ...] = ("query", "key", "value", "projection", "mlp", "head")
 """LitGPT's ``lora_*`` flags (``litgpt/lora.py`` ``Config``)."""
@@ -158,7 +158,27 @@ def adapter_tensors(spec: TrainSpec) -> list[tuple[int, int, tuple[int, int], bo
 # -- the layer walk -------------------------------------------------------------------------------
 
 
-def _rmsnorm(w: _Walk, st: StepSettings, x: _T, width: int) -> _T:
+@dataclass(slots=True)
+class _LitWalk(_Walk):
+    """The reference walk, plus the distinct inputs bitsandbytes <= 0.43.1's ``MatMul4Bit`` keeps as
+    ``ctx.tensors`` (a plain attribute, not ``save_for_backward``: backward does not free it, so the
+    whole step's set lives as long as its graph, see ``loss_terms``)."""
+
+    matmul_inputs: dict[str, Coeff] = field(default_factory=dict)
+
+    def matmul_input(self, st: StepSettings, x: _T) -> None:
+        if st.bnb_input_bytes and x.rg:
+            self.save(x)
+            self.matmul_inputs.setdefault(x.key, x.size)
+
+    def inputs_total(self) -> Coeff:
+        out = ZERO
+        for c in self.matmul_inputs.values():
+            out = out + c
+        return out
+
+
+def _rmsnorm(w: _LitWalk, st: StepSettings, x: _T, width: int) -> _T:
     """litgpt ``RMSNorm``: ``x.float()``, ``x * rsqrt(mean(x * x) + eps)``, ``* weight.float()``, cast back.
 
     mul keeps x32 and the rsqrt (4 bytes per token); a trainable weight keeps the fp32 normed x.
@@ -171,21 +191,20 @@ def _rmsnorm(w: _Walk, st: StepSettings, x: _T, width: int) -> _T:
     return w.new("norm_out", c * width, x.rg or st.base_trainable)
 
 
-def _lora_linear(w: _Walk, st: StepSettings, x: _T, fan_in: int, fan_out: int, adapted: bool, rank: int) -> _T:
+def _lora_linear(w: _LitWalk, st: StepSettings, x: _T, fan_in: int, fan_out: int, adapted: bool, rank: int) -> _T:
     """``LoRALinear``: ``linear(x) + (dropout(x) @ A.T @ B.T) * scaling``; bitsandbytes <= 0.43.1
     keeps a 4-bit linear's input."""
     c = st.compute_bytes
     if st.base_trainable:
         w.save(x)
-    if st.bnb_input_bytes and x.rg:
-        w.save(x)
+    w.matmul_input(st, x)
     if adapted:
         _adapter_input(w, st, x, fan_in)
         w.save(w.new("lora_mid", c * rank, True))  # B's matmul keeps A's output
     return w.new("linear_out", c * fan_out, x.rg or st.base_trainable or adapted)
 
 
-def _adapter_input(w: _Walk, st: StepSettings, x: _T, fan_in: int) -> None:
+def _adapter_input(w: _LitWalk, st: StepSettings, x: _T, fan_in: int) -> None:
     """A's matmul keeps its input: ``dropout(x)`` (a new tensor, and a 1-byte mask when x needs a
     gradient) or, with p = 0, x itself."""
     if st.lora_dropout:
@@ -196,13 +215,14 @@ def _adapter_input(w: _Walk, st: StepSettings, x: _T, fan_in: int) -> None:
         w.save(x)
 
 
-def _attention(w: _Walk, s: ModelShape, st: StepSettings, chosen: frozenset[str], xn: _T) -> tuple[_T, Coeff]:
+def _attention(w: _LitWalk, s: ModelShape, st: StepSettings, chosen: frozenset[str], xn: _T) -> tuple[_T, Coeff]:
     """``CausalSelfAttention.forward`` with ``LoRAQKVLinear``; returns (output, tail)."""
     c = st.compute_bytes
     qw, kw = s.q_width, s.kv_width
     n, width = qkv_widths(s, chosen)
-    if st.base_trainable or (st.bnb_input_bytes and xn.rg):
+    if st.base_trainable:
         w.save(xn)
+    w.matmul_input(st, xn)
     if n:
         _adapter_input(w, st, xn, s.hidden)  # one dropout for q, k and v
         w.save(w.new("lora_qkv_mid", c * st.rank * n, True))  # conv1d keeps A's output for dB
@@ -225,12 +245,12 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, chosen: frozenset[str]
     return out, w.total() + before.scale(-1)
 
 
-def _mlp(w: _Walk, s: ModelShape, st: StepSettings, chosen: frozenset[str], xn: _T) -> _T:
+def _mlp(w: _LitWalk, s: ModelShape, st: StepSettings, chosen: frozenset[str], xn: _T) -> _T:
     """``LLaMAMLP``: ``proj(silu(fc_1(x)) * fc_2(x))``; each adapted linear has its own dropout."""
     c, h, i = st.compute_bytes, s.hidden, s.intermediate
     adapted = "mlp" in chosen
-    if st.bnb_input_bytes and xn.rg and not st.base_trainable:
-        w.save(xn)
+    if not st.base_trainable:
+        w.matmul_input(st, xn)  # fc_1 and fc_2 share it
     fc1 = _lora_linear(w, st, xn, h, i, adapted, st.rank)
     fc2 = _lora_linear(w, st, xn, h, i, adapted, st.rank)
     if fc1.rg:
@@ -242,9 +262,11 @@ def _mlp(w: _Walk, s: ModelShape, st: StepSettings, chosen: frozenset[str], xn: 
     return _lora_linear(w, st, prod, i, h, adapted, st.rank)
 
 
-def _layer(s: ModelShape, st: StepSettings, chosen: frozenset[str], input_rg: bool) -> tuple[Coeff, Coeff, Coeff]:
-    """(saved, saved by the attention half, attention tail) of one ``Block``."""
-    w = _Walk()
+def _layer(
+    s: ModelShape, st: StepSettings, chosen: frozenset[str], input_rg: bool
+) -> tuple[Coeff, Coeff, Coeff, Coeff]:
+    """(saved, saved by the attention half, attention tail, MatMul4Bit-kept inputs) of one ``Block``."""
+    w = _LitWalk()
     c, h = st.compute_bytes, s.hidden
     x = w.new("block_in", c * h, input_rg)
     xn = _rmsnorm(w, st, x, h)
@@ -253,7 +275,7 @@ def _layer(s: ModelShape, st: StepSettings, chosen: frozenset[str], input_rg: bo
     x = w.new("resid", c * h, x.rg or attn_out.rg)
     xn = _rmsnorm(w, st, x, h)
     _mlp(w, s, st, chosen, xn)
-    return w.total(), attn_part, tail
+    return w.total(), attn_part, tail, w.inputs_total()
 
 
 def activation_model(spec: TrainSpec, st: StepSettings, dequant_bytes: int) -> ActivationModel:
@@ -262,13 +284,14 @@ def activation_model(spec: TrainSpec, st: StepSettings, dequant_bytes: int) -> A
     s = layout(spec.model.shape)
     chosen = parts(spec) if spec.method != "full" else frozenset()
     c, h, i = st.compute_bytes, s.hidden, s.intermediate
-    layer, attn, tail = _layer(s, st, chosen, True)
-    first, first_attn, first_tail = _layer(s, st, chosen, st.base_trainable)
-    w = _Walk()
+    layer, attn, tail, _ = _layer(s, st, chosen, True)
+    first, first_attn, first_tail, _ = _layer(s, st, chosen, st.base_trainable)
+    w = _LitWalk()
     x = w.new("final_in", c * h, True)
     xn = _rmsnorm(w, st, x, h)
-    if st.base_trainable or st.bnb_input_bytes:
-        w.save(xn)  # lm_head's weight gradient / MatMul4Bit 0.42 keeps every chunk's input (views of xn)
+    if st.base_trainable:
+        w.save(xn)  # lm_head's weight gradient
+    w.matmul_input(st, xn)  # MatMul4Bit 0.42 keeps every chunk's input (views of xn)
     if "head" in chosen:
         _adapter_input(w, st, xn, h)
         w.save(w.new("head_mid", c * spec.rank, True))
@@ -297,41 +320,159 @@ def activation_model(spec: TrainSpec, st: StepSettings, dequant_bytes: int) -> A
         first_attention_tail=first_tail,
         batched_extra=ZERO,
         backward_transient_dequant=Coeff(c * i + 2 * c * h),
-        dequant_bytes=dequant_bytes,
+        dequant_bytes=dequant_bytes * dequant_copies(spec)[1],
     )
 
 
-def loss_terms(spec: TrainSpec) -> dict[str, float | int]:
-    """Logits bytes of LitGPT's chunked loss, per token (T = b s) and per sequence row.
+FABRIC_OUTPUT_BYTES = 4
+"""Fabric's ``_FabricModule.forward`` casts every floating output to ``torch.get_default_dtype()``
+(lightning 2.4 ``fabric/wrappers.py`` 143; ``HalfPrecision.convert_output``, ``half.py`` 61-62, and
+``BitsandbytesPrecision.convert_output``, ``bitsandbytes.py`` 155-156): fp32, since LitGPT never
+changes the default dtype, so the loss reads fp32 copies of the bf16 logits chunks."""
 
-    - Forward, at the end of the last lm_head chunk: the new logits (c V) and the previous step's,
-      still bound to ``logits`` (c V), beside the final norm's output (c h); lora_head adds its
-      chunk's B output and scaled copy (2 c V per chunk token); a 4-bit head its dequantized
-      weight (V h c, plus the fp32 absmax under double quantization), alive only inside one
-      chunk's matmul, in forward and again in backward.
-    - Loss: the logits and every chunk's bf16 ``log_softmax`` output (c V each); with more than one
-      row, ``logits[-1][..., :-1, :]`` is not contiguous and the loss's ``reshape`` copies it (c V
-      per chunk token, until ``log_softmax`` has read it).
-    - Backward start: the logits (still bound), the saved outputs, and the first chunk's nll and
-      log-softmax gradients (2 c V per chunk token).
+
+def dequant_copies(spec: TrainSpec) -> tuple[int, int]:
+    """Weight-sized tensors alive while a 4-bit linear dequantizes, (forward, backward).
+
+    Lightning's ``_Linear4bit.quantize`` quantizes ``weight.to(dtype=torch.half)`` (lightning 2.4
+    ``fabric/plugins/precision/bitsandbytes.py`` 334), so the quantization state records fp16 and
+    ``dequantize_4bit`` makes an fp16 weight (bitsandbytes 0.42.0 ``functional.py`` 1025-1026);
+    ``MatMul4Bit`` then casts it to the input's dtype, ``.to(A.dtype)`` in its forward (0.42.0
+    ``autograd/_functions.py`` 516, the same through 0.49.x) and ``.to(grad_output.dtype)`` in its
+    backward (546, still in 0.50): under bf16 the fp16 weight and its bf16 copy exist at once. From
+    0.50 the forward runs the ``gemm_4bit`` op instead (planned as one dequantized weight, as before).
     """
+    if spec.method != "qlora" or spec.dtype == "fp16":
+        return (1, 1)
+    return (2 if _version(spec.bitsandbytes) < (0, 50, 0) else 1, 2)
+
+
+@lru_cache(maxsize=256)
+def kept_inputs(spec: TrainSpec) -> int:
+    """Bytes per token of the distinct inputs bitsandbytes <= 0.43.1 keeps for one step (0 otherwise).
+
+    ``MatMul4Bit.forward`` stores ``ctx.tensors = (A, B)`` (0.42.0 ``autograd/_functions.py``
+    522-523), a ctx attribute that backward never frees: every 4-bit linear's input of the step
+    (the qkv, proj, MLP and proj inputs of each block whose input needs a gradient, the final norm's
+    output) stays alive while anything references the step's graph. LitGPT's loop keeps the step's
+    ``logits`` list (whose chunks hold the graph) until the next forward returns.
+    """
+    if not spec.bnb_keeps_input:
+        return 0
+    s = layout(spec.model.shape)
+    chosen = parts(spec)
+    st = StepSettings(
+        compute_bytes=spec.activation_bytes,
+        adapter_bytes=DTYPE_BYTES[spec.adapter_dtype],
+        base_trainable=False,
+        lora_targets=frozenset(),
+        rank=spec.rank,
+        attn=spec.attn,
+        lora_dropout=spec.lora_dropout > 0,
+        bnb_input_bytes=spec.activation_bytes,
+    )
+    layer = _layer(s, st, chosen, True)[3]
+    first = _layer(s, st, chosen, False)[3]
+    return int(layer.lin * (s.layers - 1) + first.lin + spec.activation_bytes * s.hidden)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossTerms:
+    """The logits side of LitGPT's loop in bytes: per token (of T = b s), per row of one 128-token
+    chunk (b min(s, 128)), or fixed. ``moments`` turns them into the step's candidate peaks."""
+
+    c_v: int
+    """c V: one row of bf16 logits (the head's output)."""
+    f_v: int
+    """4 V: its fp32 copy (``FABRIC_OUTPUT_BYTES``)."""
+    norm: int
+    """c h: the final norm's output, alive (as a local of ``GPT.forward``) while the head runs."""
+    hidden: int
+    """The part of it not already counted in the activations (bitsandbytes 0.42 keeps it there)."""
+    kept: int
+    """``kept_inputs``: the previous step's MatMul4Bit inputs, per token."""
+    head_branch: int
+    """lora_head: its B output and scaled copy beside the chunk's pretrained output (2 c V per row)."""
+    head_fwd: int
+    """A 4-bit head's dequantization in the forward: the weight-sized tensors at once (bytes)."""
+    head_once: int
+    """One dequantized head in the compute dtype (alive during each chunk's matmul)."""
+    head_bwd: int
+    """The same in the backward (``dequant_copies``)."""
+
+
+def loss_terms(spec: TrainSpec) -> dict[str, object]:
+    """The peak model's loss terms for ``framework="litgpt"``: everything is in ``litgpt``
+    (a ``LossTerms``), read by ``moments``; the reference terms are zero."""
     s = spec.model.shape
     V, h = s.vocab, s.hidden
     c = DTYPE_BYTES[spec.dtype]
     head_lora = spec.method != "full" and "head" in parts(spec)
-    dequant = 0
+    once = 0
     if spec.method == "qlora":
         # dequantize_4bit of the head: V h in the compute dtype, and with double quantization the
         # fp32 absmax it first dequantizes (one per block; bitsandbytes functional.dequantize_4bit)
-        dequant = V * h * c + (4 * -(-V * h // spec.quant_blocksize) if spec.double_quant else 0)
-    # the final norm's output (c h) is alive through the chunked head's forward unless something
-    # keeps it anyway (bitsandbytes 0.42's matmul, counted in the activations)
-    hidden = 0 if spec.bnb_keeps_input else c * h
-    return dict(
-        loss_fwd=2 * c * V + hidden,
-        loss_bwd=2 * c * V,
-        loss_fixed=dequant,
-        fused_chunk_inc=0,
-        fused_chunk_bytes=0,
-        litgpt=(c * V, 2 * c * V if head_lora else 0, c * V, 2 * c * V),
+        once = V * h * c + (4 * -(-V * h // spec.quant_blocksize) if spec.double_quant else 0)
+    fwd, bwd = dequant_copies(spec)
+    terms = LossTerms(
+        c_v=c * V,
+        f_v=FABRIC_OUTPUT_BYTES * V,
+        # the final norm's output is alive through the chunked head's forward unless something
+        # keeps it anyway (bitsandbytes 0.42's matmul, counted in the activations)
+        norm=c * h,
+        hidden=0 if spec.bnb_keeps_input else c * h,
+        kept=kept_inputs(spec),
+        head_branch=2 * c * V if head_lora else 0,
+        head_fwd=once + (fwd - 1) * V * h * c if once else 0,
+        head_once=once,
+        head_bwd=once + (bwd - 1) * V * h * c if once else 0,
     )
+    return dict(loss_fwd=0, loss_bwd=0, loss_fixed=0, fused_chunk_inc=0, fused_chunk_bytes=0, litgpt=terms)
+
+
+def moments(t: LossTerms, batch_size: int, seq_len: int) -> tuple[int, int, int, int, int, int]:
+    """LitGPT's logits moments at b sequences of s tokens, each beside the step's saved activations:
+
+    (kept bytes through the next forward, those of them that are activations, head moment, loss
+    moment, backward moment, evaluation moment).
+
+    - Kept: the previous step's fp32 logits (f V per token: the last chunk's slice keeps its whole
+      chunk) and its MatMul4Bit inputs (``kept_inputs``), alive until ``logits = model(...)``
+      rebinds after the forward.
+    - Head (before that rebinding): at the last chunk, the kept bytes, the final norm's output, the
+      other chunks' bf16 logits and the chunk's own matmul: a 4-bit head's dequantization (its fp16
+      weight and bf16 copy) or its bf16 output beside the weight (and lora_head's branch); or, at
+      the end of Fabric's fp32 cast, every chunk in bf16 and in fp32 beside the kept bytes.
+    - Loss (after it): the fp32 logits, every chunk's fp32 ``log_softmax`` (the last chunk is one
+      row shorter per sequence) and, with b > 1, the shifted last chunk's contiguous copy.
+    - Backward: at its start the fp32 logits, the saved log-softmax and the last chunk's nll and
+      log-softmax gradients (f V per row each); at the head's backward, which autograd reaches
+      after every chunk's cross-entropy and fp32 cast backward, the fp32 logits (still bound), the
+      bf16 gradients of every chunk and the head's dequantization.
+    - Evaluation (``validate`` under no_grad after an optimizer step, the last step's kept bytes
+      alive): lm_head over the whole sequence (``lm_head_chunk_size=0``), its fp32 cast, the
+      ``[..., :-1, :]`` slice copied by ``reshape`` (b > 1: not contiguous) and its fp32
+      ``log_softmax`` (``litgpt/finetune/lora.py`` 368-380, ``chunked_cross_entropy`` with
+      ``chunk_size=0``).
+    """
+    T = batch_size * seq_len
+    rows = batch_size * min(seq_len, CHUNK)
+    shifted = T - batch_size  # tokens with a target
+    kept_acts = T * t.kept
+    kept = T * t.f_v
+    chunk = rows * (t.c_v + t.head_branch)
+    head = kept + T * t.hidden + t.c_v * (T - rows) + max(t.head_fwd, t.head_once + chunk)
+    head = max(head, kept + T * (t.c_v + t.f_v))
+    last_copy = t.f_v * (rows - batch_size) if batch_size > 1 else 0
+    loss = T * t.f_v + shifted * t.f_v + last_copy
+    backward = max(
+        T * t.f_v + shifted * t.f_v + 2 * t.f_v * (rows - batch_size),
+        T * (t.f_v + t.c_v) + t.head_bwd,
+    )
+    # with one sequence the slice [..., :-1, :] is contiguous and reshape makes a view
+    evaluation = kept + max(
+        T * t.f_v + shifted * t.f_v * (2 if batch_size > 1 else 1),
+        T * (t.c_v + t.f_v),
+        T * t.norm + max(t.head_fwd, t.head_once + T * t.c_v),
+    )
+    return kept, kept_acts, head, loss, backward, evaluation

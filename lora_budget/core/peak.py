@@ -33,6 +33,8 @@ from functools import lru_cache
 
 from lora_budget.breakdown import Breakdown
 from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
+from lora_budget.core.litgpt import LossTerms
+from lora_budget.core.litgpt import moments as litgpt_moments
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.objectives import ObjectiveLoss, objective_loss
 from lora_budget.core.static import StaticMemory, static_memory
@@ -118,15 +120,14 @@ class PeakModel:
                 acts_first += mask
         loss_fwd = T * k.loss_fwd + k.loss_fixed
         loss_bwd = T * k.loss_bwd + k.loss_fixed
-        kept_logits = 0
-        if k.litgpt:  # LitGPT's loop and 128-token lm_head chunks (core/litgpt.py ``loss_terms``)
-            kept, chunk_fwd, chunk_copy, chunk_bwd = k.litgpt
-            rows = batch_size * min(seq_len, 128)
-            kept_logits = int(T * kept)
-            # a 4-bit head's dequantized weight (loss_fixed) lives only inside one chunk's matmul,
-            # never beside another chunk's transients
-            loss_fwd += max(rows * max(chunk_fwd, chunk_copy if batch_size > 1 else 0), k.loss_fixed) - k.loss_fixed
-            loss_bwd += max(rows * chunk_bwd, k.loss_fixed) - k.loss_fixed
+        kept_logits = kept_acts = 0
+        litgpt: tuple[tuple[str, int, int, int, int], ...] = ()
+        if k.litgpt is not None:  # LitGPT's loop, Fabric's fp32 outputs, 128-token head chunks, its validate
+            kept_logits, kept_acts, head, loss_fwd, loss_bwd, evaluated = litgpt_moments(k.litgpt, batch_size, seq_len)
+            litgpt = (
+                ("loss", k.grads[0], int(all_acts) + kept_acts, head, 0),
+                ("evaluation", 0, kept_acts, evaluated, 0),
+            )
         if k.objective is not None:
             loss_fwd, loss_bwd = k.objective.logits_bytes(batch_size, seq_len)
         if k.fused_chunk_inc:
@@ -185,7 +186,7 @@ class PeakModel:
             te = k.eval_batch * seq_len
             evaluation = (("evaluation", 0, 0, int(te * k.loss_fwd + k.loss_fixed), te * k.eval_hidden),)
         return [
-            ("forward", g_fwd, int(fwd_acts), kept_logits, int(fwd_transient)),
+            ("forward", g_fwd, int(fwd_acts) + kept_acts, kept_logits, int(fwd_transient)),
             ("loss", g_fwd, int(all_acts) + k.autocast_fwd, int(loss_fwd), 0),
             ("backward", g_fwd, int(all_acts) + k.autocast_bwd, int(loss_bwd), 0),
             ("backward", head_grads, int(acts_last), 0, int(bwd_transient)),
@@ -197,6 +198,7 @@ class PeakModel:
             *chunked_head,
             *generation,
             *evaluation,
+            *litgpt,
         ]
 
     def breakdown(self, batch_size: int, seq_len: int) -> Breakdown:
@@ -294,10 +296,9 @@ class _Constants:
     """Sequences per example in the forward (``spec.sequences_per_example``)."""
     objective: ObjectiveLoss | None
     """The logits terms of a non-sft objective (``core/objectives.py``), in place of the loss kernel's."""
-    litgpt: tuple[float, ...] = ()
-    """litgpt-ce: the previous step's logits kept through the forward (per token), and per token of
-    one 128-token chunk row: lm_head's forward extra, the shifted last chunk's copy, backward's
-    chunk gradients (``core/litgpt.py`` ``loss_terms``); empty for other kernels."""
+    litgpt: LossTerms | None = None
+    """litgpt-ce: the logits side of LitGPT's loop (``core/litgpt.py`` ``loss_terms``, read by its
+    ``moments``); None for other kernels."""
 
 
 def _pair(coeff: Coeff) -> tuple[float, float]:

@@ -20,25 +20,33 @@ What runs, as ``litgpt/finetune/lora.py`` runs it with ``precision: bf16-true``:
    sequence length, which rebuilds the RoPE cache in fp32, as ``fit`` does after ``setup``.
 2. QLoRA: every ``nn.Linear``, lm_head included, becomes bitsandbytes' ``Linear4bit`` (NF4,
    compute dtype bf16), which is what Fabric's ``BitsandbytesPrecision`` does (its layer class
-   subclasses ``Linear4bit`` and keeps its forward). LitGPT pins bitsandbytes 0.42.0, whose
-   ``MatMul4Bit.forward`` keeps its input (``ctx.tensors = (A, B)``); the installed release keeps
-   ``(None, B)`` since commit 9e753741, so the trace restores that one assignment
-   (``_bnb_keeps_input``); the kernels are the installed release's.
+   subclasses ``Linear4bit`` and keeps its forward). Lightning quantizes from fp16, so every
+   quantization state records fp16 (``_half_quant_state``). LitGPT pins bitsandbytes 0.42.0,
+   which cannot run on CPU: with a spec release <= 0.43.1 its ``Linear4bit.forward`` and
+   ``MatMul4Bit`` are restated on the installed release's ops (``_bnb_042``): dequantize in the
+   state's dtype, cast to the input's, keep the input as a ctx attribute.
 3. ``mark_only_lora_as_trainable``; the spec's optimizer (LitGPT: ``torch.optim.AdamW`` for LoRA,
    ``bnb.optim.PagedAdamW`` with quantization); a warm start creates its state.
-4. Two iterations of the loop: ``logits = model(input_ids, lm_head_chunk_size=128)``,
+4. The model wrapped in Lightning's own ``_FabricModule`` (``fabric_module``), as
+   ``fabric.setup_module`` returns it: its forward casts the logits chunks to fp32.
+5. Two iterations of the loop: ``logits = model(input_ids, lm_head_chunk_size=128)``,
    ``logits[-1] = logits[-1][..., :-1, :]``, ``loss = chunked_cross_entropy(logits,
    targets[..., 1:])``, ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``, and
    ``loss`` rebound to a float (``running_loss.compute().item()`` at ``log_interval`` 1). The first
-   iteration's ``logits`` list is still bound while the second forward runs.
+   iteration's ``logits`` list is still bound while the second forward runs. Then LitGPT's own
+   ``validate`` on the batch, as ``fit`` runs it every ``eval.interval`` steps.
 
-The run-level parts of LitGPT's figure (model load, validation, ``generate_example``) are not run.
+Not run: the model load (``init_module`` quantizes each linear as it is built; ``load_checkpoint``
+reads the checkpoint on CPU and quantizes one weight at a time: the quantized model plus one fp16
+weight, below the step) and ``generate_example`` (batch 1: a KV cache of 2 L kv_width
+max_seq_length bf16 and one short prefill, below the validation it follows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from functools import lru_cache
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
@@ -126,6 +134,9 @@ def build_litgpt(spec: TrainSpec, fake_mode: Any) -> Any:
     lora.mark_only_lora_as_trainable(model)
     with fake_mode:
         _materialize(model, spec, "cpu")
+    if spec.method == "qlora":
+        _half_quant_state(model)
+    with fake_mode:
         model.max_seq_length = spec.seq_len  # fit(): RoPE cache rebuilt for the data's length, fp32
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -157,30 +168,118 @@ def _linears_to_4bit(model: Any, spec: TrainSpec) -> None:
             setattr(parent, name, new)
 
 
+def fabric_module(model: Any, spec: TrainSpec) -> Any:
+    """``fabric.setup_module(model)`` on one device: Lightning's ``_FabricModule`` over the model.
+
+    Its ``forward`` (lightning 2.4 ``fabric/wrappers.py`` 135-146) casts the inputs to the
+    precision's dtype, runs the model under it as the default dtype, and then casts **every
+    floating output to the default dtype** (``precision.convert_output``: ``HalfPrecision`` and
+    ``BitsandbytesPrecision`` both call ``_convert_fp_tensor(..., torch.get_default_dtype())``,
+    ``plugins/precision/half.py`` 61-62, ``bitsandbytes.py`` 155-156): the bf16 logits chunks come
+    back as fp32 copies, which the loss then reads.
+    """
+    import torch
+    from lightning.fabric.plugins.precision import BitsandbytesPrecision, HalfPrecision
+    from lightning.fabric.strategies import SingleDeviceStrategy
+    from lightning.fabric.wrappers import _FabricModule
+
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float16
+    if spec.method == "qlora":
+        precision = BitsandbytesPrecision(spec.quant + ("-dq" if spec.double_quant else ""), dtype)
+    else:
+        precision = HalfPrecision("bf16-true" if spec.dtype == "bf16" else "16-true")
+    return _FabricModule(model, SingleDeviceStrategy(device=torch.device("cpu"), precision=precision))
+
+
+def _half_quant_state(model: Any) -> None:
+    """Lightning's ``_Linear4bit.quantize`` quantizes ``weight.to(dtype=torch.half)``
+    (``fabric/plugins/precision/bitsandbytes.py`` 334), so every quantization state records fp16:
+    ``dequantize_4bit`` makes an fp16 weight, which ``MatMul4Bit`` then casts to the bf16 input's
+    dtype (``.to(A.dtype)``)."""
+    import bitsandbytes as bnb
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.weight.quant_state.dtype = torch.float16
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False  # a CPU-inference repacking, never on CUDA
+
+
+@lru_cache(maxsize=1)
+def _matmul4bit_042() -> Any:
+    """bitsandbytes 0.42.0's ``MatMul4Bit`` (``autograd/_functions.py`` 494-548), restated on the
+    installed release's ops because 0.42.0 has no CPU kernels:
+
+    - forward: ``linear(A, dequantize_4bit(B, state).to(A.dtype).t(), bias)`` (line 516), then
+      ``ctx.tensors = (A, B)`` when A or B needs a gradient (522-523): a plain ctx attribute, not
+      ``save_for_backward``, so backward does not free it; A lives as long as the graph does.
+    - backward: ``grad_output @ dequantize_4bit(B, state).to(grad_output.dtype).t()`` (546).
+
+    The dequantized weight comes out in the quantization state's dtype; ``.to`` copies it when that
+    is not the input's dtype (Lightning's fp16 state under bf16: two weight-sized transients).
+    """
+    import torch
+    from bitsandbytes import functional as F
+
+    class MatMul4Bit042(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, A: Any, B: Any, out: Any = None, bias: Any = None, quant_state: Any = None) -> Any:
+            output = torch.nn.functional.linear(A, F.dequantize_4bit(B, quant_state).to(A.dtype).t(), bias)
+            ctx.state = quant_state
+            ctx.tensors = (A, B) if any(ctx.needs_input_grad[:2]) else (None, None)
+            return output
+
+        @staticmethod
+        def backward(ctx: Any, grad_output: Any) -> Any:
+            _, B = ctx.tensors
+            grad_A = None
+            if ctx.needs_input_grad[0]:
+                grad_A = torch.matmul(grad_output, F.dequantize_4bit(B, ctx.state).to(grad_output.dtype).t())
+            return grad_A, None, None, None, None
+
+    return MatMul4Bit042
+
+
 @contextlib.contextmanager
-def _bnb_keeps_input(enabled: bool) -> Any:
-    """bitsandbytes <= 0.43.1: ``MatMul4Bit.forward`` keeps A for backward (``ctx.tensors = (A, B)``)."""
+def _bnb_042(enabled: bool) -> Any:
+    """bitsandbytes <= 0.43.1 as LitGPT pins it (0.42.0): ``Linear4bit.forward`` (``nn/modules.py``
+    240-260: the bias cast to the input's dtype, the input to the compute dtype, ``matmul_4bit`` of
+    the transposed packed weight, the output back to the input's dtype) and ``matmul_4bit``
+    reaching ``MatMul4Bit`` for every multi-token input (``_functions.py`` 565-578)."""
     if not enabled:
         yield
         return
     from unittest import mock
 
-    from bitsandbytes.autograd._functions import MatMul4Bit
+    import bitsandbytes as bnb
 
-    forward = MatMul4Bit.forward
+    matmul = _matmul4bit_042()
 
-    def keeping(ctx: Any, A: Any, B: Any, out: Any = None, bias: Any = None, quant_state: Any = None) -> Any:
-        output = forward(ctx, A, B, out, bias, quant_state)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.tensors = (A, B)
-        return output
+    def forward(self: Any, x: Any) -> Any:
+        if self.bias is not None and self.bias.dtype != x.dtype:
+            self.bias.data = self.bias.data.to(x.dtype)
+        if not self.compute_type_is_set:
+            self.set_compute_type(x)
+            self.compute_type_is_set = True
+        inp_dtype = x.dtype
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        out = matmul.apply(x, self.weight.t(), None, bias, self.weight.quant_state)
+        return out.to(inp_dtype)
 
-    with mock.patch.object(MatMul4Bit, "forward", staticmethod(keeping)):
+    with mock.patch.object(bnb.nn.Linear4bit, "forward", forward):
         yield
 
 
-def fit_iterations(model: Any, optimizer: Any, batch: Any, hooks: Any, iterations: int = 2) -> None:
-    """``litgpt/finetune/lora.py`` ``fit``'s loop body, ``iterations`` times (no accumulation)."""
+def fit_iterations(
+    model: Any, optimizer: Any, batch: Any, hooks: Any, iterations: int = 2, evaluate: bool = True
+) -> None:
+    """``litgpt/finetune/lora.py`` ``fit``'s loop body, ``iterations`` times (no accumulation), with
+    ``model`` the ``_FabricModule``; then, with ``evaluate``, its periodic ``validate`` (lines
+    347-349: after an optimizer step, while the step's ``logits`` are still bound) on the batch."""
+    from litgpt.finetune.lora import validate
     from litgpt.utils import chunked_cross_entropy
 
     input_ids, targets = batch
@@ -199,6 +298,11 @@ def fit_iterations(model: Any, optimizer: Any, batch: Any, hooks: Any, iteration
         hooks.on_phase("zero_grad", step)
         optimizer.zero_grad()
         loss = 1.0  # running_loss.compute().item(): the graph's last reference goes
+    if evaluate:
+        from litgpt.args import EvalArgs
+
+        hooks.on_phase("evaluation", iterations)
+        validate(None, model, [{"input_ids": input_ids, "labels": targets}], EvalArgs(max_iters=1), verbose=False)
     del logits
 
 
@@ -222,7 +326,7 @@ def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
     hooks = Hooks(built, tracker, optimizer, spec.optimizer.startswith("paged"), iterations, True, None)
     with (
         hooks.installed(),
-        _bnb_keeps_input(spec.bnb_keeps_input),
+        _bnb_042(spec.bnb_keeps_input),
         cuda_kernels(),
         fake_mode,
         tracker,
@@ -237,7 +341,7 @@ def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
         targets = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
         tracker.register(batch, "activations")
         tracker.register(targets, "activations")
-        fit_iterations(built.model, optimizer, (batch, targets), hooks, iterations)
+        fit_iterations(fabric_module(built.model, spec), optimizer, (batch, targets), hooks, iterations)
         del batch, targets
     return _result(spec, tracker, hooks, time.perf_counter() - started, True, False)
 
@@ -255,10 +359,18 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "qlora-bnb042-qv": ("Llama-3.2-1B", dict(targets="query,value", lora_dropout=0.05, **QLORA_042)),
     "qlora-bnb050-qv": ("Llama-3.2-1B", dict(targets="query,value", lora_dropout=0.05, method="qlora")),
     "qlora-bnb042-all-head-mha": ("Phi-3-mini-4k", dict(targets="all-linear,head", lora_dropout=0.05, **QLORA_042)),
+    "qlora-bnb042-qv-16-layers": (
+        "Llama-3.2-1B",
+        dict(targets="query,value", lora_dropout=0.05, rank=32, layers=16, **QLORA_042),
+    ),
+    "qlora-bnb042-b1-one-chunk": ("Llama-3.2-1B", dict(targets="all-linear", batch_size=1, seq_len=96, **QLORA_042)),
 }
 """Each LitGPT mechanism on a 2-layer copy of a real-width model (b 2, s 512, r 8 unless set):
 the fused qkv's partial LoRA (q+v: zero_pad), grouped-query copies vs one query per group (views),
-lora_head, LoRA dropout 0 vs > 0, the 4-bit head and bitsandbytes 0.42's kept inputs."""
+lora_head, LoRA dropout 0 vs > 0, the 4-bit head dequantized from Lightning's fp16 state,
+bitsandbytes 0.42's kept inputs (with every layer of Llama-3.2-1B: they outlive the step, as
+published row 1029 runs it), one sequence in one 128-token chunk; every case through Fabric's
+fp32 output cast and ends with LitGPT's ``validate``."""
 
 
 def case_spec(case: str) -> TrainSpec:
@@ -268,9 +380,11 @@ def case_spec(case: str) -> TrainSpec:
     from lora_budget.catalog.shape import shape_from_config
 
     name, kwargs = CASES[case]
+    kwargs = dict(kwargs)
+    layers = kwargs.pop("layers", 2)
     ref = resolve_model(name)
-    config = {**ref.config, "num_hidden_layers": 2}
-    model = replace(ref, name=f"{ref.name} (2 layers)", shape=shape_from_config(config), config=config)
+    config = {**ref.config, "num_hidden_layers": layers}
+    model = replace(ref, name=f"{ref.name} ({layers} layers)", shape=shape_from_config(config), config=config)
     return TrainSpec(model=model, framework="litgpt", **{"batch_size": 2, "seq_len": 512, "rank": 8, **kwargs})
 
 
@@ -280,6 +394,7 @@ def write_cases(path: str) -> list[dict[str, Any]]:
     import subprocess
 
     import bitsandbytes
+    import lightning
     import litgpt
     import torch
 
@@ -312,6 +427,10 @@ def write_cases(path: str) -> list[dict[str, Any]]:
         "litgpt_commit_of_the_published_table": LITGPT_COMMIT,
         "torch": torch.__version__,
         "bitsandbytes_installed": bitsandbytes.__version__,
+        "bitsandbytes_emulated": "0.42.0 Linear4bit.forward and MatMul4Bit restated on the installed ops "
+        "for specs of bitsandbytes <= 0.43.1 (_bnb_042); fp16 quantization state (Lightning's quantize)",
+        "lightning": lightning.__version__,
+        "loop": "Lightning's _FabricModule over litgpt.lora.GPT, two fit iterations, then litgpt's validate",
         "lora_budget_commit": commit,
         "cases": rows,
     }

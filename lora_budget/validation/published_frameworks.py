@@ -100,8 +100,10 @@ def litgpt_fields(names: tuple[str, ...], output_lora: bool, shape: object, meth
 
 
 LITGPT_RUN = (
-    "LitGPT prints max_memory_allocated over the whole fit (finetune/lora.py 234): the model load, "
-    "validation every 100 steps and generate_example come on top of the planned step; not planned"
+    "LitGPT prints max_memory_allocated over the whole fit (finetune/lora.py 234); planned: the step as "
+    "Fabric runs it (_FabricModule casts the logits chunks to fp32, lightning 2.4 fabric/wrappers.py 143; "
+    "the previous step's logits alive through the next forward) and the validate it runs every "
+    "eval.interval steps; the model load and generate_example (batch 1) peak below them, not planned"
 )
 
 
@@ -118,16 +120,17 @@ def litgpt_caveats(
     """What LitGPT's run does that the spec does not say (none is material: these rows exist to
     measure the mechanisms; except the resource table's FSDP rows, whose figure is not the step's).
     ``modelled``: the row is planned with ``framework="litgpt"``, whose step has LitGPT's dropout,
-    loss, kept logits and 4-bit head; only the run-level figure is left."""
+    loss, Fabric's fp32 outputs, kept logits, 4-bit head and validation (core/litgpt.py)."""
     if modelled:
         out = [(LITGPT_RUN, False)]
         if method == "qlora" and head_gib:
             out.append(
                 (
-                    "Lightning's _Linear4bit.quantize quantizes from fp16 (.to(dtype=torch.half)), so bitsandbytes "
-                    "0.42.0's MatMul4Bit dequantizes each weight to fp16 and then copies it to bf16 "
-                    f"(dequantize_4bit(...).to(A.dtype)): lm_head's transient is twice the planned "
-                    f"{head_gib:.2f} GiB; not traced (the installed bitsandbytes dequantizes once), not planned",
+                    "Lightning's _Linear4bit.quantize quantizes from fp16 (fabric/plugins/precision/bitsandbytes.py "
+                    "334), so bitsandbytes 0.42.0's MatMul4Bit dequantizes each weight to fp16 and then copies it "
+                    f"to bf16 (autograd/_functions.py 516, 546): two {head_gib:.2f} GiB copies of lm_head at once; "
+                    "its ctx.tensors = (A, B) keeps every 4-bit matmul input until the step's graph goes "
+                    "(after the next forward); both planned and traced (0.42.0's MatMul4Bit restated)",
                     False,
                 )
             )
