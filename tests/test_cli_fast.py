@@ -182,3 +182,14 @@ def test_an_error_is_clicks_own_report(args, message):
 
 def test_main_is_still_the_click_group():
     assert isinstance(main, click.Group) and main.get_command(click.Context(main), "plan") is plan_cmd
+
+
+def test_a_hub_repo_id_goes_to_click_before_anything_is_resolved(monkeypatch):
+    """Resolving org/name may ask the Hub; were it to fail, click's rerun would ask a second time."""
+    from lora_budget.cli import fast, plan_run
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the fast path planned a Hub repo id")
+
+    monkeypatch.setattr(plan_run, "plan_output", must_not_run)
+    assert fast.fast_plan(["--model", "meta-llama/Llama-2-7b-hf"]) is None

@@ -7,7 +7,9 @@ from, and answered by the same body (cli/plan_run.py). Anything else goes to the
 always has: ``--help``, ``--version``, ``--config``, ``--debug``, a clustered short option (``-b4``),
 an unknown option, a value click would refuse (a bad choice, a non-integer), and any error the body
 raises: click then runs the command again and reports the error in its own words, so every message
-and exit code is click's. The only output printed here is a plan's, and only once it is complete.
+and exit code is click's. A Hugging Face repo id as --model goes to click too: resolving one may ask
+the Hub, which an error would make it ask twice. The only output printed here is a plan's, and only
+once it is complete.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def fast_plan(args: list[str]) -> int | None:
         return None
     kw, given = parsed
     kw.pop("config_file", None)
+    from lora_budget.catalog.hub import is_repo_id
+
+    if is_repo_id(kw["model"]):
+        return None  # may ask the Hub (a 3 s reachability probe): an error must not make it ask twice
     try:
         from lora_budget.cli.plan_run import plan_output
 
