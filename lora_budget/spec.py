@@ -193,6 +193,13 @@ class TrainSpec:
     16-bit input for backward whenever that input needed a gradient (``ctx.tensors = (A, B)``,
     added in 13c0a4dc, 2023); 0.43.2 (commit 9e753741, bitsandbytes#1270, July 2024) keeps only the
     packed weight. The default is the release the trace runs."""
+    previous_step: bool = True
+    """framework litgpt: the step before the peak ran at the same length, so what LitGPT's loop keeps
+    of it (its fp32 logits, and on bitsandbytes <= 0.43.1 every 4-bit matmul input) is alive through
+    the peak step's forward, and its validation runs beside them. False where the longest batch runs
+    once, first: lit-gpt's 2023 ``finetune/lora.py`` forces the longest sample into iteration 0
+    (``get_batch(..., longest_seq_ix if iter_num == 0 else None)``) and validates before training,
+    so nothing of a previous step is alive at the whole-run peak."""
     objective: Objective = "sft"
     """What the step optimizes. sft: next-token cross-entropy on every position. dpo / ipo (a frozen
     reference), orpo / simpo (none): preference pairs, as TRL's ``DPOTrainer`` runs them: the chosen
@@ -323,6 +330,10 @@ class TrainSpec:
             raise LoraBudgetError(f"kbit_prep must be true, false or None, got {self.kbit_prep!r}")
         if not isinstance(self.bitsandbytes, str) or not _version(self.bitsandbytes):
             raise LoraBudgetError(f"bitsandbytes version must look like 0.42 or 0.43.1, got {self.bitsandbytes!r}")
+        if not isinstance(self.previous_step, bool):
+            raise LoraBudgetError(f"previous_step must be true or false, got {self.previous_step!r}")
+        if not self.previous_step and self.framework != "litgpt":
+            raise LoraBudgetError("previous_step=False describes LitGPT's loop; it needs --framework litgpt")
         if self.autocast is not None and not isinstance(self.autocast, bool):
             raise LoraBudgetError(f"autocast must be true, false or None, got {self.autocast!r}")
         if self.framework == "litgpt" and (self.loss_kernel != "litgpt-ce" or self.autocast or self.kbit_prep):

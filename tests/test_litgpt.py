@@ -205,3 +205,33 @@ def test_published_litgpt_rows_walked_by_the_litgpt_plan():
         assert abs(planned / (float(row["memory_gib"]) * 2**30) - 1) <= 0.05, row["id"]
         checked += 1
     assert checked >= 14
+
+
+def test_previous_step_false_drops_what_the_last_step_kept():
+    """lit-gpt's 2023 loop runs its longest batch once, first: nothing of a previous step is alive.
+
+    Llama-2-7B (h 4096, q width 4096, i 11008, 32 layers, V 32,000), q+v QLoRA on bitsandbytes 0.42:
+    kept inputs per token 31 x 2 (3 x 4096 + 11008) + (2 x 4096 + 2 x 11008) + 2 x 4096 =
+    1,444,352 + 38,400 + 8,192 = 1,490,944 bytes. At b 1, s 1304 the previous step keeps
+    1304 x 1,490,944 bytes of inputs and 1304 x 4 x 32,000 of fp32 logits; without it, neither.
+    """
+    llama = TrainSpec(
+        model=resolve_model("Llama-2-7B"),
+        framework="litgpt",
+        method="qlora",
+        targets="query,value",
+        bitsandbytes="0.42.0",
+        double_quant=False,
+        batch_size=1,
+        seq_len=1304,
+    )
+    assert kept_inputs(llama) == 1_490_944
+    from dataclasses import replace
+
+    with_prev = moments(loss_terms(llama)["litgpt"], 1, 1304)
+    first = moments(loss_terms(replace(llama, previous_step=False))["litgpt"], 1, 1304)
+    assert with_prev[:2] == (1304 * 4 * 32_000, 1304 * 1_490_944)
+    assert first[:2] == (0, 0)
+    assert with_prev[2] - first[2] == 1304 * 4 * 32_000  # the head moment, less the kept logits
+    with pytest.raises(LoraBudgetError, match="needs --framework litgpt"):
+        TrainSpec(model=resolve_model("Llama-3.2-1B"), previous_step=False)

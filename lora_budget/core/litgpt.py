@@ -399,6 +399,8 @@ class LossTerms:
     """One dequantized head in the compute dtype (alive during each chunk's matmul)."""
     head_bwd: int
     """The same in the backward (``dequant_copies``)."""
+    previous: bool
+    """``spec.previous_step``: the previous step's kept bytes are alive at the peak."""
 
 
 def loss_terms(spec: TrainSpec) -> dict[str, object]:
@@ -426,6 +428,7 @@ def loss_terms(spec: TrainSpec) -> dict[str, object]:
         head_fwd=once + (fwd - 1) * V * h * c if once else 0,
         head_once=once,
         head_bwd=once + (bwd - 1) * V * h * c if once else 0,
+        previous=spec.previous_step,
     )
     return dict(loss_fwd=0, loss_bwd=0, loss_fixed=0, fused_chunk_inc=0, fused_chunk_bytes=0, litgpt=terms)
 
@@ -438,7 +441,7 @@ def moments(t: LossTerms, batch_size: int, seq_len: int) -> tuple[int, int, int,
 
     - Kept: the previous step's fp32 logits (f V per token: the last chunk's slice keeps its whole
       chunk) and its MatMul4Bit inputs (``kept_inputs``), alive until ``logits = model(...)``
-      rebinds after the forward.
+      rebinds after the forward (none with ``previous_step=False``).
     - Head (before that rebinding): at the last chunk, the kept bytes, the final norm's output, the
       other chunks' bf16 logits and the chunk's own matmul: a 4-bit head's dequantization (its fp16
       weight and bf16 copy) or its bf16 output beside the weight (and lora_head's branch); or, at
@@ -458,8 +461,8 @@ def moments(t: LossTerms, batch_size: int, seq_len: int) -> tuple[int, int, int,
     T = batch_size * seq_len
     rows = batch_size * min(seq_len, CHUNK)
     shifted = T - batch_size  # tokens with a target
-    kept_acts = T * t.kept
-    kept = T * t.f_v
+    kept_acts = T * t.kept if t.previous else 0
+    kept = T * t.f_v if t.previous else 0
     chunk = rows * (t.c_v + t.head_branch)
     head = kept + T * t.hidden + t.c_v * (T - rows) + max(t.head_fwd, t.head_once + chunk)
     head = max(head, kept + T * (t.c_v + t.f_v))

@@ -306,6 +306,17 @@ def fit_iterations(
     del logits
 
 
+def validate_first(model: Any, batch: Any, hooks: Any) -> None:
+    """lit-gpt's 2023 loop validates once before training (``validate(...)  # sanity check``), with no
+    step before it: LitGPT's ``validate`` on the batch."""
+    from litgpt.args import EvalArgs
+    from litgpt.finetune.lora import validate
+
+    input_ids, targets = batch
+    hooks.on_phase("evaluation", 0)
+    validate(None, model, [{"input_ids": input_ids, "labels": targets}], EvalArgs(max_iters=1), verbose=False)
+
+
 def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
     """Trace ``iterations`` LitGPT fit iterations of ``spec`` (after a warm optimizer start)."""
     import torch
@@ -341,7 +352,12 @@ def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
         targets = torch.randint(0, spec.model.shape.vocab, (spec.batch_size, spec.seq_len))
         tracker.register(batch, "activations")
         tracker.register(targets, "activations")
-        fit_iterations(fabric_module(built.model, spec), optimizer, (batch, targets), hooks, iterations)
+        model = fabric_module(built.model, spec)
+        if spec.previous_step:
+            fit_iterations(model, optimizer, (batch, targets), hooks, iterations)
+        else:  # lit-gpt 2023: validate first, then the longest batch in the first iteration
+            validate_first(model, (batch, targets), hooks)
+            fit_iterations(model, optimizer, (batch, targets), hooks, 1, evaluate=False)
         del batch, targets
     return _result(spec, tracker, hooks, time.perf_counter() - started, True, False)
 
@@ -364,13 +380,18 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         dict(targets="query,value", lora_dropout=0.05, rank=32, layers=16, **QLORA_042),
     ),
     "qlora-bnb042-b1-one-chunk": ("Llama-3.2-1B", dict(targets="all-linear", batch_size=1, seq_len=96, **QLORA_042)),
+    "qlora-bnb041-longest-first": (
+        "Llama-2-7B",
+        dict(targets="query,value", lora_dropout=0.05, batch_size=1, seq_len=1304, previous_step=False, **QLORA_042),
+    ),
 }
 """Each LitGPT mechanism on a 2-layer copy of a real-width model (b 2, s 512, r 8 unless set):
 the fused qkv's partial LoRA (q+v: zero_pad), grouped-query copies vs one query per group (views),
 lora_head, LoRA dropout 0 vs > 0, the 4-bit head dequantized from Lightning's fp16 state,
 bitsandbytes 0.42's kept inputs (with every layer of Llama-3.2-1B: they outlive the step, as
-published row 1029 runs it), one sequence in one 128-token chunk; every case through Fabric's
-fp32 output cast and ends with LitGPT's ``validate``."""
+published row 1029 runs it), one sequence in one 128-token chunk, lit-gpt 2023's longest batch
+first with nothing of a previous step; every case through Fabric's fp32 output cast and LitGPT's
+``validate``."""
 
 
 def case_spec(case: str) -> TrainSpec:

@@ -85,18 +85,30 @@ def litgpt_targets(names: tuple[str, ...], linears: tuple[str, ...]) -> tuple[st
     return ",".join(names), None
 
 
-def litgpt_fields(names: tuple[str, ...], output_lora: bool, shape: object, method: str) -> dict[str, str] | None:
+LONGEST_FIRST = "first iteration forces the longest"
+"""What a row's ``seq_len_kind`` says when its loop is lit-gpt's 2023 ``finetune/lora.py``, which puts
+the longest sample in iteration 0 (``get_batch(..., longest_seq_ix if iter_num == 0 else None)``)."""
+
+
+def litgpt_fields(
+    names: tuple[str, ...], output_lora: bool, shape: object, method: str, row: dict[str, str] | None = None
+) -> dict[str, object] | None:
     """Spec fields that plan a LitGPT LoRA / QLoRA row with ``framework="litgpt"`` (core/litgpt.py),
     or None where that walk does not cover the row (full fine-tuning, another LitGPT block).
 
     ``names`` are the row's ``lora_query/key/value/projection/mlp`` flags as transformers Llama names
-    and ``output_lora`` its ``lora_head``; core/litgpt.py reads both as LitGPT's flags.
+    and ``output_lora`` its ``lora_head``; core/litgpt.py reads both as LitGPT's flags. A row whose
+    longest batch runs once, first (``LONGEST_FIRST``), has nothing of a previous step alive at its
+    peak (``previous_step=False``).
     """
     from lora_budget.core.litgpt import SUPPORTED
 
     if method == "full" or getattr(shape, "model_type", "") not in SUPPORTED:
         return None
-    return {"framework": "litgpt", "targets": ",".join(names + (("lm_head",) if output_lora else ()))}
+    out: dict[str, object] = {"framework": "litgpt", "targets": ",".join(names + (("lm_head",) if output_lora else ()))}
+    if row is not None and LONGEST_FIRST in row.get("seq_len_kind", ""):
+        out["previous_step"] = False
+    return out
 
 
 LITGPT_RUN = (

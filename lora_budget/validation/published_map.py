@@ -257,7 +257,7 @@ def map_row(row: dict[str, str]) -> Mapped:
         kwargs.update(rank=int(row["lora_rank"]), alpha=int(row["lora_alpha"]), adapter_dtype=_adapter_dtype(row))
         kwargs["targets"] = ",".join(names)
         single = _gpus(row) == 1 and not kwargs["grad_ckpt"]  # core/litgpt.py walks the single-device path
-        lit = litgpt_fields(names, output_lora, model.shape, method) if litgpt and single else None
+        lit = litgpt_fields(names, output_lora, model.shape, method, row) if litgpt and single else None
         if lit:  # LitGPT's own model, LoRA flags and loop (core/litgpt.py): lm_head's LoRA included
             kwargs.update(lit, adapter_dtype="bf16")
             output_lora = False
