@@ -188,6 +188,12 @@ PUBLISHED_DERIVED_B = [
     ("DeepSeek-V2-Lite", 15.7),  # DeepSeek-V2-Lite card: "15.7B total parameters"
     ("gpt-oss-20b", 21.0),  # gpt-oss card: "21B parameters with 3.6B active"
     ("LFM2-350M", 0.354483968),  # LFM2-350M card: "Parameters 354,483,968"
+    # DBRX model card (databricks/dbrx MODEL_CARD_dbrx_base.md @ a3200393): "132B total parameters"
+    ("DBRX", 132.0),
+    # Seed-OSS README (ByteDance-Seed/seed-oss @ 98e12be7) architecture table: "Parameters 36B"
+    ("Seed-OSS-36B", 36.0),
+    # Megatron-Bridge docs/models/glm/glm45.md @ 067f987d: "GLM-4.5-Air (106B total parameters, 12B active)"
+    ("GLM-4.5-Air", 106.0),
 ]
 
 
