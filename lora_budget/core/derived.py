@@ -149,9 +149,33 @@ def derived_shape(raw: dict[str, Any], where: str) -> ModelShape:
         notes=(
             f"{raw['model_type']} is not modelled analytically: planned from coefficients traced on a "
             "truncated copy of the model (lora-budget derive)",
+            *_record_notes(record),
         ),
         **values,
     )
+
+
+MOE_NOTE = (
+    "MoE experts planned as transformers' default experts path runs them (grouped_mm: the T x top_k "
+    "token-expert rows sorted by expert, or Llama 4's dense bmm over every expert): its tensors do not "
+    "depend on how tokens are routed, so no balance is assumed; a CUDA grouped GEMM's own workspace is "
+    "not counted"
+)
+
+
+def _record_notes(record: dict[str, Any] | None) -> tuple[str, ...]:
+    """What the plan's output says about a derived architecture's layers: their types, MoE."""
+    if not record:
+        return ()
+    out = []
+    if record.get("types"):
+        names = sorted({t["name"] for t in record["types"].values()})
+        out.append(
+            f"decoder layers of {len(names)} types ({', '.join(names)}): each type's coefficients traced on its own"
+        )
+    if record.get("moe"):
+        out.append(MOE_NOTE)
+    return tuple(out)
 
 
 def _early_architecture(arch: dict[str, Any], key: str, layers: int) -> dict[str, Any] | None:
@@ -275,6 +299,19 @@ def _refusal(shape: ModelShape) -> str:
     return ""
 
 
+def _setting_refusal(shape: ModelShape, skey: str) -> str:
+    """Why the shipped file could not derive these settings for this architecture ('' if it did not try)."""
+    key = arch_key(shape.arch_config)
+    values = dict(part.split("=", 1) for part in skey.split(","))
+    for row in shipped().get("refused_settings", {}).values():
+        if not isinstance(row, dict) or row.get("key") != key or row.get("depth") != shape.layers:
+            continue
+        for tried, reason in row.get("settings", {}).items():
+            if all(values.get(k) == v for k, v in (p.split("=", 1) for p in tried.split(","))):
+                return str(reason)
+    return ""
+
+
 _FAILED: dict[tuple[str, int], str] = {}
 """Architectures this process failed to derive (key, depth) -> the one-line reason: asked again (a
 plan's methods, a config corpus), the answer is the same and costs no second model build."""
@@ -352,6 +389,9 @@ def coefficients_record(spec: Any) -> dict[str, Any]:
     shape = spec.model.shape
     values = settings(spec)
     if not _torch_available():
+        refused = _refusal(shape) or _setting_refusal(shape, settings_key(values))
+        if refused:  # the shipped file tried: its reason, not an install hint that would not help
+            raise LoraBudgetError(refused)
         raise LoraBudgetError(
             f"{spec.model.name} ({shape.model_type}) is planned from trace-derived coefficients, and none are "
             f"stored for {describe(values)}; install torch, transformers and peft (pip install "
@@ -430,8 +470,8 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
 def kind(raw: dict[str, Any], where: str = "config") -> str:
     """How the planner models a config (torch-free, from stored records only): ``analytical`` (the
     hand-written walk), ``trace-derived`` (coefficients stored), ``params only`` (an inventory but no
-    coefficients: MoE routing the trace cannot follow) or ``not yet`` (no record: layers of several
-    types, or an architecture transformers does not build)."""
+    coefficients: MoE routing the trace cannot follow) or ``not yet`` (no record: an architecture
+    transformers does not build, or a config the planner cannot read)."""
     from lora_budget.catalog.shape import shape_from_config
 
     try:
@@ -440,10 +480,8 @@ def kind(raw: dict[str, Any], where: str = "config") -> str:
         return "not yet"
     if not shape.derived:
         return "analytical"
-    if _refusal(shape):
-        return "not yet"
     key = arch_key(shape.arch_config)
-    if read_cache(key).get("coefficients") or shipped()["coefficients"].get(key):
+    if not _refusal(shape) and (read_cache(key).get("coefficients") or shipped()["coefficients"].get(key)):
         return "trace-derived"
     record = architecture_record(shape)
     return "params only" if record and shape.layers in record.get("depths", ()) else "not yet"

@@ -139,13 +139,6 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         raise LoraBudgetError("fused-ce runs Triton kernels the trace cannot run; no derived coefficients for it")
     if values.get("objective"):
         raise LoraBudgetError(f"derived coefficients cover the sft objective only, not {values['objective']}")
-    from lora_budget.core.derived import inventory
-
-    if any(t.role == "experts" for t in inventory(spec.model.shape)):
-        raise LoraBudgetError(
-            f"{spec.model.name}: MoE routing has data-dependent shapes that the fake-tensor trace cannot follow; "
-            "its parameters, weights and optimizer state are exact, its activations are not derivable yet"
-        )
     if spec.autocast_on:
         _check_autocast(spec)
     started = time.perf_counter()

@@ -141,7 +141,11 @@ def probe(spec: TrainSpec) -> Probe:
     """Trace ``spec`` (a truncated model) and read it per layer."""
     import time
 
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+        FakeTensorMode,
+    )
 
     from lora_budget.runtime.build import build, import_stack
     from lora_budget.runtime.loop import make_optimizer
@@ -160,7 +164,15 @@ def probe(spec: TrainSpec) -> Probe:
         hooks = engine.Hooks(built, tracker, optimizer, False, 1, True, None)
         windows = _Windows(tracker)
         with _layer_hooks(built.model, windows, spec.model.shape.layers):
-            engine._run(spec, built, tracker, optimizer, hooks, fake_mode, 1, True)
+            try:
+                engine._run(spec, built, tracker, optimizer, hooks, fake_mode, 1, True)
+            except (DynamicOutputShapeException, DataDependentOutputException) as exc:
+                raise LoraBudgetError(
+                    f"{spec.model.name}: its modelling code makes a tensor whose shape depends on the data "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:80]}), which the fake-tensor trace cannot "
+                    "follow (an MoE experts loop over routed tokens, nonzero/where); its parameters, weights and "
+                    "optimizer state are exact, its activations are not derivable"
+                ) from None
     return _read(spec, tracker, windows, time.perf_counter() - started)
 
 
