@@ -368,6 +368,8 @@ class TrainSpec:
             raise LoraBudgetError("GRPO scores fresh completions each step; its reference cannot be precomputed")
         if self.ckpt_offload and not self.grad_ckpt:
             raise LoraBudgetError("--ckpt-offload moves gradient checkpoints to host memory; it needs --grad-ckpt")
+        if self.activation_offload:
+            self._check_activation_offload()
         e = self.eval_batch_size
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e <= 1 << 20:
             raise LoraBudgetError(f"eval batch size must be an integer from 0 to 1048576, got {e!r}")
@@ -383,6 +385,20 @@ class TrainSpec:
             raise LoraBudgetError(
                 f"--loss {self.loss_kernel} is a cross-entropy kernel; {self.objective} computes its own loss "
                 "(plan it with --loss auto)"
+            )
+
+    def _check_activation_offload(self) -> None:
+        """Activation offloading as TRL and torchtune run it (``core/offload.py``)."""
+        if self.framework == "torchtune" and not self.grad_ckpt:
+            raise LoraBudgetError(
+                "torchtune's recipes refuse activation offloading without activation checkpointing "
+                "(enable_activation_checkpointing: True); add --grad-ckpt"
+            )
+        if self.framework == "litgpt":
+            raise LoraBudgetError("LitGPT has no activation offloading; drop --activation-offload or change framework")
+        if self.ckpt_offload:
+            raise LoraBudgetError(
+                "--activation-offload and --ckpt-offload both move the checkpoints to host memory; choose one"
             )
 
     @property

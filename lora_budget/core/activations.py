@@ -64,6 +64,9 @@ class _T:
     size: Coeff
     rg: bool
     """requires_grad"""
+    view: str = ""
+    """Which view of the storage an op sees (the split q/k/v of a fused projection, the chunked gate
+    and up): saves of different views are different tensors to activation offloading."""
 
 
 @dataclass(slots=True)
@@ -71,6 +74,9 @@ class _Walk:
     """Records saved tensors of one decoder layer; a key is counted once."""
 
     saved: dict[str, Coeff] = field(default_factory=dict)
+    saves: dict[tuple[str, str], int] = field(default_factory=dict)
+    """How many ops save each view of each key (activation offloading keeps a tensor saved twice on the
+    device: ``core/offload.py``)."""
     n: int = 0
 
     def new(self, name: str, lin: float, rg: bool, quad: float = 0.0) -> _T:
@@ -80,11 +86,22 @@ class _Walk:
     def save(self, *tensors: _T) -> None:
         for t in tensors:
             self.saved.setdefault(t.key, t.size)
+            view = (t.key, t.view)
+            self.saves[view] = self.saves.get(view, 0) + 1
 
     def total(self) -> Coeff:
         out = ZERO
         for c in self.saved.values():
             out = out + c
+        return out
+
+    def repeated(self) -> Coeff:
+        """Bytes of the tensors two or more ops save."""
+        out = ZERO
+        twice = {key for (key, _), n in self.saves.items() if n > 1}
+        for key, c in self.saved.items():
+            if key in twice:
+                out = out + c
         return out
 
 
@@ -166,6 +183,11 @@ class ActivationModel:
     product's (c i) and the incoming and residual gradients (2 c h), not all three MLP ones."""
     dequant_bytes: int
     """Bytes of the largest quantized weight dequantized to the compute dtype (QLoRA/8-bit), 0 otherwise."""
+    layer_repeated: Coeff | None = None
+    """The part of ``layer`` that two or more ops save (activation offloading keeps it on the device,
+    ``core/offload.py``); None where the coefficients do not come from the walk (trace-derived, LitGPT)."""
+    first_layer_repeated: Coeff | None = None
+    """``layer_repeated`` for layer 0."""
 
 
 def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
@@ -178,7 +200,9 @@ def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
     # hidden.to(float32): a copy unless already fp32
     x32 = x if c == 4 else w.new("norm_fp32", 4 * width, x.rg)
     if x.rg:
-        w.save(x32, w.new("rsqrt", 4, True))  # pow(x32) and mul(x32, rsqrt) keep x32 and rsqrt
+        rsqrt = w.new("rsqrt", 4, True)
+        w.save(x32, rsqrt)  # pow(x32) keeps x32, rsqrt its output
+        w.save(x32, rsqrt)  # and mul(x32, rsqrt) both again
     if s.norm == "rms_f32":
         # x32 * rsqrt, multiplied in fp32 by (1 + weight) (Gemma) or weight (OLMo 2), then cast
         normed = w.new("norm_f32_out", 4 * width, x.rg)
@@ -276,7 +300,7 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
     names = module_names(s)
     if s.fused_qkv:
         qkv = _linear(w, st, names["qkv"], xin, s.hidden, qw + 2 * kw)
-        q = k_ = v = qkv  # views of one storage
+        q, k_, v = (_T(qkv.key, qkv.size, qkv.rg, view) for view in "qkv")  # views of one storage
     else:
         q = _linear(w, st, names["q"], xin, s.hidden, qw)
         k_ = _linear(w, st, names["k"], xin, s.hidden, kw)
@@ -365,7 +389,7 @@ def _mlp(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
         return _moe(w, s, st, xin)
     if s.gated_mlp and s.fused_gate_up:
         gu = _linear(w, st, names["gate_up"], xin, h, 2 * i)
-        gate = up = gu  # chunk() views keep the whole 2i storage
+        gate, up = (_T(gu.key, gu.size, gu.rg, view) for view in ("gate", "up"))  # views keep the whole 2i
     elif s.gated_mlp:
         gate = _linear(w, st, names["gate"], xin, h, i)
         up = _linear(w, st, names["up"], xin, h, i)
@@ -421,6 +445,8 @@ class _LayerWalk(NamedTuple):
     """See ``_attention``."""
     kernel_transient: Coeff
     """The attention kernel's forward transient."""
+    repeated: Coeff = ZERO
+    """Saved by two or more of the layer's ops (``_Walk.repeated``)."""
 
 
 def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> _LayerWalk:
@@ -458,7 +484,7 @@ def _layer(s: ModelShape, st: StepSettings, input_rg: bool) -> _LayerWalk:
     fwd = fwd_t + Coeff(extra)
     bwd_mlp_total = bwd_mlp + Coeff(2 * c * h)
     bwd_attn_total = bwd_attn + Coeff(2 * c * h)
-    return _LayerWalk(w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail, fwd_t)
+    return _LayerWalk(w.total(), fwd, bwd_mlp_total, attn_part, bwd_attn_total, tail, fwd_t, w.repeated())
 
 
 def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_bytes: int) -> ActivationModel:
@@ -505,4 +531,6 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         backward_transient_dequant=Coeff(c * s.intermediate + 2 * c * h),
         batched_extra=Coeff(2 * 4 * (s.q_width - s.kv_width)) if _sdpa_math(s) else ZERO,
         dequant_bytes=dequant_bytes,
+        layer_repeated=walk.repeated,
+        first_layer_repeated=first.repeated,
     )

@@ -37,8 +37,8 @@ from lora_budget.core.litgpt import LossTerms
 from lora_budget.core.litgpt import moments as litgpt_moments
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.objectives import ObjectiveLoss, objective_loss
+from lora_budget.core.offload import FWD_STASH, OffloadPlan, offload_plan
 from lora_budget.core.static import StaticMemory, static_memory
-from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 
@@ -102,6 +102,8 @@ class PeakModel:
             acts_first = layers_once + first
             first_mlp_half = first - T * ((k.first_layer_attention[0] + k.first_layer_attention[1] * seq_len) + extra)
             first_attn_done = first_mlp_half + T * (k.first_attention_tail[0] + k.first_attention_tail[1] * seq_len)
+        if k.offload is not None:  # saved tensors in host memory (core/offload.py)
+            all_acts, fwd_acts, acts_last, acts_first = _offloaded(k, T, seq_len, layers_once, layer)
         # sliding-window layers under sdpa: once the sequence reaches the window transformers
         # materializes the local mask, and SDPA turns it into a float mask (b x 1 x s x s in the
         # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
@@ -136,8 +138,9 @@ class PeakModel:
             chunk = min(T, 1 << (-(-T // k.fused_chunk_inc) - 1).bit_length())
             loss_fwd += chunk * k.fused_chunk_bytes
         fwd_transient = T * (k.forward_transient[0] + k.forward_transient[1] * seq_len) + k.dequant_bytes
-        fwd_acts = all_acts
-        if not k.grad_ckpt and k.kernel_transient[1]:
+        if k.offload is None:
+            fwd_acts = all_acts
+        if not k.grad_ckpt and k.kernel_transient[1] and k.offload is None:
             # an s x s attention kernel (eager, SDPA's math path) peaks before it saves its
             # probabilities, while the last layer holds only what it saved up to there (at most its
             # attention half's per-token tensors); the layer's other transients come at moments
@@ -193,7 +196,7 @@ class PeakModel:
             ("backward", head_grads + early_grads, int(acts_last - attn_done), 0, int(attn_transient)),
             ("backward", layer_grads, int(acts_first), 0, int(bwd_transient)),
             ("backward", layer_grads + early_grads, int(acts_first - first_attn_done), 0, int(attn_transient)),
-            ("backward", grads, 0, 0, int(embed_temp)),
+            ("backward", grads, int(T * k.offload.first_held) if k.offload else 0, 0, int(embed_temp)),
             ("optimizer", grads, 0, 0, k.optimizer_step_temp),
             *chunked_head,
             *generation,
@@ -296,6 +299,8 @@ class _Constants:
     """Sequences per example in the forward (``spec.sequences_per_example``)."""
     objective: ObjectiveLoss | None
     """The logits terms of a non-sft objective (``core/objectives.py``), in place of the loss kernel's."""
+    offload: OffloadPlan | None = None
+    """Activation offloading's terms (``core/offload.py``); None without it."""
     litgpt: LossTerms | None = None
     """litgpt-ce: the logits side of LitGPT's loop (``core/litgpt.py`` ``loss_terms``, read by its
     ``moments``); None for other kernels."""
@@ -372,6 +377,42 @@ def _constants(model: PeakModel) -> _Constants:
         eval_hidden=c * s.hidden,
         seq_mult=spec.sequences_per_example,
         objective=objective_loss(spec, logits_c),
+        offload=offload_plan(spec, a) if spec.activation_offload else None,
+    )
+
+
+def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float) -> tuple[float, ...]:
+    """(all_acts, fwd_acts, acts_last, acts_first) with the saved tensors in host memory: what the
+    offloading rules leave on the device (``core/offload.py``). ``shared``: the saves outside the
+    layers that stay (rotary cos/sin, masks); ``layer``: one layer's saved set (as it is recomputed,
+    or brought back)."""
+    o, L = k.offload, k.layers
+    end = o.forward_end_bytes(T, seq_len)
+    held = T * o.norm_held if o.held_at_peak else 0
+    if k.grad_ckpt:
+        ckpt = T * (k.checkpoint[0] + k.checkpoint[1] * seq_len)
+        # a frozen embedding's output made to require grad (enable_input_require_grads) is a leaf:
+        # its AccumulateGrad node keeps it alive whatever the hooks do with the checkpoint's save
+        shared += ckpt if o.input_leaf else 0
+        # in the forward the stash holds the last five checkpoints; in backward a layer is recomputed
+        # beside its own checkpoint brought back and the copy held from above (the final norm's x32
+        # for the last layer, the next layer's checkpoint for the others)
+        return (
+            shared + end,
+            shared + min(L, FWD_STASH) * ckpt,
+            shared + held + ckpt + layer,
+            shared + ((ckpt if L > 1 else held) if o.held_at_peak else 0) + ckpt + layer,
+        )
+    rep = T * (o.repeated[0] + o.repeated[1] * seq_len)
+    first_rep = T * (o.first_repeated[0] + o.first_repeated[1] * seq_len)
+    first = T * (k.first_layer[0] + k.first_layer[1] * seq_len)
+    below = first_rep + (L - 2) * rep if L > 1 else 0  # kept second saves of the layers under the last
+    last = layer if L > 1 else first
+    return (
+        shared + first_rep + (L - 1) * rep + end,
+        shared + below + min(last, rep + FWD_STASH * T * o.widest),
+        shared + held + below + last,
+        shared + held + first,  # layer 0 brought back beside the copy layer 1's (or the final) norm left
     )
 
 
@@ -444,16 +485,13 @@ def _autocast_copies(spec: TrainSpec, adapter_bytes: int) -> dict[str, int]:
     lowp = 2
     adapters = adapter_bytes * lowp // DTYPE_BYTES[spec.adapter_dtype] if spec.adapter_dtype == "fp32" else 0
     head = s.vocab * s.hidden * lowp if spec.kbit_prepared else 0
-    return dict(autocast_fwd=adapters + head, autocast_bwd=head + (0 if spec.grad_ckpt else adapters))
+    # offloaded, a copy's graph reference is an id, so the cache's is the last (as with checkpointing)
+    kept = 0 if spec.grad_ckpt or spec.activation_offload else adapters
+    return dict(autocast_fwd=adapters + head, autocast_bwd=head + kept)
 
 
 def single_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
     """The step on one GPU (``core.model.peak_model`` shards it for more)."""
-    if spec.activation_offload:
-        raise LoraBudgetError(
-            "activation offloading is traced (`lora-budget trace --activation-offload`, TRL's offloading "
-            "rules on fake tensors), not planned yet"
-        )
     static = static_memory(spec)
     s = spec.model.shape
     litgpt = spec.framework == "litgpt"  # its LoRA flags are read by core/litgpt.py

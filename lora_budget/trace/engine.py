@@ -209,7 +209,8 @@ def _run(
                     block = tracker.block_of(t)
                     return block is not None and block.born < 0
 
-                offload = ActivationOffload(built.output_head, *fake_movers(), is_param)
+                rules = "torchtune" if spec.framework == "torchtune" else "trl"
+                offload = ActivationOffload(built.output_head, *fake_movers(), is_param, rules=rules)
             eval_batch = None
             if spec.eval_batch_size:
                 eval_batch = torch.randint(0, spec.model.shape.vocab, (spec.eval_batch_size, spec.seq_len))
