@@ -199,3 +199,18 @@ def test_trace_offloads_the_layers_activations():
 def test_refused_where_no_framework_runs_it(changes, message):
     with pytest.raises(LoraBudgetError, match=message):
         TrainSpec(model=resolve_model("1b"), activation_offload=True, **changes)
+
+
+def test_published_rows_that_offloaded_are_planned_with_it():
+    """torchtune's README technique table (rows 155-158, Llama-3.2-3B, b 2 x 4096): its LoRA / QLoRA
+    and last full rows name activation offloading (with checkpointing); row 154, the one before,
+    does not. The offloading caveat goes where the spec carries the mechanism."""
+    from lora_budget.validation.published import load_rows
+    from lora_budget.validation.published_map import map_row
+
+    rows = {r["id"]: r for r in load_rows()}
+    for row_id in ("155", "156", "157", "158"):
+        mapped = map_row(rows[row_id])
+        assert mapped.spec.activation_offload and mapped.spec.grad_ckpt and mapped.spec.framework == "torchtune"
+        assert not any("activation offloading" in c for c in mapped.caveats)
+    assert not map_row(rows["154"]).spec.activation_offload

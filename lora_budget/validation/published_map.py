@@ -301,6 +301,9 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
         # baseline of the cumulative technique table) take cross-entropy of the whole fp32 logits
         out["framework"] = "torchtune"
         out["loss"] = "chunked-ce" if "CEWithChunkedOutputLoss" in _run_settings(row) else "full-ce"
+    if "activation offloading" in _run_settings(row) and row["gradient_checkpointing"].strip().lower() == "true":
+        # torchtune's enable_activation_offloading (its recipes require checkpointing with it)
+        out["activation_offload"] = True
     p = row.get("lora_dropout", "null").strip()
     if method != "full" and not null(p) and p:
         out["lora_dropout"] = float(p)
@@ -332,7 +335,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
         out.append((COMPILE_NOTE, True))
     if "CEWithChunkedOutputLoss" in settings and spec.loss_kernel != "chunked-ce":
         out.append(("chunked cross-entropy: the fp32 logits are never whole (planner: transformers' loss)", True))
-    if "activation offloading" in settings:
+    if "activation offloading" in settings and not spec.activation_offload:
         out.append(("activation offloading to CPU: saved activations leave the GPU", True))
     if "optimizer_in_bwd" in settings + optimizer:
         out.append(("optimizer step inside backward: the full set of gradients never lives at once", True))
