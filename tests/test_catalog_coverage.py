@@ -194,6 +194,8 @@ PUBLISHED_DERIVED_B = [
     ("Seed-OSS-36B", 36.0),
     # Megatron-Bridge docs/models/glm/glm45.md @ 067f987d: "GLM-4.5-Air (106B total parameters, 12B active)"
     ("GLM-4.5-Air", 106.0),
+    # transformers docs/source/en/model_doc/jamba.md: "12B active parameters and an overall of 52B parameters"
+    ("Jamba-v0.1", 52.0),
 ]
 
 
