@@ -55,15 +55,17 @@ def _type(layer, fwd, bwd, moment_grads, layer_grads):
 
 
 def test_composition_over_a_pattern():
-    """Pattern A B A B (L = 4), no checkpointing, worked by hand (T = b s = 8192 at the reference point):
+    """Pattern A B A B (L = 4), no checkpointing, worked by hand at b = 4, s = 2048 (T = 8192):
 
     - saved: first (80, 1) + B + A + B = (280, 2) per token; ``layer`` is (B + A + B) / 3 = (200/3, 1/3).
     - forward: A's last layer is 2, below one B layer (50 per token): candidate 260 - 50 = 210; B's is
       layer 3, nothing above: 200. A's wins: (210, 0).
     - backward: A at layer 2: 300 - 50 = 250 per token, plus its 1,000 gradient bytes by then and B's
-      2,000 above (3,000); B at layer 3: 100 per token + 500. A's wins: line (250, 0), constant 3,000.
-    - layer 0 is A: its own line 300, so ``first_attention_tail`` = 250 - 300 = -50 per token; its
+      2,000 above (3,000); B at layer 3: 100 per token + 500. A's wins: its line (300, 0) beside all
+      activations less layer 3's (``attention_tail`` (50, 0)), constant 3,000.
+    - layer 0 is A: its own line 300, so ``first_attention_tail`` = 300 - 300 = 0 per token; its
       gradients 4,000, and the constants differ by 3,000 - 1,000: ``layer_gradients`` = 6,000.
+    - the moments without gradients: the lower of the top layer's (B, 100) and layer 0's (A, 300).
     """
     record = {
         "types": {
@@ -74,14 +76,15 @@ def test_composition_over_a_pattern():
         "once": [10.0, 0.0],
         "head": [5.0, 0.0],
     }
-    acts, static = compose(record, ["A", "B", "A", "B"], False, _static())
+    acts, static = compose(record, ["A", "B", "A", "B"], False, _static(), (4, 2048))
     assert acts.first_layer.lin + 3 * acts.layer.lin == pytest.approx(280.0)
     assert acts.first_layer.quad + 3 * acts.layer.quad == pytest.approx(2.0)
     assert acts.forward_transient == Coeff(210.0, 0.0)
-    assert acts.backward_transient_attention == Coeff(250.0, 0.0)
+    assert acts.backward_transient_attention == Coeff(300.0, 0.0) and acts.attention_tail == Coeff(50.0, 0.0)
     assert static.layer_gradients_before_attention == 3000 and static.dequant_attn_bytes == 0
-    assert acts.first_attention_tail == Coeff(-50.0, 0.0) and acts.attention_tail == ZERO
+    assert acts.first_attention_tail == ZERO
     assert static.layer_gradients == 6000
+    assert acts.backward_transient == Coeff(100.0, 0.0)
 
 
 pytest.importorskip("peft")

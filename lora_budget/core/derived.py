@@ -432,7 +432,8 @@ def derived_activations(spec: Any, static: Any) -> tuple[ActivationModel, Any]:
         from lora_budget.core.derived_types import compose
 
         pattern = layer_pattern(arch, spec.model.shape.layers)
-        acts, static = compose(r, pattern, spec.grad_ckpt, static)
+        at = (spec.batch_size * spec.sequences_per_example, spec.seq_len)
+        acts, static = compose(r, pattern, spec.grad_ckpt, static, at)
         buffers = arch.get("buffers", {}).get("other", 0) + sum(arch["types"][t]["buffers"] for t in pattern)
         return acts, replace(static, weights=static.weights + buffers)
     layer = _coeff(r["layer"])

@@ -12,22 +12,27 @@ moment, without the peak model knowing of types:
   exact, because a sum of lines is a line.
 - forward: type t's working set peaks at its last layer top_t, where the layers above it have kept
   nothing yet: candidate fwd_t - above(top_t), above(i) = what layers i+1 .. L-1 keep. The largest
-  candidate at the reference point (b, s) = (4, 2048) is the model's forward transient.
+  candidate at the planned (b, s) is the model's forward transient.
 - backward of the top layers: at top_t's backward the layers above have freed what they kept and
   made their gradients: candidate bwd_t - above(top_t) plus the constant (its fixed bytes, its
   gradients made by then, and every gradient of the layers above: G(top_t)). The largest candidate
-  at the reference point goes where the peak model puts a layer's backward working set beside all
-  activations (``backward_transient_attention`` with ``layer_gradients_before_attention`` and
-  ``dequant_attn_bytes``).
+  at the planned (b, s) goes where the peak model puts a layer's backward working set beside what
+  is left of the activations: ``attention_tail`` = above(top_t) (taken from all activations there
+  only), ``backward_transient_attention`` = bwd_t, with ``layer_gradients_before_attention`` and
+  ``dequant_attn_bytes`` the constants.
 - backward of layer 0 (every gradient but its own and the embeddings'): its own type's working
   set. The peak model's layer-0 moment reuses the top moment's line, so ``first_attention_tail``
-  (subtracted there only) takes back the difference of the lines, and ``layer_gradients`` (layer
-  0's gradients, subtracted there only) the difference of the constants.
+  (subtracted there only, without checkpointing) takes back the difference of the lines, and
+  ``layer_gradients`` (layer 0's gradients, subtracted there only) the difference of the constants.
+  Under checkpointing the peak model takes ``attention_tail`` there too: that moment is off by the
+  difference of the two lines less the checkpoints above the chosen layer (a few layer inputs).
 
-Known error: the choice among candidates is made at the reference point; at a (b, s) far from it
-another type's moment may be larger (the candidates are layers' working sets, small beside all
-activations). A candidate is one moment per type; the moments between two types' layers are not
-searched.
+Known error: the choice among candidates is made at the planned (b, s), so the peak there is the
+largest candidate's; the fit search (largest batch and sequence) evaluates that choice at other
+sizes, where another type's moment may be larger: under full fine-tuning a layer low in the stack
+has every gradient above it made (a constant) and fewer activations (per token), so the choice
+turns with the token count (Nemotron-H: a Mamba layer's moment at 1,024 tokens, the top MLP
+layer's at 8,192). A candidate is one moment per type (its last layer's).
 """
 
 from __future__ import annotations
@@ -36,9 +41,6 @@ from dataclasses import replace
 from typing import Any
 
 from lora_budget.core.activations import ZERO, ActivationModel, Coeff
-
-REFERENCE = (4, 2048)
-"""(b, s) at which the largest candidate moment is chosen (the derivation's reference point)."""
 
 
 def _line(pair: list[float]) -> Coeff:
@@ -49,13 +51,16 @@ def _add(a: Coeff, b: Coeff, k: float = 1.0) -> Coeff:
     return Coeff(a.lin + k * b.lin, a.quad + k * b.quad)
 
 
-def _at(c: Coeff, fixed: int = 0) -> float:
-    b, s = REFERENCE
-    return b * s * (c.lin + c.quad * s) + fixed
+def compose(
+    record: dict[str, Any], pattern: list[str], grad_ckpt: bool, static: Any, at: tuple[int, int]
+) -> tuple[ActivationModel, Any]:
+    """The ``ActivationModel`` and static memory of the L = ``len(pattern)`` layers, candidates chosen
+    at (b, s) = ``at`` (see the module docstring)."""
+    b, s = at
 
+    def _at(c: Coeff, fixed: int = 0) -> float:
+        return b * s * (c.lin + c.quad * s) + fixed
 
-def compose(record: dict[str, Any], pattern: list[str], grad_ckpt: bool, static: Any) -> tuple[ActivationModel, Any]:
-    """The ``ActivationModel`` and static memory of the L = ``len(pattern)`` layers (see the module docstring)."""
     types = record["types"]
     L = len(pattern)
     kept = [_line(types[t]["checkpoint" if grad_ckpt else "layer"]) for t in pattern]
@@ -79,22 +84,26 @@ def compose(record: dict[str, Any], pattern: list[str], grad_ckpt: bool, static:
         line = _add(_line(types[t]["forward_transient"]), above[i], -1)
         forward.append((_at(line, types[t]["forward_fixed_bytes"]), line, int(types[t]["forward_fixed_bytes"])))
     _, fwd_line, fwd_fixed = max(forward, key=lambda c: c[0])
+    if _at(fwd_line) < 0:  # the forward holds less than all activations then: the loss phase is larger
+        fwd_line = ZERO
 
-    def backward(t: str, i: int) -> tuple[float, Coeff, int, int]:
+    def backward(t: str, i: int) -> tuple[float, Coeff, Coeff, int, int]:
         r = types[t]
-        line = _add(_line(r["backward_transient"]), above[i], -1)
+        line = _line(r["backward_transient"])
         early = int(r["backward_gradient_bytes"]) + made[i]
-        return _at(line, early + int(r["backward_fixed_bytes"])), line, early, int(r["backward_fixed_bytes"])
+        value = _at(_add(line, above[i], -1), early + int(r["backward_fixed_bytes"]))
+        return value, line, above[i], early, int(r["backward_fixed_bytes"])
 
-    _, bwd_line, early, bwd_fixed = max((backward(t, i) for t, i in top.items()), key=lambda c: c[0])
+    _, bwd_line, freed, early, bwd_fixed = max((backward(t, i) for t, i in top.items()), key=lambda c: c[0])
     zero = types[pattern[0]]
     zero_line = _line(zero["backward_transient"])
     zero_const = int(zero["backward_gradient_bytes"]) + int(zero["backward_fixed_bytes"])
     # the layer-0 moment: acts_first - first_attention_tail + grads + line + constants (core/peak.py)
     tail = _add(bwd_line, zero_line, -1)
     layer_gradients = int(zero["layer_gradient_bytes"]) + (early + bwd_fixed) - zero_const
-    # the moments the peak model adds without the gradients made by then: the lower line of the two
-    lower = min((bwd_line, zero_line), key=_at)
+    # the moments the peak model adds without the gradients made by then: the top layer's own line
+    # beside every activation, layer 0's beside its own; the lower of the two serves both
+    lower = min((_line(types[pattern[-1]]["backward_transient"]), zero_line), key=_at)
     acts = ActivationModel(
         layer=layer,
         first_layer=first,
@@ -107,7 +116,7 @@ def compose(record: dict[str, Any], pattern: list[str], grad_ckpt: bool, static:
         layer_attention=layer,
         first_layer_attention=first,
         backward_transient_attention=bwd_line,
-        attention_tail=ZERO,
+        attention_tail=freed,
         first_attention_tail=tail,
         batched_extra=Coeff(batched),
         backward_transient_dequant=ZERO,
