@@ -52,9 +52,9 @@ def models_cmd(as_json: bool) -> None:
     click.echo(
         f"\n{len(rows)} models; configs copied from each model's config.json (source in --json); "
         "planner: analytical = the hand-written per-architecture walk, trace-derived = coefficients traced "
-        "from a 2-layer copy of the model (`lora-budget derive`), not yet = layers of several types, MoE "
-        "routing or an architecture transformers does not build; params only = MoE: its parameter "
-        "inventory, not its activations."
+        "from a truncated copy of the model (`lora-budget derive`; layers of several types each traced), "
+        "params only = its parameter inventory is stored, its coefficients are derived on first plan where "
+        "torch is installed (or the trace refused them), not yet = an architecture transformers does not build."
     )
 
 

@@ -20,7 +20,8 @@ from lora_budget.cli.options import config_notes, spec_kwargs, spec_options
 def derive_cmd(each_ckpt: bool, force: bool, as_json: bool, **kw: Any) -> None:
     """Derive and cache the planner's coefficients for a model the analytical walk does not know.
 
-    Builds a 2-layer copy of the model at its real width on fake tensors, traces the real
+    Builds a truncated copy of the model at its real width on fake tensors (2 layers, or the
+    fewest leading layers that hold each of its layer types), traces the real
     transformers + peft (+ bitsandbytes) step at five batch and sequence sizes, and stores the
     per-token terms in the user cache, so `plan` answers torch-free and instantly afterwards
     (`plan` also derives on its own when torch is installed). Needs torch, transformers and peft.
