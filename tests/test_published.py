@@ -28,14 +28,13 @@ def raw() -> dict[int, dict[str, str]]:
 
 ORIGINAL = 54
 """Rows in the team's shared file."""
-LITGPT_HUB, FMS, LITGPT_RESOURCE = 53, 83, 15
+LITGPT_HUB, FMS, LITGPT_RESOURCE = 53, 75, 15
 """Added rows: 53 LitGPT config-hub lines (the README table at Lightning-AI/litgpt 00af8b0d has 53
 config lines); fms-acceleration's reference CSVs: at 24bdadb 36 allocated rows (19 with figures, 17
 runs without train metrics, taken as OOM: full fine-tuning of Mixtral and Llama-2-70B on 1 and 2
 GPUs at 2 batch sizes each, 8; Mixtral LoRA on 1 GPU, 2; Llama-2-70B LoRA, 4; Llama-2-70B QLoRA,
-3) and 8 nvidia-smi rows of its single-GPU runs with figures, at c3a069c 19 and at b6c1455 20
-allocated rows with figures; lit-gpt's resource table: 10 single-GPU Llama 2 lines and 5
-multi-GPU ones."""
+3), at c3a069c 19 and at b6c1455 20 allocated rows with figures; lit-gpt's resource table: 10
+single-GPU Llama 2 lines and 5 multi-GPU ones."""
 ADDED = LITGPT_HUB + FMS + LITGPT_RESOURCE
 
 
@@ -306,7 +305,7 @@ def test_fms_rows_bytes_are_the_csv_bytes(raw):
     row = raw[2013]
     assert (row["memory_value"], row["memory_unit"]) == ("26.704571904", "GB(1e9)")
     assert published_bytes(row) == 26_704_571_904
-    assert metric_kind(row) == "allocated" and metric_kind(raw[2203]) == "nvidia-smi"
+    assert metric_kind(row) == "allocated"
 
 
 def test_fms_lora_row_field_by_field(raw):
