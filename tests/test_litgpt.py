@@ -235,3 +235,40 @@ def test_previous_step_false_drops_what_the_last_step_kept():
     assert with_prev[2] - first[2] == 1304 * 4 * 32_000  # the head moment, less the kept logits
     with pytest.raises(LoraBudgetError, match="needs --framework litgpt"):
         TrainSpec(model=resolve_model("Llama-3.2-1B"), previous_step=False)
+
+
+PUBLISHED_TRACES = DATA.parent / "litgpt-published-traces.json"
+
+
+def _published_traces() -> dict[int, dict]:
+    return {r["id"]: r for r in json.loads(PUBLISHED_TRACES.read_text())["rows"]}
+
+
+def test_full_depth_plan_matches_stored_traces_of_published_rows():
+    """The plan-vs-trace contract at full depth, on the configurations the published LitGPT rows ran:
+    every row ``--framework litgpt`` walks, planned now (accumulation 1, as traced), against the stored
+    trace of LitGPT's own step (``runtime/litgpt.py`` ``write_published``)."""
+    from lora_budget.core.model import peak_model
+    from lora_budget.runtime.litgpt import published_configs
+
+    stored = _published_traces()
+    checked = 0
+    for row, spec, _ in published_configs():
+        if spec.framework != "litgpt":
+            continue
+        model = peak_model(spec)
+        planned = model.peak_bytes(spec.batch_size, spec.seq_len) - model.static.optimizer_pageable
+        assert abs(planned / stored[int(row["id"])]["traced_peak_bytes"] - 1) <= 0.005, row["id"]
+        checked += 1
+    assert checked >= 20
+
+
+def test_stored_traces_reproduce_the_published_litgpt_figures():
+    """The evidence behind the mechanisms: LitGPT's own code (Fabric's wrapper, bitsandbytes 0.42.0's
+    matmul restated, LitGPT's loop and validate) traced at each published row's configuration lands
+    within 2 % of the figure LitGPT printed, the blocks the planner does not walk yet (Falcon, Gemma 2,
+    Phi-2, StableLM) included. The stored file says so; the planner is never fitted to it."""
+    stored = _published_traces()
+    assert len(stored) >= 30
+    for entry in stored.values():
+        assert abs(entry["traced_peak_bytes"] / entry["published_bytes"] - 1) <= 0.02, entry["id"]

@@ -57,6 +57,7 @@ LITGPT_COMMIT = "00af8b0d9b43eaa3f8c812e3e8bd53ef38cbb49d"
 
 LITGPT_NAMES: dict[str, str] = {
     "Llama-2-7B": "Llama-2-7b-hf",
+    "Llama-2-13B": "Llama-2-13b-hf",
     "Llama-3.1-8B": "Llama-3.1-8B",
     "Llama-3.2-1B": "Llama-3.2-1B",
     "Llama-3.2-3B": "Llama-3.2-3B",
@@ -65,6 +66,10 @@ LITGPT_NAMES: dict[str, str] = {
     "Falcon-7B": "falcon-7b",
     "TinyLlama-1.1B": "tiny-llama-1.1b",
     "Gemma-2B": "Gemma-2b",
+    "Gemma-2-2B": "Gemma-2-2b",
+    "Gemma-2-9B": "Gemma-2-9b",
+    "Phi-2": "phi-2",
+    "StableLM-Base-Alpha-3B": "stablelm-base-alpha-3b",
 }
 """Catalog name -> LitGPT's config name (``litgpt/config.py``)."""
 
@@ -80,15 +85,16 @@ def import_litgpt() -> Any:
     return litgpt.lora
 
 
-def litgpt_config(spec: TrainSpec) -> Any:
-    """LitGPT's named config of the spec's model, at the spec's depth, with its LoRA flags."""
+def litgpt_config(spec: TrainSpec, flags: frozenset[str] | None = None) -> Any:
+    """LitGPT's named config of the spec's model, at the spec's depth, with its LoRA flags (the
+    spec's, or ``flags`` for a block the planner does not walk)."""
     from lora_budget.core.litgpt import parts
 
     lora = import_litgpt()
     name = LITGPT_NAMES.get(spec.model.name.split(" (")[0])
     if name is None:
         raise LoraBudgetError(f"no LitGPT config for {spec.model.name}; known: {', '.join(LITGPT_NAMES)}")
-    chosen = parts(spec) if spec.method != "full" else frozenset()
+    chosen = flags if flags is not None else parts(spec) if spec.method != "full" else frozenset()
     config = lora.Config.from_name(
         name,
         n_layer=spec.model.shape.layers,
@@ -112,14 +118,14 @@ def litgpt_config(spec: TrainSpec) -> Any:
     return config
 
 
-def build_litgpt(spec: TrainSpec, fake_mode: Any) -> Any:
+def build_litgpt(spec: TrainSpec, fake_mode: Any, flags: frozenset[str] | None = None) -> Any:
     """LitGPT's model of ``spec`` with fake bf16 tensors (and 4-bit linears for QLoRA)."""
     import torch
 
     from lora_budget.runtime.build import Built, _materialize, _prime_bnb_tables, static_tensors
 
     lora = import_litgpt()
-    config = litgpt_config(spec)
+    config = litgpt_config(spec, flags)
     dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float16
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -317,8 +323,12 @@ def validate_first(model: Any, batch: Any, hooks: Any) -> None:
     validate(None, model, [{"input_ids": input_ids, "labels": targets}], EvalArgs(max_iters=1), verbose=False)
 
 
-def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
-    """Trace ``iterations`` LitGPT fit iterations of ``spec`` (after a warm optimizer start)."""
+def trace_litgpt(spec: TrainSpec, iterations: int = 2, flags: frozenset[str] | None = None) -> Any:
+    """Trace ``iterations`` LitGPT fit iterations of ``spec`` (after a warm optimizer start).
+
+    ``flags``: LitGPT's LoRA flags, for a spec of a LitGPT block ``--framework litgpt`` does not walk
+    (planned with another framework's layout): the trace then runs LitGPT's code for it anyway,
+    reading the spec's model, method, rank, dropout, shapes, optimizer and bitsandbytes release."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -326,11 +336,11 @@ def trace_litgpt(spec: TrainSpec, iterations: int = 2) -> Any:
     from lora_budget.trace.engine import Hooks, _result, cuda_kernels, register_static
     from lora_budget.trace.tracker import Tracker
 
-    if spec.framework != "litgpt" or spec.gpus > 1 or spec.grad_ckpt or spec.grad_accum > 1:
+    if (spec.framework != "litgpt" and flags is None) or spec.gpus > 1 or spec.grad_ckpt or spec.grad_accum > 1:
         raise LoraBudgetError("the LitGPT trace runs framework litgpt, one GPU, no checkpointing, no accumulation")
     started = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    built = build_litgpt(spec, fake_mode)
+    built = build_litgpt(spec, fake_mode, flags)
     tracker = Tracker(vocab=spec.model.shape.vocab)
     register_static(tracker, built, spec)
     optimizer = make_optimizer(spec, built.trainable, paged=False)
@@ -461,5 +471,76 @@ def write_cases(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def published_configs() -> list[tuple[dict[str, str], TrainSpec, frozenset[str]]]:
+    """(row, spec, LitGPT flags) of every published single-GPU LitGPT LoRA / QLoRA measurement with
+    a LitGPT config here; the spec as the row maps (gradient accumulation 1: the trace takes none)."""
+    from dataclasses import replace
+
+    from lora_budget.core.litgpt import _parts
+    from lora_budget.validation.published import load_rows
+    from lora_budget.validation.published_frameworks import framework_key
+    from lora_budget.validation.published_map import lora_targets, map_row
+
+    out = []
+    for row in load_rows():
+        if framework_key(row) != "litgpt" or row["method"] not in ("lora", "qlora") or row["outcome"] != "measured":
+            continue
+        spec = map_row(row).spec
+        if spec is None or spec.gpus > 1 or spec.grad_ckpt or spec.model.name not in LITGPT_NAMES:
+            continue
+        names, head = lora_targets(row["lora_targets"])
+        out.append((row, replace(spec, grad_accum=1), _parts(",".join(names + (("lm_head",) if head else ())))))
+    return out
+
+
+def write_published(path: str) -> list[dict[str, Any]]:
+    """Trace LitGPT's own code at every published row's configuration, the blocks the planner does
+    not walk included, and write the traced peaks beside the published figures (and the plan where
+    ``--framework litgpt`` walks the row)."""
+    import json
+    import subprocess
+
+    from lora_budget.core.model import peak_model
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    for row, spec, flags in published_configs():
+        traced = trace_litgpt(spec, flags=flags)
+        entry: dict[str, Any] = {
+            "id": int(row["id"]),
+            "model": spec.model.name,
+            "litgpt_config": LITGPT_NAMES[spec.model.name],
+            "method": spec.method,
+            "flags": sorted(flags),
+            "batch_size": spec.batch_size,
+            "seq_len": spec.seq_len,
+            "published_bytes": round(float(row["memory_gib"]) * 2**30),
+            "traced_peak_bytes": traced.peak_bytes - traced.paged_bytes,
+            "traced_at": f"{traced.peak_op} in {traced.peak_module}",
+            "planned_bytes": None,
+        }
+        if spec.framework == "litgpt":
+            model = peak_model(spec)
+            entry["planned_bytes"] = model.peak_bytes(spec.batch_size, spec.seq_len) - model.static.optimizer_pageable
+        rows.append(entry)
+        error = entry["traced_peak_bytes"] / entry["published_bytes"] - 1
+        print(f"{entry['id']} {entry['model']}: traced {error:+.2%}")
+    out = {
+        "about": "LitGPT's own finetune/lora.py step (runtime/litgpt.py) traced at each published LitGPT row's "
+        "configuration (gradient accumulation 1), allocator-visible bytes (paged optimizer state left out)",
+        "lora_budget_commit": commit,
+        "rows": rows,
+    }
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    return rows
+
+
 if __name__ == "__main__":
-    write_cases("lora_budget/validation/data/litgpt-trace.json")
+    import sys
+
+    if sys.argv[1:] == ["--published"]:
+        write_published("lora_budget/validation/data/litgpt-published-traces.json")
+    else:
+        write_cases("lora_budget/validation/data/litgpt-trace.json")

@@ -10,6 +10,7 @@ Sources for every LitGPT statement: Lightning-AI/litgpt at 00af8b0d (2024-09-27)
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
@@ -126,6 +127,33 @@ LITGPT_FSDP_RUN = (
 )
 
 
+@lru_cache(maxsize=1)
+def _litgpt_traces() -> dict[int, tuple[int, str]]:
+    """Row id -> (traced bytes, op at the peak) from ``data/litgpt-published-traces.json``: LitGPT's own
+    step traced at each published row's configuration (``runtime/litgpt.py`` ``write_published``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "litgpt-published-traces.json"
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {r["id"]: (r["traced_peak_bytes"], r["traced_at"]) for r in rows}
+
+
+def litgpt_trace_note(row: dict[str, str]) -> str | None:
+    """The stored trace of LitGPT's own code at the row's configuration, against its figure."""
+    traced = _litgpt_traces().get(int(row["id"]))
+    if traced is None or row.get("memory_gib", "null").strip() in ("", "null"):
+        return None
+    gib = traced[0] / 2**30
+    error = gib / float(row["memory_gib"]) - 1
+    return (
+        f"LitGPT's own code traced at this configuration (runtime/litgpt.py, accumulation 1): {gib:.2f} GiB, "
+        f"{error:+.1%} of the published figure, peak at {traced[1]} (data/litgpt-published-traces.json)"
+    )
+
+
 def litgpt_caveats(
     row: dict[str, str], method: str, modelled: bool = False, head_gib: float = 0.0
 ) -> list[tuple[str, bool]]:
@@ -146,7 +174,8 @@ def litgpt_caveats(
                     False,
                 )
             )
-        return out
+        note = litgpt_trace_note(row)
+        return out + ([(note, False)] if note else [])
     out: list[tuple[str, bool]] = [
         (
             "LitGPT's block for this model (or `finetune full`, or its multi-GPU / checkpointed path) is not walked "
@@ -154,6 +183,8 @@ def litgpt_caveats(
             False,
         )
     ]
+    note = litgpt_trace_note(row)
+    out += [(note, False)] if note else []
     if "resource-tables" in row["source"] and row["num_gpus"].strip() not in ("", "null", "1"):
         out.append((LITGPT_FSDP_RUN, True))
     p = row.get("lora_dropout", "null").strip()
