@@ -124,16 +124,21 @@ PLAN_ARGS = ["plan", "--model", "7b", "--gpu", "24GB"]
 
 
 def wheel_install(tmp: Path) -> Path:
-    """A fresh virtual environment with lora-budget installed from its wheel, as a user installs it:
-    the wheel built from this tree and installed by pip, which compiles its bytecode at install time,
-    no editable-install finder; click and PyYAML are linked in from this environment (no network).
+    """A fresh virtual environment with lora-budget installed from its wheel, as a user installs it: the
+    wheel built from a copy of this tree (uncommitted files included) and installed by pip, which
+    compiles its bytecode at install time; no editable-install finder. click and PyYAML are linked in
+    from this environment (no network).
     Returns its ``bin`` directory."""
     import venv
 
     root = Path(__file__).resolve().parents[1]
+    src = tmp / "src"  # a copy, so that setuptools' build/ folder lands there, not in the tree
+    shutil.copytree(root / "lora_budget", src / "lora_budget", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
     wheels = tmp / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True)
     venv.create(tmp / "venv", with_pip=False)
     bin_dir = tmp / "venv" / "bin"
     python = bin_dir / "python"
