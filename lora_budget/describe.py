@@ -15,6 +15,8 @@ def spec_settings(s: TrainSpec) -> str:
         parts.append(f"accum {s.grad_accum}")
     ckpt = ("grad-ckpt offloaded" if s.ckpt_offload else "grad-ckpt") if s.grad_ckpt else "no grad-ckpt"
     parts += [s.dtype, s.optimizer, f"attn {s.attn}", ckpt]
+    if s.activation_offload:
+        parts.append("activations offloaded")
     if s.method != "full":
         parts.append(f"r={s.rank} {s.targets}")
         if s.lora_dropout:

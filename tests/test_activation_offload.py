@@ -87,7 +87,7 @@ def test_backward_releases_the_stash_after_the_first_node():
 
 
 def _tail_bytes(spec: TrainSpec, tokens: int) -> int:
-    return offload_plan(spec, single_peak_model(spec).acts).forward_end_bytes(tokens, tokens)
+    return offload_plan(spec, single_peak_model(spec).acts).forward_end_bytes(tokens)
 
 
 def test_forward_end_by_hand():

@@ -108,8 +108,11 @@ def trace_cmd(as_json: bool, timeline_path: str | None, steps: int, **kw: Any) -
                 err=True,
             )
         result = _run(spec, steps, keep_timeline=timeline_path is not None)
-        # activation offloading is traced, not planned yet: no plan column for it
-        rows.append((result, None if spec.activation_offload else estimate(spec)))
+        try:
+            planned = estimate(spec)
+        except LoraBudgetError:
+            planned = None  # activation offloading on a trace-derived model: traced, not planned
+        rows.append((result, planned))
     if timeline_path:
         _write_timeline(timeline_path, rows)
     if as_json:

@@ -351,7 +351,9 @@ def _attention(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, 
         # SDPA's math path, which upcasts to fp32: scaled q and k, v, and the fp32 probabilities
         if rg:
             w.save(w.new("q_f32", 4 * qw, True), w.new("k_f32", 4 * kw, True), w.new("v_f32", 4 * kw, True))
-            w.save(w.new("probs_f32", 0, True, quad=4 * a))
+            probs = w.new("probs_f32", 0, True, quad=4 * a)
+            w.save(probs)  # the softmax keeps its output
+            w.save(probs)  # and probs @ v keeps it again
         fwd_t = Coeff(0, 8 * a)  # fp32 scores and their softmax, alive together
         # backward peaks in the softmax backward: the saved probabilities, the gradient of the
         # probabilities and the gradient of the scores (fp32 b x heads x s x s each, the trace

@@ -41,7 +41,8 @@ of its widest tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 
 from lora_budget.core.activations import ActivationModel
 from lora_budget.core.lora import resolve_targets
@@ -57,13 +58,11 @@ FWD_STASH = 5
 
 @dataclass(frozen=True, slots=True)
 class Save:
-    """One tensor an op saves after the decoder layers, in bytes per token (``lin``) plus per token
-    per position (``quad``)."""
+    """One tensor an op saves after the decoder layers, in bytes per token."""
 
     key: str
     """The storage: a second save of the same key is the same storage (TRL's dedup)."""
-    lin: float
-    quad: float = 0.0
+    per_token: float
     kind: str = "activation"
     """activation, param (kept, no bytes), or logits (counted by the loss terms, not here)."""
 
@@ -99,28 +98,42 @@ class OffloadPlan:
     """Under checkpointing with a frozen embedding, transformers' ``enable_input_require_grads`` makes
     the embedding output a leaf that requires grad: its ``AccumulateGrad`` node keeps it on the
     device through backward, offloaded or not."""
+    cuts: tuple[float, ...] = ()
+    """Sorted token counts at which a tail save reaches 1 KiB (``_cuts``)."""
+    _per_regime: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
+    """Bytes per token left by the tail, per count of its saves at or above 1 KiB (a cache)."""
 
-    def forward_end_bytes(self, tokens: int, seq_len: int) -> int:
+    def forward_end_bytes(self, tokens: int) -> int:
         """Bytes the rules leave on the device after the tail's saves (kept second saves, kept
-        small tensors, the forward stash), logits and parameters excluded."""
+        small tensors, the forward stash), logits and parameters excluded, for ``tokens`` = b s.
+
+        Which saves fall under 1 KiB depends on the token count alone; the replay runs once per
+        such regime and is cached, so an evaluation is a lookup and a product."""
+        regime = bisect_right(self.cuts, tokens)
+        per_token = self._per_regime.get(regime)
+        if per_token is None:
+            per_token = self._per_regime[regime] = self._replay(tokens)
+        return int(tokens * per_token)
+
+    def _replay(self, tokens: int) -> float:
+        """The pack rules over ``tail`` at ``tokens`` (module docstring, items 1-3), per token."""
         next_id = 0
-        tracked: dict[str, int] = {}  # key -> id holding it (TRL)
-        stash: dict[int, str] = {}  # offloaded id -> key, device copy alive
+        tracked: dict[str, int] = {}  # key -> the id holding it (TRL)
+        stash: dict[int, str] = {}  # offloaded id -> key: its device copy is alive
         kept: set[str] = set()
         trl = self.rules == "trl"
         sizes: dict[str, float] = {}
         for save in self.tail:
             next_id += 1
-            size = tokens * (save.lin + save.quad * seq_len)
             if save.kind != "param":
-                sizes[save.key] = 0 if save.kind == "logits" else size
+                sizes[save.key] = 0.0 if save.kind == "logits" else save.per_token
             if trl and save.key in tracked:
                 tracked[save.key] = next_id
                 kept.add(save.key)
                 continue
             if save.kind == "param":
                 continue
-            if size < MIN_OFFLOAD_BYTES:
+            if tokens * save.per_token < MIN_OFFLOAD_BYTES:
                 kept.add(save.key)
                 continue
             for old in [i for i in stash if i <= next_id - FWD_STASH]:
@@ -130,7 +143,7 @@ class OffloadPlan:
             stash[next_id] = save.key
             if trl:
                 tracked[save.key] = next_id
-        return int(sum(sizes[key] for key in kept | set(stash.values())))
+        return sum(sizes[key] for key in kept | set(stash.values()))
 
 
 def offload_plan(spec: TrainSpec, acts: ActivationModel) -> OffloadPlan:
@@ -155,7 +168,8 @@ def offload_plan(spec: TrainSpec, acts: ActivationModel) -> OffloadPlan:
     return OffloadPlan(
         rules="torchtune" if spec.framework == "torchtune" else "trl",
         grad_ckpt=spec.grad_ckpt,
-        tail=_tail(spec),
+        tail=(tail := _tail(spec)),
+        cuts=tuple(sorted(MIN_OFFLOAD_BYTES / t.per_token for t in tail if t.kind != "param" and t.per_token > 0)),
         repeated=(acts.layer_repeated.lin, acts.layer_repeated.quad),
         first_repeated=(acts.first_layer_repeated.lin, acts.first_layer_repeated.quad),
         norm_held=norm_in,

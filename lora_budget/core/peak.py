@@ -360,7 +360,7 @@ def _constants(model: PeakModel) -> _Constants:
         sliding_layers=sliding,
         sliding_window=s.sliding_window,
         repeat_kv=2 * c * (s.q_width - s.kv_width) if 1 < s.kv_heads < s.heads else 0,
-        **_loss_terms(spec, logits_c, softcap),
+        **_offloaded_softcap(spec, _loss_terms(spec, logits_c, softcap), softcap),
         **_autocast_copies(spec, st.adapter),
         chunk_head_grad=(V * s.hidden * DTYPE_BYTES[spec.dtype] if spec.loss_kernel == "chunked-ce" and full else 0),
         chunk_logit_grad=logits_c * V / spec.loss_chunks,
@@ -387,7 +387,7 @@ def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float)
     layers that stay (rotary cos/sin, masks); ``layer``: one layer's saved set (as it is recomputed,
     or brought back)."""
     o, L = k.offload, k.layers
-    end = o.forward_end_bytes(T, seq_len)
+    end = o.forward_end_bytes(T)
     held = T * o.norm_held if o.held_at_peak else 0
     if k.grad_ckpt:
         ckpt = T * (k.checkpoint[0] + k.checkpoint[1] * seq_len)
@@ -414,6 +414,16 @@ def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float)
         shared + held + below + last,
         shared + held + first,  # layer 0 brought back beside the copy layer 1's (or the final) norm left
     )
+
+
+def _offloaded_softcap(spec: TrainSpec, terms: dict[str, float | int], softcap: int) -> dict[str, float | int]:
+    """Gemma 2's final soft-capping runs in the model's forward after lm_head, inside TRL's offloading
+    context: its tanh output goes to the host (kept on the device only by the forward stash, which
+    the loss's first backward node frees), so backward starts without it; it comes back later, for
+    the tanh's own backward, when the loss's 12 V are gone. torchtune's context ends at the head."""
+    if spec.activation_offload and spec.framework != "torchtune" and spec.loss_kernel == "full-ce" and softcap:
+        return {**terms, "loss_bwd": terms["loss_bwd"] - softcap}
+    return terms
 
 
 def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]:
