@@ -28,13 +28,13 @@ def raw() -> dict[int, dict[str, str]]:
 
 ORIGINAL = 54
 """Rows in the team's shared file."""
-LITGPT_HUB, FMS, LITGPT_RESOURCE = 53, 75, 15
+LITGPT_HUB, FMS, LITGPT_RESOURCE = 53, 75, 31
 """Added rows: 53 LitGPT config-hub lines (the README table at Lightning-AI/litgpt 00af8b0d has 53
 config lines); fms-acceleration's reference CSVs: at 24bdadb 36 allocated rows (19 with figures, 17
 runs without train metrics, taken as OOM: full fine-tuning of Mixtral and Llama-2-70B on 1 and 2
 GPUs at 2 batch sizes each, 8; Mixtral LoRA on 1 GPU, 2; Llama-2-70B LoRA, 4; Llama-2-70B QLoRA,
-3), at c3a069c 19 and at b6c1455 20 allocated rows with figures; lit-gpt's resource table: 10
-single-GPU Llama 2 lines and 5 multi-GPU ones."""
+3), at c3a069c 19 and at b6c1455 20 allocated rows with figures; lit-gpt's resource table: 20
+single-GPU lines (Llama 2 7B/13B, phi-1.5, StableLM Alpha 3B) and 11 multi-GPU ones."""
 ADDED = LITGPT_HUB + FMS + LITGPT_RESOURCE
 
 
