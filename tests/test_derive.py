@@ -139,20 +139,20 @@ def test_derived_inventory_is_what_transformers_instantiates(cache):
     assert ref.shape.hidden == 2560 and not ref.shape.tied_embeddings
 
 
-def test_layers_of_several_types_are_refused(cache):
-    """DeepSeek-V3 keeps its first 3 layers dense: a 2-layer copy would be all dense, so the record is
-    refused (checked at the model's own depth), never silently wrong."""
-    ref = resolve_model("DeepSeek-V3")
-    with pytest.raises(LoraBudgetError, match="differs from layer 0"):
+def test_an_architecture_transformers_cannot_build_is_refused(cache):
+    """MiniCPM-2B's ``minicpm`` is no transformers model type: one line naming it, never a traceback.
+    (Layers of several types, DeepSeek-V3's dense-then-MoE, are derived: tests/test_derive_types.py.)"""
+    ref = resolve_model("MiniCPM-2B")
+    with pytest.raises(LoraBudgetError, match="transformers cannot build a 'minicpm' causal LM"):
         TrainSpec(framework=PLAIN, model=ref)
 
 
 def test_without_torch_a_shipped_refusal_is_the_message(monkeypatch):
-    """DeepSeek-V3 was refused when the shipped file was made; without torch that reason is the
-    one line, not an install hint that would not help."""
+    """MiniCPM-2B was refused when the shipped file was made; without torch that reason is the one
+    line, not an install hint that would not help."""
     monkeypatch.setattr(derived, "_torch_available", lambda: False)
-    with pytest.raises(LoraBudgetError, match="differs from layer 0"):
-        TrainSpec(framework=PLAIN, model=resolve_model("DeepSeek-V3"))
+    with pytest.raises(LoraBudgetError, match="transformers cannot build a 'minicpm'"):
+        TrainSpec(framework=PLAIN, model=resolve_model("MiniCPM-2B"))
 
 
 def test_missing_coefficients_without_torch_say_how_to_get_them(cache, monkeypatch):
@@ -227,14 +227,18 @@ def test_models_lists_the_planner_of_each_entry():
     rows = json.loads(CliRunner().invoke(main, ["models", "--json"], catch_exceptions=False).output)
     kinds = {r["name"]: r["planner"] for r in rows}
     assert kinds["Llama-2-7B"] == "analytical"
-    assert kinds["DeepSeek-V3"] == "not yet"
+    assert kinds["MiniCPM-2B"] == "not yet"  # transformers does not build minicpm
     assert kinds["GPT-J-6B"] == "trace-derived"  # shipped coefficients (catalog/coefficients.json)
+    assert kinds["LFM2-350M"] == "trace-derived"  # layers of two types (conv, attention)
 
 
 def test_plan_of_a_shipped_derived_model_imports_no_torch():
+    """GPT-J (one layer type) and LFM2 (conv and attention layers) plan from the shipped records."""
     code = (
-        "import sys; from lora_budget.api import plan; r = plan('GPT-J-6B', 'h100', seq_len=1024, framework='plain')\n"
-        "assert r.methods[0].peak_bytes > 0\n"
+        "import sys; from lora_budget.api import plan\n"
+        "for name in ('GPT-J-6B', 'LFM2-350M'):\n"
+        "    r = plan(name, 'h100', seq_len=1024, framework='plain')\n"
+        "    assert r.methods[0].peak_bytes > 0\n"
         "print([m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'numpy') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,11 +8,16 @@ measured on the model transformers builds (``lora_budget/derive``), stand in for
   its role (``nn.Linear`` / ``Conv1D`` weights are LoRA targets and what bitsandbytes quantizes),
   plus the config values the rest of the planner reads (width, heads, vocabulary). The inventory of
   an L-layer model is the rest plus L times the layer, exact because same-type layers are identical.
+  Layers of several types (``derive/layers.py``): one layer's tensors per type (``types``) and each
+  checked depth's type per layer (``patterns``); the inventory is the rest plus each type's tensors
+  times its layer count.
 - the **coefficients** record (one per architecture and step settings): the per-token ``lin + quad s``
   terms of an ``ActivationModel``, traced on a 2-layer copy at real width (``derive/measure.py``
-  says how each one is measured), and the measured constants of the backward moment.
+  says how each one is measured), and the measured constants of the backward moment; for layers of
+  several types, those terms per type from a copy holding every type (``derive/hybrid.py``),
+  composed over the model's pattern by ``core/derived_types.py``.
 
-This module only reads them (plain JSON, no torch): from the user cache first
+This module only reads them (plain JSON, no torch; ``core/derived_store.py``): from the user cache first
 (``$LORA_BUDGET_COEFFICIENTS``, else ``$XDG_CACHE_HOME/lora-budget/coefficients``), then from the
 shipped ``catalog/coefficients.json``. When a record is missing and torch and transformers are
 installed it is derived on the spot (a logged note gives the time and the cache folder); without
@@ -23,10 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from lora_budget.catalog.shape import ModelShape
@@ -43,67 +48,22 @@ from lora_budget.core.derived_keys import (  # noqa: F401  (the keys are part of
     settings,
     settings_key,
 )
+from lora_budget.core.derived_store import (  # noqa: F401  (re-exported: the records' readers)
+    ENV_DIR,
+    SCHEMA,
+    SHIPPED,
+    architecture_record,
+    cache_dir,
+    cache_file,
+    read_cache,
+    refusal,
+    setting_refusal,
+    shipped,
+)
 from lora_budget.core.params import ParamTensor
 from lora_budget.errors import LoraBudgetError
 
 log = logging.getLogger(__name__)
-
-SCHEMA = 1
-"""Version of the two record layouts; a record of another schema is ignored (derived again)."""
-
-ENV_DIR = "LORA_BUDGET_COEFFICIENTS"
-"""Environment variable naming the coefficient cache folder (tests point it at a temporary one)."""
-
-SHIPPED = Path(__file__).resolve().parent.parent / "catalog" / "coefficients.json"
-
-# -- storage -----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where derived records are cached: ``$LORA_BUDGET_COEFFICIENTS``, else the XDG cache dir."""
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "lora-budget" / "coefficients"
-
-
-@lru_cache(maxsize=1)
-def shipped() -> dict[str, Any]:
-    """The shipped records: ``{"architectures": {key: record}, "coefficients": {key: {settings: record}}}``."""
-    if not SHIPPED.is_file():
-        return {"architectures": {}, "coefficients": {}}
-    data = json.loads(SHIPPED.read_text())
-    return data if data.get("schema") == SCHEMA else {"architectures": {}, "coefficients": {}}
-
-
-def cache_file(key: str) -> Path:
-    return cache_dir() / f"{key}.json"
-
-
-def read_cache(key: str) -> dict[str, Any]:
-    """The cached records of one architecture (``{"architecture": ..., "coefficients": {...}}``)."""
-    path = cache_file(key)
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        return {}
-    return _read(str(path), stamp)
-
-
-@lru_cache(maxsize=64)
-def _read(path: str, stamp: int) -> dict[str, Any]:
-    """One cache file's content, read once per modification time (a plan reads it per method)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {}
-
-
-def architecture_record(shape: ModelShape) -> dict[str, Any] | None:
-    key = arch_key(shape.arch_config)
-    return read_cache(key).get("architecture") or shipped()["architectures"].get(key)
-
 
 # -- the shape and the inventory ---------------------------------------------------------------
 
@@ -178,6 +138,19 @@ def _record_notes(record: dict[str, Any] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+_STORED_ONLY: ContextVar[bool] = ContextVar("stored_only", default=False)
+"""Set while a listing reads stored records only (``kind``, ``stored_param_count``): no derivation."""
+
+
+@contextmanager
+def _stored_only() -> Any:
+    token = _STORED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _STORED_ONLY.reset(token)
+
+
 def _early_architecture(arch: dict[str, Any], key: str, layers: int) -> dict[str, Any] | None:
     """The architecture record derived now, where torch is installed and the shipped file did not
     refuse it: the planner derives it moments later anyway (``inventory``), and the shape's widths
@@ -188,7 +161,7 @@ def _early_architecture(arch: dict[str, Any], key: str, layers: int) -> dict[str
         isinstance(row, dict) and row.get("key") == key and row.get("depth") == layers
         for row in shipped().get("refused", {}).values()
     )
-    if refused or (key, layers) in _FAILED or not _torch_available():
+    if refused or _STORED_ONLY.get() or (key, layers) in _FAILED or not _torch_available():
         return None
     from lora_budget.derive.arch import derive_architecture
 
@@ -273,7 +246,8 @@ def stored_param_count(raw: dict[str, Any], where: str) -> int | None:
     from lora_budget.catalog.shape import shape_from_config
 
     try:
-        shape = shape_from_config(raw, where=where)
+        with _stored_only():
+            shape = shape_from_config(raw, where=where)
     except LoraBudgetError:
         return None
     if not shape.derived:
@@ -290,28 +264,6 @@ def _analytical_inventory(shape: ModelShape) -> tuple[ParamTensor, ...]:
     return analytical(shape)
 
 
-def _refusal(shape: ModelShape) -> str:
-    """Why the shipped file could not derive this architecture at this depth ('' if it did not try)."""
-    key = arch_key(shape.arch_config)
-    for row in shipped().get("refused", {}).values():
-        if isinstance(row, dict) and row.get("key") == key and row.get("depth") == shape.layers:
-            return str(row["reason"])
-    return ""
-
-
-def _setting_refusal(shape: ModelShape, skey: str) -> str:
-    """Why the shipped file could not derive these settings for this architecture ('' if it did not try)."""
-    key = arch_key(shape.arch_config)
-    values = dict(part.split("=", 1) for part in skey.split(","))
-    for row in shipped().get("refused_settings", {}).values():
-        if not isinstance(row, dict) or row.get("key") != key or row.get("depth") != shape.layers:
-            continue
-        for tried, reason in row.get("settings", {}).items():
-            if all(values.get(k) == v for k, v in (p.split("=", 1) for p in tried.split(","))):
-                return str(reason)
-    return ""
-
-
 _FAILED: dict[tuple[str, int], str] = {}
 """Architectures this process failed to derive (key, depth) -> the one-line reason: asked again (a
 plan's methods, a config corpus), the answer is the same and costs no second model build."""
@@ -323,7 +275,7 @@ def _derive_architecture(shape: ModelShape) -> dict[str, Any]:
     if where in _FAILED:
         raise LoraBudgetError(_FAILED[where])
     if not _torch_available():
-        refused = _refusal(shape)  # the shipped file tried it (its transformers' answer)
+        refused = refusal(shape)  # the shipped file tried it (its transformers' answer)
         if refused:
             raise LoraBudgetError(refused)
         raise LoraBudgetError(
@@ -389,7 +341,7 @@ def coefficients_record(spec: Any) -> dict[str, Any]:
     shape = spec.model.shape
     values = settings(spec)
     if not _torch_available():
-        refused = _refusal(shape) or _setting_refusal(shape, settings_key(values))
+        refused = refusal(shape) or setting_refusal(shape, settings_key(values))
         if refused:  # the shipped file tried: its reason, not an install hint that would not help
             raise LoraBudgetError(refused)
         raise LoraBudgetError(
@@ -476,13 +428,14 @@ def kind(raw: dict[str, Any], where: str = "config") -> str:
     from lora_budget.catalog.shape import shape_from_config
 
     try:
-        shape = shape_from_config(raw, where=where)
+        with _stored_only():
+            shape = shape_from_config(raw, where=where)
     except LoraBudgetError:
         return "not yet"
     if not shape.derived:
         return "analytical"
     key = arch_key(shape.arch_config)
-    if not _refusal(shape) and (read_cache(key).get("coefficients") or shipped()["coefficients"].get(key)):
+    if not refusal(shape) and (read_cache(key).get("coefficients") or shipped()["coefficients"].get(key)):
         return "trace-derived"
     record = architecture_record(shape)
     return "params only" if record and shape.layers in record.get("depths", ()) else "not yet"

@@ -28,19 +28,35 @@ fake CPU tensors autocast follows CPU rules for LayerNorm and pow, so the trace 
 LayerNorm / tanh-GELU models (every shipped architecture) and no Trainer-autocast record is derived."""
 
 
-def build(entries: list[dict[str, Any]], log: Any = print, budget_s: float | None = None) -> dict[str, Any]:
+def build(
+    entries: list[dict[str, Any]],
+    log: Any = print,
+    budget_s: float | None = None,
+    reuse: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The shipped file's content for ``entries`` (models_derived.json rows).
 
     Every architecture record first (seconds each); then the coefficients, one-type models first,
     then several types, then MoE (each group in catalog order), until ``budget_s`` seconds have
     passed: entries not reached are listed under ``not_derived`` (the planner derives them on first
     use where torch is installed) so a long catalog still yields a file in bounded time.
+
+    ``reuse``: a file this generator wrote with the same derivation code; its coefficients records
+    of the same architecture key and settings, derived under the installed library versions, are
+    kept instead of derived again (architecture records are always derived anew: seconds).
     """
     from lora_budget.catalog.shape import shape_from_config
     from lora_budget.derive.arch import derive_architecture
     from lora_budget.spec import ModelRef
 
     started = time.perf_counter()
+    from lora_budget.derive.store import versions
+
+    installed = versions()
+    kept = {
+        key: {k: r for k, r in records.items() if r.get("versions") == installed}
+        for key, records in (reuse or {}).get("coefficients", {}).items()
+    }
     out: dict[str, Any] = {
         "schema": derived.SCHEMA,
         "architectures": {},
@@ -73,6 +89,8 @@ def build(entries: list[dict[str, Any]], log: Any = print, budget_s: float | Non
             out["not_derived"][ref.name] = {"key": key, "depth": depth, "reason": f"past the {budget_s:.0f} s budget"}
             continue
         began = time.perf_counter()
+        if kept.get(key):
+            out["coefficients"].setdefault(key, {}).update(kept[key])
         try:
             failed = _derive_settings(ref, key, out["coefficients"])
         except LoraBudgetError as exc:
@@ -121,7 +139,11 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m lora_budget.derive.catalog")
     parser.add_argument("--budget-s", type=float, default=None, help="stop deriving coefficients after this long")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="keep the records of this file (written by the same code)"
+    )
     args = parser.parse_args(argv)
+    reuse = json.loads(args.reuse.read_text()) if args.reuse else None
 
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
@@ -130,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
 
         os.environ[derived.ENV_DIR] = folder
         data = build(
-            list(derived_catalog()), log=lambda m: print(m, file=sys.stderr, flush=True), budget_s=args.budget_s
+            list(derived_catalog()),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            budget_s=args.budget_s,
+            reuse=reuse,
         )
     from lora_budget.fsio import write_atomic
 

@@ -166,12 +166,15 @@ def probe(spec: TrainSpec) -> Probe:
         with _layer_hooks(built.model, windows, spec.model.shape.layers):
             try:
                 engine._run(spec, built, tracker, optimizer, hooks, fake_mode, 1, True)
-            except (DynamicOutputShapeException, DataDependentOutputException) as exc:
+            except (DynamicOutputShapeException, DataDependentOutputException, LoraBudgetError) as exc:
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if isinstance(exc, LoraBudgetError) and "nonzero" not in text:
+                    raise
                 raise LoraBudgetError(
                     f"{spec.model.name}: its modelling code makes a tensor whose shape depends on the data "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:80]}), which the fake-tensor trace cannot "
-                    "follow (an MoE experts loop over routed tokens, nonzero/where); its parameters, weights and "
-                    "optimizer state are exact, its activations are not derivable"
+                    f"({text[:120]}), which the fake-tensor trace cannot follow (an MoE experts loop over routed "
+                    "tokens: nonzero/where); its parameters, weights and optimizer state are exact, its "
+                    "activations are not derivable"
                 ) from None
     return _read(spec, tracker, windows, time.perf_counter() - started)
 
