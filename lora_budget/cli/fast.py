@@ -1,7 +1,7 @@
-"""``lora-budget plan ...`` without importing click, for a start close to a bare ``python -c pass``.
+"""``lora-budget plan ...`` without importing click, for a start closer to a bare ``python -c pass``.
 
-importing click costs about 20 ms (it pulls in inspect, gettext, datetime and uuid), a third of a
-plan's start. A plain plan line (``--long value``, ``--long=value``, ``-x value``, flags and switches
+Importing click costs about 25 ms on the development machine (it pulls in inspect, gettext, datetime
+and uuid), a quarter of the start plan had with it. A plain plan line (``--long value``, ``--long=value``, ``-x value``, flags and switches
 that cli/optspec.py declares) is parsed here from the same option records click builds its options
 from, and answered by the same body (cli/plan_run.py). Anything else goes to the click group as it
 always has: ``--help``, ``--version``, ``--config``, ``--debug``, a clustered short option (``-b4``),
