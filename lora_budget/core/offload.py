@@ -98,6 +98,9 @@ class OffloadPlan:
     """Under checkpointing with a frozen embedding, transformers' ``enable_input_require_grads`` makes
     the embedding output a leaf that requires grad: its ``AccumulateGrad`` node keeps it on the
     device through backward, offloaded or not."""
+    kernel: tuple[float, float] = (0.0, 0.0)
+    """What the attention kernel saves (``_kernel``): without checkpointing, the most a layer's
+    attention backward holds brought back (its nodes take them two at a time)."""
     cuts: tuple[float, ...] = ()
     """Sorted token counts at which a tail save reaches 1 KiB (``_cuts``)."""
     _per_regime: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
@@ -177,7 +180,25 @@ def offload_plan(spec: TrainSpec, acts: ActivationModel) -> OffloadPlan:
         widest=max(widest, 4 * h),
         held_at_peak=s.norm_scheme not in ("post", "sandwich") and (full or last not in targets),
         input_leaf=spec.grad_ckpt and not full,
+        kernel=_kernel(spec),
     )
+
+
+def _kernel(spec: TrainSpec) -> tuple[float, float]:
+    """Bytes per token (lin, quad) the attention kernel saves, as ``core/activations.py`` walks it:
+    eager attention q, k and v repeated to every head, the fp32 softmax output and its 16-bit cast
+    (and Gemma 2's soft-capping tanh); SDPA's math path (Falcon) fp32 q, k, v and probabilities;
+    SDPA / flash q, k, v, the output and the fp32 logsumexp."""
+    from lora_budget.core.activations import _sdpa_math
+
+    s = spec.model.shape
+    c, a = spec.activation_bytes, s.heads
+    if spec.attn == "eager":
+        quad = 4 + (c if c != 4 else 0) + (c if s.attn_softcap else 0)
+        return (3 * c * s.q_width, quad * a)
+    if _sdpa_math(s):
+        return (4 * (s.q_width + 2 * s.kv_width), 4 * a)
+    return (c * (2 * s.q_width + 2 * s.kv_width) + 4 * a, 0.0)
 
 
 def _tail(spec: TrainSpec) -> tuple[Save, ...]:

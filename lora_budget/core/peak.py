@@ -103,7 +103,12 @@ class PeakModel:
             first_mlp_half = first - T * ((k.first_layer_attention[0] + k.first_layer_attention[1] * seq_len) + extra)
             first_attn_done = first_mlp_half + T * (k.first_attention_tail[0] + k.first_attention_tail[1] * seq_len)
         if k.offload is not None:  # saved tensors in host memory (core/offload.py)
-            all_acts, fwd_acts, acts_last, acts_first = _offloaded(k, T, seq_len, layers_once, layer)
+            all_acts, fwd_acts, acts_last, acts_first, attn_last, attn_first = _offloaded(
+                k, T, seq_len, layers_once, layer
+            )
+            if attn_last is not None:  # the attention backward holds at most its kernel's tensors brought back
+                attn_done = max(attn_done, acts_last - attn_last)
+                first_attn_done = max(first_attn_done, acts_first - attn_first)
         # sliding-window layers under sdpa: once the sequence reaches the window transformers
         # materializes the local mask, and SDPA turns it into a float mask (b x 1 x s x s in the
         # compute dtype) that each such layer keeps for backward; checkpointing keeps only the
@@ -382,10 +387,12 @@ def _constants(model: PeakModel) -> _Constants:
 
 
 def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float) -> tuple[float, ...]:
-    """(all_acts, fwd_acts, acts_last, acts_first) with the saved tensors in host memory: what the
-    offloading rules leave on the device (``core/offload.py``). ``shared``: the saves outside the
-    layers that stay (rotary cos/sin, masks); ``layer``: one layer's saved set (as it is recomputed,
-    or brought back)."""
+    """(all_acts, fwd_acts, acts_last, acts_first, attention_last, attention_first) with the saved
+    tensors in host memory: what the offloading rules leave on the device (``core/offload.py``).
+    ``shared``: the saves outside the layers that stay (rotary cos/sin, masks); ``layer``: one layer's
+    saved set (as it is recomputed, or brought back). Without checkpointing, the attention backward
+    of the last and the first layer holds the kept second saves and its kernel's tensors brought back
+    (None under checkpointing, where the recomputed layer is as without offloading)."""
     o, L = k.offload, k.layers
     end = o.forward_end_bytes(T)
     held = T * o.norm_held if o.held_at_peak else 0
@@ -402,17 +409,23 @@ def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float)
             shared + min(L, FWD_STASH) * ckpt,
             shared + held + ckpt + layer,
             shared + ((ckpt if L > 1 else held) if o.held_at_peak else 0) + ckpt + layer,
+            None,
+            None,
         )
     rep = T * (o.repeated[0] + o.repeated[1] * seq_len)
     first_rep = T * (o.first_repeated[0] + o.first_repeated[1] * seq_len)
     first = T * (k.first_layer[0] + k.first_layer[1] * seq_len)
     below = first_rep + (L - 2) * rep if L > 1 else 0  # kept second saves of the layers under the last
     last = layer if L > 1 else first
+    kernel = T * (o.kernel[0] + o.kernel[1] * seq_len)
     return (
         shared + first_rep + (L - 1) * rep + end,
-        shared + below + min(last, rep + FWD_STASH * T * o.widest),
+        # the s x s tensors a layer keeps twice (SDPA math's probabilities) are its kernel's, the transient
+        shared + below + min(last, T * o.repeated[0] + FWD_STASH * T * o.widest),
         shared + held + below + last,
         shared + held + first,  # layer 0 brought back beside the copy layer 1's (or the final) norm left
+        shared + below + rep + kernel,
+        shared + first_rep + kernel,
     )
 
 
