@@ -16,6 +16,8 @@ ENTRIES = catalog()
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
 def test_count_matches_transformers(entry):
     cfg = dict(entry["config"])
+    if isinstance(cfg.get("text_config"), dict):  # multimodal: the planner counts the text tower only
+        cfg = dict(cfg["text_config"])
     config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)

@@ -204,7 +204,7 @@ def test_size_token(text, size):
 @pytest.mark.parametrize(
     ("text", "wrong"),
     [
-        ("gemma-3-270m", "27B"),
+        ("gemma-3-270m-qat", "27B"),
         ("Yi-1.5-34b", "405B"),
         ("CodeLlama-70b-chat", "7B"),
         ("CodeLlama-34b-chat", "405B"),
