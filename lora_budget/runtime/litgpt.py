@@ -68,6 +68,7 @@ LITGPT_NAMES: dict[str, str] = {
     "Gemma-2B": "Gemma-2b",
     "Gemma-2-2B": "Gemma-2-2b",
     "Gemma-2-9B": "Gemma-2-9b",
+    "Phi-1.5": "phi-1_5",
     "Phi-2": "phi-2",
     "StableLM-Base-Alpha-3B": "stablelm-base-alpha-3b",
 }
@@ -323,12 +324,15 @@ def validate_first(model: Any, batch: Any, hooks: Any) -> None:
     validate(None, model, [{"input_ids": input_ids, "labels": targets}], EvalArgs(max_iters=1), verbose=False)
 
 
-def trace_litgpt(spec: TrainSpec, iterations: int = 2, flags: frozenset[str] | None = None) -> Any:
+def trace_litgpt(
+    spec: TrainSpec, iterations: int = 2, flags: frozenset[str] | None = None, previous_step: bool | None = None
+) -> Any:
     """Trace ``iterations`` LitGPT fit iterations of ``spec`` (after a warm optimizer start).
 
     ``flags``: LitGPT's LoRA flags, for a spec of a LitGPT block ``--framework litgpt`` does not walk
     (planned with another framework's layout): the trace then runs LitGPT's code for it anyway,
-    reading the spec's model, method, rank, dropout, shapes, optimizer and bitsandbytes release."""
+    reading the spec's model, method, rank, dropout, shapes, optimizer and bitsandbytes release;
+    ``previous_step`` then stands for the spec field such a spec cannot carry."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -363,7 +367,7 @@ def trace_litgpt(spec: TrainSpec, iterations: int = 2, flags: frozenset[str] | N
         tracker.register(batch, "activations")
         tracker.register(targets, "activations")
         model = fabric_module(built.model, spec)
-        if spec.previous_step:
+        if spec.previous_step if previous_step is None else previous_step:
             fit_iterations(model, optimizer, (batch, targets), hooks, iterations)
         else:  # lit-gpt 2023: validate first, then the longest batch in the first iteration
             validate_first(model, (batch, targets), hooks)
@@ -471,14 +475,15 @@ def write_cases(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def published_configs() -> list[tuple[dict[str, str], TrainSpec, frozenset[str]]]:
-    """(row, spec, LitGPT flags) of every published single-GPU LitGPT LoRA / QLoRA measurement with
-    a LitGPT config here; the spec as the row maps (gradient accumulation 1: the trace takes none)."""
+def published_configs() -> list[tuple[dict[str, str], TrainSpec, frozenset[str], bool]]:
+    """(row, spec, LitGPT flags, previous step alive) of every published single-GPU LitGPT LoRA /
+    QLoRA measurement with a LitGPT config here; the spec as the row maps (gradient accumulation 1:
+    the trace takes none); lit-gpt 2023's rows run their longest batch first (``LONGEST_FIRST``)."""
     from dataclasses import replace
 
     from lora_budget.core.litgpt import _parts
     from lora_budget.validation.published import load_rows
-    from lora_budget.validation.published_frameworks import framework_key
+    from lora_budget.validation.published_frameworks import LONGEST_FIRST, framework_key
     from lora_budget.validation.published_map import lora_targets, map_row
 
     out = []
@@ -489,23 +494,37 @@ def published_configs() -> list[tuple[dict[str, str], TrainSpec, frozenset[str]]
         if spec is None or spec.gpus > 1 or spec.grad_ckpt or spec.model.name not in LITGPT_NAMES:
             continue
         names, head = lora_targets(row["lora_targets"])
-        out.append((row, replace(spec, grad_accum=1), _parts(",".join(names + (("lm_head",) if head else ())))))
+        flags = _parts(",".join(names + (("lm_head",) if head else ())))
+        out.append((row, replace(spec, grad_accum=1), flags, LONGEST_FIRST not in row["seq_len_kind"]))
     return out
 
 
-def write_published(path: str) -> list[dict[str, Any]]:
+def write_published(path: str, missing_only: bool = False) -> list[dict[str, Any]]:
     """Trace LitGPT's own code at every published row's configuration, the blocks the planner does
     not walk included, and write the traced peaks beside the published figures (and the plan where
-    ``--framework litgpt`` walks the row)."""
+    ``--framework litgpt`` walks the row). ``missing_only``: keep the rows the file has, trace the
+    others (each row names the commit it was traced at)."""
     import json
+    import os
     import subprocess
 
     from lora_budget.core.model import peak_model
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    kept: dict[int, dict[str, Any]] = {}
+    if missing_only and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        kept = {
+            r["id"]: {**r, "lora_budget_commit": r.get("lora_budget_commit", old["lora_budget_commit"])}
+            for r in old["rows"]
+        }
     rows = []
-    for row, spec, flags in published_configs():
-        traced = trace_litgpt(spec, flags=flags)
+    for row, spec, flags, previous in published_configs():
+        if int(row["id"]) in kept:
+            rows.append(kept[int(row["id"])])
+            continue
+        traced = trace_litgpt(spec, flags=flags, previous_step=previous)
         entry: dict[str, Any] = {
             "id": int(row["id"]),
             "model": spec.model.name,
@@ -514,10 +533,12 @@ def write_published(path: str) -> list[dict[str, Any]]:
             "flags": sorted(flags),
             "batch_size": spec.batch_size,
             "seq_len": spec.seq_len,
+            "previous_step": previous,
             "published_bytes": round(float(row["memory_gib"]) * 2**30),
             "traced_peak_bytes": traced.peak_bytes - traced.paged_bytes,
             "traced_at": f"{traced.peak_op} in {traced.peak_module}",
             "planned_bytes": None,
+            "lora_budget_commit": commit,
         }
         if spec.framework == "litgpt":
             model = peak_model(spec)
@@ -528,7 +549,6 @@ def write_published(path: str) -> list[dict[str, Any]]:
     out = {
         "about": "LitGPT's own finetune/lora.py step (runtime/litgpt.py) traced at each published LitGPT row's "
         "configuration (gradient accumulation 1), allocator-visible bytes (paged optimizer state left out)",
-        "lora_budget_commit": commit,
         "rows": rows,
     }
     with open(path, "w") as f:
@@ -540,7 +560,7 @@ def write_published(path: str) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--published"]:
-        write_published("lora_budget/validation/data/litgpt-published-traces.json")
+    if sys.argv[1:2] == ["--published"]:
+        write_published("lora_budget/validation/data/litgpt-published-traces.json", "--missing" in sys.argv)
     else:
         write_cases("lora_budget/validation/data/litgpt-trace.json")
