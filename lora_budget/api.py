@@ -124,6 +124,7 @@ class MethodPlan:
                     **({"eval_batch_size": spec.eval_batch_size} if spec.eval_batch_size else {}),
                     **({"ckpt_offload": True} if spec.ckpt_offload else {}),
                     **({"activation_offload": True} if spec.activation_offload else {}),
+                    **({"compile": True} if spec.compile else {}),
                 },
             }
         )

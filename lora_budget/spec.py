@@ -145,6 +145,11 @@ class TrainSpec:
     (and torchtune's ``enable_activation_offloading``, whose ``OffloadActivations`` it adapts) moves
     it: saved tensors of 1 KiB or more go to the CPU in the forward and come back one autograd node
     at a time in backward; the output head's are kept (``runtime/offload.py``)."""
+    compile: bool = False
+    """Every decoder layer under ``torch.compile`` (inductor), as torchtune's ``compile: True`` compiles
+    them: AOTAutograd's min-cut partitioner decides what each layer keeps for backward and recomputes
+    the cheap pointwise intermediates (RMSNorm's fp32 copy, SiLU's output) in backward instead
+    (``core/compiled.py``, traced by ``runtime/compiled.py``)."""
     attn: Attention = "sdpa"
     """Attention implementation: eager keeps the s x s scores, sdpa and flash do not."""
     gpus: int = 1
@@ -366,6 +371,8 @@ class TrainSpec:
             raise LoraBudgetError("--reference adapter disables LoRA adapters; full fine-tuning has none (use copy)")
         if self.reference == "precomputed" and self.objective == "grpo":
             raise LoraBudgetError("GRPO scores fresh completions each step; its reference cannot be precomputed")
+        if not isinstance(self.compile, bool):
+            raise LoraBudgetError(f"compile must be true or false, got {self.compile!r}")
         if self.ckpt_offload and not self.grad_ckpt:
             raise LoraBudgetError("--ckpt-offload moves gradient checkpoints to host memory; it needs --grad-ckpt")
         if self.activation_offload:

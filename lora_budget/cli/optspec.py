@@ -256,7 +256,13 @@ SPEC_OPTIONS: tuple[Opt, ...] = (
         "--activation-offload/--no-activation-offload",
         default=False,
         help="Saved activations in host memory (TRL activation_offloading, torchtune "
-        "enable_activation_offloading); traced by `trace`, not planned yet.",
+        "enable_activation_offloading); planned from their rules and traced.",
+    ),
+    Opt(
+        "--compile/--no-compile",
+        default=False,
+        help="Every decoder layer under torch.compile (torchtune compile: True): inductor's partitioner "
+        "recomputes RMSNorm and SiLU intermediates in backward instead of keeping them.",
     ),
     Opt(
         "--eval-batch-size",

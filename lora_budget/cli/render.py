@@ -38,7 +38,8 @@ def _code(m: MethodPlan) -> str:
         "torchtune": "torchtune recipe",
     }[s.framework]
     loss = s.loss_kernel if s.objective == "sft" else f"{s.objective} (TRL 1.9 trainer's own)"
-    return f"framework {s.framework} ({what}), loss {loss}"
+    compiled = ", torch.compile (decoder layers)" if s.compile else ""
+    return f"framework {s.framework} ({what}), loss {loss}{compiled}"
 
 
 def render_table(result: PlanResult) -> str:

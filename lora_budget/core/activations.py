@@ -31,10 +31,11 @@ backward working set is an estimate of the largest gradient buffers alive inside
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from lora_budget.catalog.shape import ModelShape
+from lora_budget.core import compiled
 from lora_budget.core.params import module_names
 
 
@@ -136,6 +137,8 @@ class StepSettings:
     head_trains: bool = False
     """The output head trains even when the base is frozen (a reward model's score head, which peft's
     SEQ_CLS task keeps trainable): it keeps its input for its weight gradient."""
+    compiled: bool = False
+    """The layer runs under torch.compile: inductor's partitioner decides its saved set (``core/compiled.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,8 @@ def _norm(w: _Walk, s: ModelShape, st: StepSettings, x: _T, width: int) -> _T:
         if x.rg or st.base_trainable:
             w.save(x, w.new("ln_stats", 8, False))
         return w.new("ln_out", c * width, x.rg or st.base_trainable)
+    if st.compiled:
+        return compiled.rms_norm(w, st, x, width)
     # hidden.to(float32): a copy unless already fp32
     x32 = x if c == 4 else w.new("norm_fp32", 4 * width, x.rg)
     if x.rg:
@@ -236,7 +241,12 @@ def _linear(
     if name in st.lora_targets:
         a = st.adapter_bytes
         # peft casts the input to the adapter dtype; a copy unless the dtypes already match
-        xa = x if a == in_b else w.new(f"lora_in_{name}", a * fan_in, x.rg)
+        if a == in_b:
+            xa = x
+        elif st.compiled:  # one cast of x however many adapters read it (CSE)
+            xa = compiled.adapter_input(w, x, a, fan_in)
+        else:
+            xa = w.new(f"lora_in_{name}", a * fan_in, x.rg)
         if st.lora_dropout:
             # peft: lora_B(lora_A(dropout(x))), each adapted layer with its own nn.Dropout: a new
             # tensor for lora_A to keep (the cast copy is then only a transient) and, when x
@@ -402,7 +412,10 @@ def _mlp(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
         return _dropout(w, s, out, h), Coeff(3 * c * i + 2 * c * h)
     act = _act(w, s, st, gate, i)
     if act.rg or up.rg:
-        w.save(act, up)  # act * up keeps both
+        # act * up keeps both; compiled, silu(gate) is recomputed from the kept gate
+        w.save(up)
+        if not st.compiled:
+            w.save(act)
     prod = w.new("mlp_prod", c * i, act.rg or up.rg)
     out = _linear(w, st, names["down"], prod, i, h)
     return out, Coeff(3 * c * i + 2 * c * h)
@@ -506,7 +519,7 @@ def activation_model(s: ModelShape, st: StepSettings, grad_ckpt: bool, dequant_b
         w.save(w.new("embed_dropout_mask", h, False))
     shared = w.total()
     x = w.new("final_in", c * h, True)
-    xn = _norm(w, s, st, x, h)
+    xn = _norm(w, s, replace(st, compiled=False), x, h)  # the final norm runs eagerly
     if (st.base_trainable or st.head_trains) and not st.fused_loss:
         w.save(xn)  # lm_head keeps its input for the weight gradient
     once = w.total()

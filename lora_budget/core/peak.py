@@ -531,7 +531,12 @@ def single_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
         bnb_input_bytes=spec.compute_bytes if spec.bnb_keeps_input else 0,
         fused_loss=spec.loss_kernel == "fused-ce",
         head_trains=spec.objective == "reward",
+        compiled=spec.compile,
     )
+    if spec.compile:
+        from lora_budget.core.compiled import check
+
+        check(spec)
     if litgpt:  # LitGPT's own block (core/litgpt.py)
         from lora_budget.core.litgpt import activation_model as litgpt_activations
 

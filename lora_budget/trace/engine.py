@@ -135,6 +135,10 @@ def trace(
             "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is traced without "
             "autocast only (--no-autocast); `lora-budget plan` still answers"
         )
+    if spec.compile:
+        from lora_budget.runtime.compiled import check_traceable
+
+        check_traceable(spec)
     if spec.gpus > 1:
         from lora_budget.runtime import fsdp
 
@@ -158,6 +162,10 @@ def trace(
             from lora_budget.runtime import offload
 
             offload.install(built.model, *offload.fake_movers())
+        if spec.compile:
+            from lora_budget.runtime.compiled import compile_layers
+
+            compile_layers(built.model)
         if reference is not None:
             for tensor in reference.parameters():
                 tracker.register(tensor, "weights")  # the frozen reference copy
@@ -400,6 +408,12 @@ def timeline_rows(tracker: Any) -> list[tuple[int, int, str, int]]:
     return out
 
 
+def _compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 class Hooks:
     """Phase markers, the module stack, category tags and progress, wired into one run."""
 
@@ -451,12 +465,16 @@ class Hooks:
             self.tracker.set_phase("loss")
 
     def _pre(self, module: Any, _args: Any) -> None:
+        if _compiling():  # inside a compiled layer (--compile): no Python side effects to trace
+            return
         name = self.names.get(id(module), type(module).__name__)
         self.tracker.module_stack.append(name)
         self.tracker.last_module = name
         self._report()
 
     def _post(self, _module: Any, _args: Any, _out: Any) -> None:
+        if _compiling():
+            return
         if self.tracker.module_stack:
             self.tracker.module_stack.pop()
 

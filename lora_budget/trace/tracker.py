@@ -110,6 +110,13 @@ class Tracker(TorchDispatchMode):
         """Answer ``.item()`` with 1 (fake tensors have no values). Only set around optimizer
         steps, where scalars scale updates (Adafactor's norms) and never decide a shape."""
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Let torch.compile'd regions compile under the tracker (dynamo otherwise falls back to eager
+        under any user dispatch mode): the compiled graphs' ops still come through here, the compiler's
+        own tracing does not (``runtime/compiled.py``)."""
+        return True
+
     # -- registration -------------------------------------------------------------------------
     def block_of(self, tensor: Any) -> Block | None:
         storage = _local(tensor).untyped_storage()

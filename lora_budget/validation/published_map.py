@@ -277,6 +277,8 @@ def map_row(row: dict[str, str]) -> Mapped:
 
         if set(names) == set(linear_names(model.shape)):
             spec = _replace(spec, targets="all-linear")
+    if "compile" in _run_settings(row).lower():
+        spec = _compiled(spec)
     material = False
     for caveat, is_material in _caveats(row, spec, output_lora):
         caveats.append(caveat)
@@ -315,6 +317,19 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     return out
 
 
+def _compiled(spec: TrainSpec) -> TrainSpec:
+    """The row ran torch.compile (torchtune's ``compile: True``): the spec with ``compile`` where the
+    planner models it for this step (``core/compiled.py``); otherwise unchanged, and the caveat stays."""
+    from lora_budget.core.compiled import check
+
+    compiled = _replace(spec, compile=True)
+    try:
+        check(compiled)
+    except LoraBudgetError:
+        return spec
+    return compiled
+
+
 def _run_settings(row: dict[str, str]) -> str:
     """The row's free-text settings, where the memory features its run used are named."""
     return row["other_memory_settings"] + " " + row["method_detail"]
@@ -331,7 +346,7 @@ def _caveats(row: dict[str, str], spec: TrainSpec, output_lora: bool) -> list[tu
     out: list[tuple[str, bool]] = []
     settings = _run_settings(row)
     optimizer = row["optimizer"]
-    if "compile" in settings.lower():
+    if "compile" in settings.lower() and not spec.compile:
         out.append((COMPILE_NOTE, True))
     if "CEWithChunkedOutputLoss" in settings and spec.loss_kernel != "chunked-ce":
         out.append(("chunked cross-entropy: the fp32 logits are never whole (planner: transformers' loss)", True))
