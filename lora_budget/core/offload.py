@@ -39,8 +39,8 @@ at a time, so the MLP backward of a SwiGLU layer holds three of its four i-wide 
 eager attention's s x s tensors that bound is high, 19-22 % on the peak of Llama-2-7B LoRA at
 b 4 x 1024 and 2 x 2048 (the trace holds the fp32 softmax brought back and its gradient only);
 the forward stash inside a layer's forward is bounded by five of its widest tensors. Plan vs trace:
-``tests/test_activation_offload.py`` (17 configurations with SDPA: median 0.02 %, worst 2.1 %,
-the checkpointed recompute's own error without offloading).
+``tests/test_activation_offload.py``, 17 configurations with SDPA (6 of them slow): median 0.02 %,
+worst 2.1 % (the checkpointed recompute's own error without offloading).
 """
 
 from __future__ import annotations
