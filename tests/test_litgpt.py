@@ -21,7 +21,7 @@ from lora_budget.core.litgpt import dequant_copies, kept_inputs, loss_terms, mom
 from lora_budget.core.model import estimate
 from lora_budget.core.static import static_memory
 from lora_budget.errors import LoraBudgetError
-from lora_budget.runtime.litgpt import CASES, case_spec
+from lora_budget.runtime.litgpt_cases import CASES, case_spec
 from lora_budget.spec import TrainSpec
 
 DATA = Path(__file__).parent.parent / "lora_budget" / "validation" / "data" / "litgpt-trace.json"
@@ -249,7 +249,7 @@ def test_full_depth_plan_matches_stored_traces_of_published_rows():
     every row ``--framework litgpt`` walks, planned now (accumulation 1, as traced), against the stored
     trace of LitGPT's own step (``runtime/litgpt.py`` ``write_published``)."""
     from lora_budget.core.model import peak_model
-    from lora_budget.runtime.litgpt import published_configs
+    from lora_budget.runtime.litgpt_cases import published_configs
 
     stored = _published_traces()
     checked = 0
