@@ -19,6 +19,7 @@ from lora_budget.catalog.models import resolve_model
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.core import derived
 from lora_budget.core.model import estimate, peak_model
+from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ModelRef, TrainSpec
 
 PLAIN = "plain"
@@ -203,6 +204,13 @@ def test_layers_of_several_types(name, layers, attn, targets, batch, seq, method
         framework=PLAIN, model=model(name, layers), method=method, grad_ckpt=ckpt, batch_size=batch, seq_len=seq,
         attn=attn, targets=targets,
     )  # fmt: skip
+    if name == "Gemma-4-31B" and ckpt:
+        # under checkpointing the copy's last sliding and full layers keep their k and v for the
+        # KV-sharing dict (layers 4 and 5 of the 6-layer copy, 58 and 59 of the model): the check
+        # that same-type layers keep the same bytes refuses, rather than plan a wrong line
+        with pytest.raises(LoraBudgetError, match="are of one type but keep different bytes"):
+            estimate(spec)
+        return
     err = error(spec)
     record_property("plan_vs_trace", f"{err:+.4%}")
     assert abs(err) <= 0.01, f"{err:+.3%}"

@@ -122,8 +122,10 @@ _INDEX_ATTRS = frozenset(
     {
         "layer_idx", "layer_id", "layer_number", "layer_index", "idx", "block_idx",
         # Gemma 4: the last sliding and the last full layer before the KV-sharing layers put their
-        # k and v in a dict for the sharing layers to read (``Gemma4TextAttention.forward``): a
-        # reference to tensors the attention keeps anyway, so no byte of a training step changes
+        # k and v in a dict for the sharing layers to read (``Gemma4TextAttention.forward``): without
+        # checkpointing a reference to tensors the attention keeps anyway, so no byte changes; with
+        # it the dict keeps them past the layer, and the identical-bytes check of a type refuses
+        # (derive/hybrid.py): a truncated copy moves these layers to its own last ones
         "store_full_length_kv",
     }
 )  # fmt: skip

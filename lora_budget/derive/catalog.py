@@ -36,8 +36,8 @@ def build(
 ) -> dict[str, Any]:
     """The shipped file's content for ``entries`` (models_derived.json rows).
 
-    Every architecture record first (seconds each); then the coefficients, one-type models first,
-    then several types, then MoE (each group in catalog order), until ``budget_s`` seconds have
+    Every architecture record first (seconds each); then the coefficients: layers of several types
+    first, then one type, MoE after dense in each (each group in catalog order), until ``budget_s`` seconds have
     passed: entries not reached are listed under ``not_derived`` (the planner derives them on first
     use where torch is installed) so a long catalog still yields a file in bounded time.
 
@@ -83,7 +83,7 @@ def build(
         ref = ModelRef(
             name=entry["name"], hf_id=entry["hf_id"], source=entry["source"], shape=shape, config=entry["config"]
         )
-        queue.append((2 if record["moe"] else 1 if record.get("types") else 0, len(queue), ref, key, depth))
+        queue.append(((0 if record.get("types") else 1, record["moe"]), len(queue), ref, key, depth))
     for _, _, ref, key, depth in sorted(queue, key=lambda q: q[:2]):
         if budget_s is not None and time.perf_counter() - started > budget_s:
             out["not_derived"][ref.name] = {"key": key, "depth": depth, "reason": f"past the {budget_s:.0f} s budget"}
