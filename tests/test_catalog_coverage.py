@@ -28,8 +28,9 @@ IDS = sorted({i for repo in DATA.values() for i in repo["ids"]})
 DERIVED_PATH = Path(__file__).parents[1] / "lora_budget/catalog/models_derived.json"
 DERIVED = json.loads(DERIVED_PATH.read_text())["models"]
 DERIVED_IDS = {i.lower(): e for e in DERIVED for i in (e["hf_id"], *e["variants"])}
-COPY = re.compile(r"^\S+.* @ [\w.-]+/[\w.-]+ [0-9a-f]{40}\b")
-"""``<path in the repository> @ <owner>/<repository> <commit>``: a public copy anyone can open at that commit."""
+COPY = re.compile(r"^(\S+.* @ [\w.-]+/[\w.-]+ [0-9a-f]{40}\b|stored page https://huggingface\.co/\S+)")
+"""``<path in the repository> @ <owner>/<repository> <commit>``: a public copy anyone can open at that commit;
+or ``stored page <URL>``: a Hugging Face page (a config.json another repository holds) as stored and cited."""
 
 
 def _outcome(model_id):
@@ -156,6 +157,9 @@ PUBLISHED_B = [
     # into its own model and prints "Total number of unique parameters: 268,098,176"
     ("Gemma-3-270M", 0.268098176),
     ("Cerebras-GPT-1.3B", 1.316),  # models/Cerebras/README.md @ huplay/open-all-gpt 56a69bb: "1,316 M"
+    # the Open LLM leaderboard request file for mistralai/Ministral-8B-Instruct-2410 (stored page
+    # huggingface.co/datasets/le-leadboard/requests @ 58b72ab): "params": 8.02
+    ("Ministral-8B-2410", 8.02),
 ]
 
 
