@@ -247,16 +247,22 @@ def card_calibration(card: GPU, overhead_bytes: int = 0) -> CalibratedOverhead |
     gives its own ``overhead_bytes`` or the card is a bare size, else the card's calibration if any."""
     if overhead_bytes or card.from_size:
         return None
-    return _calibration_lookup()(card.name)
+    return calibrated_overhead(card.name)
+
+
+def calibrated_overhead(gpu_name: str) -> CalibratedOverhead | None:
+    """The shipped calibration of a card (catalog/calibration.py, imported on the first card that may
+    have one, so plan's start with a bare size does not pay for it)."""
+    return _calibration_lookup()(gpu_name)
 
 
 @lru_cache(maxsize=1)
 def _calibration_lookup() -> Any:
-    """``calibrated_overhead``, imported on the first card that may have one (not for a bare size,
-    so plan's start does not pay for it) and kept: an import statement per call costs about 5 us."""
-    from lora_budget.catalog.calibration import calibrated_overhead
+    """catalog.calibration's ``calibrated_overhead``, imported once: an import statement per call costs
+    about 5 us."""
+    from lora_budget.catalog.calibration import calibrated_overhead as lookup
 
-    return calibrated_overhead
+    return lookup
 
 
 @lru_cache(maxsize=1)
