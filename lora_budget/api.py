@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.comm import INTER_NODE_GBPS
 from lora_budget.perf.time import TimeEstimate, estimate_time
-from lora_budget.spec import METHODS, ModelRef, TrainSpec
+from lora_budget.spec import LIBRARIES, METHODS, ModelRef, TrainSpec
 from lora_budget.suggest import Suggestion, largest_batch, longest_sequence, shared_model, suggest
 from lora_budget.units import fmt_gib
 
@@ -125,10 +125,17 @@ class MethodPlan:
                     **({"ckpt_offload": True} if spec.ckpt_offload else {}),
                     **({"activation_offload": True} if spec.activation_offload else {}),
                     **({"compile": True} if spec.compile else {}),
+                    **_versions(spec),
                 },
             }
         )
         return out
+
+
+def _versions(spec: TrainSpec) -> dict[str, str]:
+    """The library releases the spec assumes, where they are not the defaults (the trace's own)."""
+    defaults = {f.name: f.default for f in fields(TrainSpec)}
+    return {name: getattr(spec, name) for name in LIBRARIES if getattr(spec, name) != defaults[name]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,9 @@ from lora_budget.errors import LoraBudgetError
 
 Method = Literal["full", "lora", "qlora", "lora8bit"]
 DType = Literal["fp32", "bf16", "fp16"]
-Optimizer = Literal["adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"]
+Optimizer = Literal[
+    "adamw", "adamw_foreach", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"
+]
 Attention = Literal["eager", "sdpa", "flash"]
 Quant = Literal["nf4", "fp4"]
 Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
@@ -25,6 +27,7 @@ METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
 OPTIMIZERS: tuple[Optimizer, ...] = (
     "adamw",
+    "adamw_foreach",
     "adamw8bit",
     "paged_adamw",
     "paged_adamw8bit",
@@ -66,10 +69,35 @@ def grpo_completion(completion_len: int, seq_len: int) -> int:
     return completion_len or min(GRPO_COMPLETION, seq_len - 1)
 
 
+LIBRARIES = ("transformers", "torch", "bitsandbytes")
+"""The spec fields that name a library release (plan prints them; JSON carries those off the defaults)."""
+CPU_STEPPABLE = ("adamw", "adamw_foreach", "sgd", "sgd_momentum", "adafactor")
+"""Optimizers an offloaded (CPU) step can stand for; bitsandbytes' GPU optimizers cannot."""
 SHARDED_PARAMS: tuple[Strategy, ...] = ("zero3", "fsdp")
 """Strategies that shard the (frozen and trainable) parameters themselves."""
 TARGET_PRESETS = ("all-linear", "attn", "mlp")
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+FUSED_DEFAULT_FROM = ((4, 54, 0), (2, 8, 0))
+"""transformers and torch releases from which the Trainer's default optimizer is ``adamw_torch_fused``
+(``TrainingArguments``: ``if is_torch_greater_or_equal_than_2_8: default_optim = "adamw_torch_fused"``,
+first in the 4.54 wheels; 4.33.3 to 4.53.3 keep ``default_optim = "adamw_torch"`` unconditionally)."""
+
+
+def default_optimizer(framework: str, transformers: str, torch: str) -> str:
+    """The optimizer a framework creates when the run names none: the Trainer's ``adamw_torch``
+    (torch's AdamW, foreach on CUDA) unless both releases reach ``FUSED_DEFAULT_FROM``; adamw (fused)
+    for the other frameworks."""
+    versions = []
+    for name, text in (("transformers", transformers), ("torch", torch)):
+        if not isinstance(text, str) or not _version(text):
+            raise LoraBudgetError(f"{name} version must look like 4.48 or 2.4.1, got {text!r}")
+        versions.append(_version(text))
+    if framework != "hf-trainer":
+        return "adamw"
+    fused = versions[0] >= FUSED_DEFAULT_FROM[0] and versions[1] >= FUSED_DEFAULT_FROM[1]
+    return "adamw" if fused else "adamw_foreach"
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -126,8 +154,13 @@ class TrainSpec:
     """qlora: weights per absmax block."""
     double_quant: bool = True
     """qlora: quantize the absmax values again (8-bit, blocks of 256)."""
-    optimizer: Optimizer = "adamw"
-    """Optimizer; ``adamw`` is torch's fused AdamW (the transformers Trainer default)."""
+    optimizer: Optimizer | None = None
+    """Optimizer. adamw: torch's fused AdamW (``fused=True``); adamw_foreach: torch's AdamW on its
+    multi-tensor (``foreach``) path, which it takes on CUDA when neither ``fused`` nor ``foreach`` is
+    given (``_default_to_fused_or_foreach``), as the Trainer's ``adamw_torch`` and LitGPT create it.
+    None: the framework's, resolved on construction (:func:`default_optimizer`): the Trainer's
+    ``TrainingArguments.optim`` default for the spec's transformers and torch releases; adamw for the
+    other frameworks."""
     batch_size: int = 1
     """Micro-batch size b (sequences per forward pass)."""
     seq_len: int = 2048
@@ -198,6 +231,20 @@ class TrainSpec:
     16-bit input for backward whenever that input needed a gradient (``ctx.tensors = (A, B)``,
     added in 13c0a4dc, 2023); 0.43.2 (commit 9e753741, bitsandbytes#1270, July 2024) keeps only the
     packed weight. The default is the release the trace runs."""
+    transformers: str = "5.24"
+    """transformers release whose model and loss code runs (frameworks plain and hf-trainer; Llama-family
+    modelling files read). Up to 4.45 the model upcasts the logits itself (``self.lm_head(...).float()``,
+    ``modeling_llama.py`` 4.44.2 line 1209, 4.45.2 line 1214) and its loss copies the shifted fp32 logits
+    (``logits[..., :-1, :].contiguous()``); 4.46 to 4.48 keep the 16-bit logits in the output and the
+    loss upcasts and copies them (``loss/loss_utils.py`` 4.48.1 lines 36-38); from 4.49 the loss shifts
+    the labels instead (transformers#35646). Before 5.0 a Mixtral-style MoE builds every expert from
+    ``nn.Linear`` modules (``MixtralBlockSparseTop2MLP`` w1/w2/w3), which QLoRA and 8-bit LoRA quantize;
+    from 5.0 experts are 3-D parameters that bitsandbytes leaves 16-bit. The default is the release the
+    trace runs."""
+    torch: str = "2.13"
+    """torch release. With transformers it sets the Trainer's default optimizer (``optimizer=None``):
+    ``adamw_torch_fused`` from transformers 4.54 on torch >= 2.8 (``training_args.py``, 4.54.1 line
+    1290), ``adamw_torch`` otherwise. The default is the release the trace runs."""
     previous_step: bool = True
     """framework litgpt: the step before the peak ran at the same length, so what LitGPT's loop keeps
     of it (its fp32 logits, and on bitsandbytes <= 0.43.1 every 4-bit matmul input) is alive through
@@ -247,6 +294,8 @@ class TrainSpec:
             raise LoraBudgetError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.adapter_dtype is None:
             object.__setattr__(self, "adapter_dtype", self.dtype if self.framework == "litgpt" else "fp32")
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", default_optimizer(self.framework, self.transformers, self.torch))
         if self.adapter_dtype not in DTYPES:
             raise LoraBudgetError(f"unknown adapter dtype {self.adapter_dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -335,6 +384,17 @@ class TrainSpec:
             raise LoraBudgetError(f"kbit_prep must be true, false or None, got {self.kbit_prep!r}")
         if not isinstance(self.bitsandbytes, str) or not _version(self.bitsandbytes):
             raise LoraBudgetError(f"bitsandbytes version must look like 0.42 or 0.43.1, got {self.bitsandbytes!r}")
+        default_optimizer(self.framework, self.transformers, self.torch)  # refuses a malformed release
+        if (
+            self.model.shape.is_moe
+            and self.method != "full"
+            and self.targets in ("all-linear", "mlp")
+            and self.transformers_version < (5, 0, 0)
+        ):
+            raise LoraBudgetError(
+                f"--targets {self.targets} on transformers {self.transformers} adapts every MoE expert's w1/w2/w3 "
+                "nn.Linear, which is not modelled; name the modules (e.g. q_proj,k_proj,v_proj,o_proj)"
+            )
         if not isinstance(self.previous_step, bool):
             raise LoraBudgetError(f"previous_step must be true or false, got {self.previous_step!r}")
         if not self.previous_step and self.framework != "litgpt":
@@ -459,6 +519,16 @@ class TrainSpec:
         return FRAMEWORK_LOSS[self.framework] if self.loss == "auto" else self.loss
 
     @property
+    def transformers_version(self) -> tuple[int, ...]:
+        """(major, minor, patch) of ``transformers``."""
+        return _version(self.transformers)
+
+    @property
+    def experts_quantized(self) -> bool:
+        """QLoRA / 8-bit LoRA on transformers < 5: every MoE expert is an ``nn.Linear`` bitsandbytes replaces."""
+        return self.method in ("qlora", "lora8bit") and self.transformers_version < (5, 0, 0)
+
+    @property
     def bnb_keeps_input(self) -> bool:
         """QLoRA with a bitsandbytes release whose 4-bit matmul keeps its input (<= 0.43.1)."""
         return self.method == "qlora" and _version(self.bitsandbytes) <= (0, 43, 1)
@@ -496,7 +566,7 @@ class TrainSpec:
             )
         if self.offload == "params" and self.strategy not in SHARDED_PARAMS:
             raise LoraBudgetError(f"--offload params needs --strategy zero3 or fsdp, not {self.strategy}")
-        if self.offload != "none" and self.optimizer not in ("adamw", "sgd", "sgd_momentum", "adafactor"):
+        if self.offload != "none" and self.optimizer not in CPU_STEPPABLE:
             raise LoraBudgetError(
                 f"--offload {self.offload} runs the optimizer step on the CPU; --optimizer {self.optimizer} is a "
                 "bitsandbytes GPU optimizer (use adamw)"

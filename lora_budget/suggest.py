@@ -266,11 +266,11 @@ def _options(key: StepKey, overhead: int) -> tuple[tuple[_Option, ...], tuple[_O
     software = []
     if not spec.grad_ckpt:
         software.append(("--grad-ckpt", (("grad_ckpt", True),)))
-    if spec.optimizer in ("adamw", "paged_adamw"):
+    if spec.optimizer in ("adamw", "adamw_foreach", "paged_adamw"):
         software.append(("--optimizer adamw8bit", (("optimizer", "adamw8bit"),)))
         software.append(("--optimizer paged_adamw8bit", (("optimizer", "paged_adamw8bit"),)))
     memory = []
-    if not spec.grad_ckpt and spec.optimizer == "adamw":
+    if not spec.grad_ckpt and spec.optimizer in ("adamw", "adamw_foreach"):
         memory.append(("--grad-ckpt --optimizer adamw8bit", (("grad_ckpt", True), ("optimizer", "adamw8bit"))))
     multi = []
     variants: list[Change] = [()] if spec.grad_ckpt else [(), (("grad_ckpt", True),)]

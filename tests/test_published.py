@@ -345,15 +345,18 @@ def test_fms_qlora_rows_read_kbit_prep_and_the_bitsandbytes_release(raw):
     assert map_row(raw[2125]).spec.adapter_dtype == "fp32"
 
 
-def test_fms_mixtral_qlora_expert_caveat_is_material(raw):
-    """transformers 4.48 quantizes Mixtral's per-expert nn.Linear; the plan (transformers 5 layout) keeps
-    the 3-D experts 16-bit, fp32 after kbit prep: 32 layers x 8 experts x 3 x 4096 x 14336 =
-    45,097,156,608 weights x (4 - 4.127/8) bytes = 146.33 GiB more than the run."""
+def test_fms_mixtral_qlora_experts_planned_quantized(raw):
+    """transformers 4.48 quantizes Mixtral's per-expert nn.Linear: the row's release (lib_versions) goes
+    into the spec, which plans the experts in NF4, so the caveat the transformers 5 layout needed (its
+    3-D experts 16-bit, fp32 after kbit prep: 32 x 8 x 3 x 4096 x 14336 = 45,097,156,608 weights x
+    (4 - 4.127/8) bytes = 146.33 GiB more than the run) is gone; the run's default optimizer is the
+    Trainer's adamw_torch (foreach) for transformers 4.48.1 on torch 2.4.1."""
     mapped = map_row(raw[2029])
-    assert mapped.material and mapped.spec.kbit_prep
-    extra = 32 * 8 * 3 * 4096 * 14336 * (4 - 4.127 / 8) / 2**30
-    assert f"{extra:.2f} GiB more expert weights" in " ".join(mapped.caveats)
-    assert f"{extra:.2f}" == "146.33"
+    spec = mapped.spec
+    assert (spec.transformers, spec.torch, spec.optimizer) == ("4.48.1", "2.4.1", "adamw_foreach")
+    assert spec.experts_quantized and spec.kbit_prep and spec.targets == "q_proj,k_proj,v_proj,o_proj"
+    assert not any("expert weights" in c for c in mapped.caveats)
+    assert not any("shift_logits" in c for c in mapped.caveats)  # the 4.48 loss is planned too
 
 
 def test_fms_oom_rows_have_no_figure(raw):

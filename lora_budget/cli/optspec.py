@@ -144,9 +144,10 @@ SPEC_OPTIONS: tuple[Opt, ...] = (
     Opt(
         "--optimizer",
         choices=OPTIMIZERS,
-        default="adamw",
-        show_default=True,
-        help="adamw is torch's fused AdamW; 8-bit and paged ones are bitsandbytes'.",
+        default=None,
+        help="adamw is torch's fused AdamW, adamw_foreach its foreach path (the Trainer's adamw_torch); 8-bit "
+        "and paged ones are bitsandbytes'. Default: the framework's (hf-trainer: adamw_torch_fused from "
+        "transformers 4.54 on torch 2.8, else adamw_torch).",
     ),
     Opt("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True, help="Gradient checkpointing."),
     Opt("--attn", choices=ATTENTIONS, default="sdpa", show_default=True, help="Attention kernel."),
@@ -204,6 +205,19 @@ SPEC_OPTIONS: tuple[Opt, ...] = (
         default="0.50",
         show_default=True,
         help="bitsandbytes release; up to 0.43.1 every 4-bit matmul keeps its input for backward.",
+    ),
+    Opt(
+        "--transformers",
+        default="5.24",
+        show_default=True,
+        help="transformers release: before 4.49 the loss copies the shifted fp32 logits; before 5 QLoRA "
+        "quantizes MoE experts (nn.Linear).",
+    ),
+    Opt(
+        "--torch",
+        default="2.13",
+        show_default=True,
+        help="torch release (with --transformers, sets the Trainer's default optimizer).",
     ),
     Opt(
         "--kbit-prep/--no-kbit-prep",

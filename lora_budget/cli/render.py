@@ -11,6 +11,7 @@ from lora_budget.units import GiB, fmt_gib
 
 if TYPE_CHECKING:
     from lora_budget.api import MethodPlan, PlanResult
+    from lora_budget.spec import TrainSpec
 
 LABELS = {
     "full": "full",
@@ -39,7 +40,26 @@ def _code(m: MethodPlan) -> str:
     }[s.framework]
     loss = s.loss_kernel if s.objective == "sft" else f"{s.objective} (TRL 1.9 trainer's own)"
     compiled = ", torch.compile (decoder layers)" if s.compile else ""
-    return f"framework {s.framework} ({what}), loss {loss}{compiled}"
+    return f"framework {s.framework} ({what}), loss {loss}{compiled}; {_libraries(s)}"
+
+
+def _libraries(s: TrainSpec) -> str:
+    """The library releases the plan assumes (``--transformers``, ``--torch``, ``--bitsandbytes``); the
+    optimizer they give is on the Step line."""
+    return f"assumes transformers {s.transformers}, torch {s.torch}, bitsandbytes {s.bitsandbytes}"
+
+
+def _experts(methods: list[MethodPlan]) -> str | None:
+    """What a quantized MoE's experts are under the assumed transformers release, or None."""
+    quantized = [m.spec for m in methods if m.spec.method in ("qlora", "lora8bit") and m.spec.framework != "litgpt"]
+    if not quantized or not quantized[0].model.shape.is_moe:
+        return None
+    if quantized[0].experts_quantized:
+        return "MoE experts quantized too: transformers 4.x builds them from nn.Linear modules bitsandbytes replaces"
+    return (
+        "MoE experts stay 16-bit under QLoRA / 8-bit: transformers 5 stores them as 3-D parameters bitsandbytes "
+        "does not quantize (--transformers 4.57 plans 4.x's quantized nn.Linear experts)"
+    )
 
 
 def render_table(result: PlanResult) -> str:
@@ -59,6 +79,9 @@ def render_table(result: PlanResult) -> str:
     codes = {_code(m) for m in methods}
     if len(codes) == 1:
         lines.append(f"Code   {codes.pop()}")
+    experts = _experts(methods)
+    if experts:
+        lines.append(f"MoE    {experts}")
     goals = {m.method: m.spec.objective_note for m in methods if m.spec.objective_note}
     if len(set(goals.values())) == 1:
         lines.append(f"Goal   {goals.popitem()[1]}")

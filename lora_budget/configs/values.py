@@ -14,7 +14,7 @@ from lora_budget.spec import OPTIMIZERS
 
 # transformers' OptimizerNames (training_args.py) and axolotl's optimizer names -> ours.
 OPTIMIZER_NAMES: dict[str, str] = {
-    "adamw_torch": "adamw",
+    "adamw_torch": "adamw_foreach",  # torch.optim.AdamW without fused=True: its foreach path on CUDA
     "adamw_torch_fused": "adamw",
     "adamw_hf": "adamw",
     "adamw_apex_fused": "adamw",

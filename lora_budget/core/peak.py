@@ -439,6 +439,36 @@ def _offloaded_softcap(spec: TrainSpec, terms: dict[str, float | int], softcap: 
     return terms
 
 
+SHIFTED_LABELS_FROM = (4, 49, 0)
+"""transformers release whose ``ForCausalLMLoss`` pads and shifts the labels (``nn.functional.pad(labels,
+(0, 1), value=ignore_index)``, transformers#35646, first in the 4.49.0 wheel) instead of copying the
+shifted logits (``shift_logits = logits[..., :-1, :].contiguous()``, 4.48.1 ``loss/loss_utils.py`` 38)."""
+UPCAST_IN_MODEL_UNTIL = (4, 46, 0)
+"""Before this release the causal-LM model upcasts its own logits (``self.lm_head(...).float()``, Llama
+4.45.2 line 1214; ``logits = logits.float()``, 4.44.2 line 1209), so its 16-bit logits are not kept."""
+
+
+def _full_ce_forward(spec: TrainSpec, c: int) -> int:
+    """Bytes per vocabulary entry per token at transformers' causal-LM loss, by release (frameworks plain
+    and hf-trainer; c: the logits' bytes):
+
+    - from 4.49: the logits (c, unless already fp32), their fp32 copy and log_softmax's fp32 output: c + 8;
+    - 4.46 to 4.48: the same plus the shifted fp32 copy ``logits[..., :-1, :].contiguous()``: c + 12;
+    - up to 4.45: the model's fp32 logits (its 16-bit ones die at the cast), the shifted copy and
+      log_softmax's output: 12.
+
+    Backward is 12 in all: log_softmax's saved output, its incoming gradient and the gradient it makes;
+    the shift's ``slice_backward`` (a zero-filled fp32 b x s x V and the 4 V gradient) comes after the
+    first two are freed. The shifted tensors have s - 1 positions: planned at s.
+    """
+    kept = 0 if c == 4 else c
+    if spec.framework not in ("plain", "hf-trainer") or spec.transformers_version >= SHIFTED_LABELS_FROM:
+        return kept + 8
+    if spec.transformers_version < UPCAST_IN_MODEL_UNTIL:
+        return 12
+    return kept + 12
+
+
 def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]:
     """The logits' bytes per loss kernel (``spec.loss_kernel``), for T = b s tokens, vocabulary V,
     logits bytes c (16-bit under autocast, which casts an fp32 lm_head's matmul too).
@@ -483,7 +513,7 @@ def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]
             fused_chunk_bytes=c * V,
         )
     return dict(
-        loss_fwd=(8 if c == 4 else c + 8) * V + softcap,
+        loss_fwd=_full_ce_forward(spec, c) * V + softcap,
         loss_bwd=12 * V + softcap,
         loss_fixed=0,
         fused_chunk_inc=0,

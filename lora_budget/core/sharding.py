@@ -67,9 +67,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lora_budget.core.lora import adapter_tensors, resolve_targets
-from lora_budget.core.params import inventory
 from lora_budget.core.peak import PeakModel
-from lora_budget.core.static import StaticMemory, _optimizer, alloc
+from lora_budget.core.static import StaticMemory, _optimizer, alloc, quantized_inventory
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 ZERO_REDUCE_BUCKET = 500_000_000
@@ -105,7 +104,7 @@ def _tensors(spec: TrainSpec) -> list[_Tensor]:
     w = DTYPE_BYTES[spec.dtype]
     full = spec.method == "full"
     out = []
-    for t in inventory(s):
+    for t in quantized_inventory(s, spec.experts_quantized):  # transformers 4.x: experts quantized too
         in_layer = t.role not in ("embedding", "lm_head") and t.name != "final_norm"
         count = t.count // s.layers if in_layer else t.count
         if spec.method == "qlora" and t.role == "linear":
@@ -182,6 +181,8 @@ class ShardedPeakModel(PeakModel):
         for i, (phase, grads, acts, logits, temp) in enumerate(self.single._phases(batch_size, seq_len)):
             j = SLOT[i] if i < len(SLOT) else 2  # chunked-ce's head phases are loss-backward moments
             num, den = self.grad_scale[j]
+            if phase == "optimizer":  # the step's temporaries are those of the state this rank steps
+                temp = self.static.optimizer_step_temp
             out.append((phase, grads * num // den + self.grad_extra[j], acts, logits, temp + self.comm[j]))
         if self.middle[1]:
             _, grads, acts, _, temp = out[3]

@@ -12,6 +12,7 @@ import operator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.lora import adapted, adapter_tensors, resolve_targets
 from lora_budget.core.params import ParamTensor, inventory, module_names
 from lora_budget.errors import LoraBudgetError
@@ -150,7 +151,7 @@ def _static_memory(key: StepKey) -> StaticMemory:
     dequant = dequant_attn = 0
     quantized_linears = spec.method in ("qlora", "lora8bit")
     reward = spec.objective == "reward"  # a sequence classifier: a score head (h x 1) instead of lm_head
-    for t in inventory(s):
+    for t in quantized_inventory(s, spec.experts_quantized and not litgpt):
         if reward and t.role == "lm_head":
             continue
         if quantized_linears and (t.role == "linear" or (litgpt and t.role == "lm_head")):
@@ -245,11 +246,43 @@ def _static_memory(key: StepKey) -> StaticMemory:
     )
 
 
+def quantized_inventory(s: ModelShape, experts_as_linears: bool) -> tuple[ParamTensor, ...]:
+    """The inventory, with transformers 4.x's MoE layout when ``experts_as_linears``: every expert an
+    ``nn.Module`` of ``nn.Linear`` w1 (gate, i x h), w3 (up, i x h) and w2 (down, h x i)
+    (``MixtralBlockSparseTop2MLP``, transformers 4.48 ``modeling_mixtral.py``) and the router an
+    ``nn.Linear(h, E)`` (``block_sparse_moe.gate``), all of which bitsandbytes' ``replace_with_bnb_linear``
+    turns into 4-bit or 8-bit linears (only lm_head is kept out). transformers 5 holds the experts as
+    two 3-D parameters per layer (``gate_up_proj`` E x 2i x h, ``down_proj`` E x h x i) and the router
+    as a parameter, which it leaves in the weights' dtype."""
+    tensors = inventory(s)
+    if not experts_as_linears or not any(t.role in ("experts", "router") for t in tensors):
+        return tensors
+    out: list[ParamTensor] = []
+    for t in tensors:
+        if t.role == "router":
+            out.append(dataclasses.replace(t, role="linear", in_features=t.shape[1], out_features=t.shape[0]))
+        elif t.role == "experts":
+            e, rows, cols = t.shape
+            halves = 2 if t.name.endswith("gate_up_proj") else 1  # w1 and w3 stacked along the rows
+            out_f = rows // halves
+            out.append(ParamTensor(t.name, (out_f, cols), t.count * e * halves, "linear", t.group, cols, out_f))
+        else:
+            out.append(t)
+    return tuple(out)
+
+
 def _optimizer(name: str, trainable: list[tuple[int, int, tuple[int, ...]]], b: int) -> tuple[int, int, int]:
     """(state bytes, pageable part, step temporaries) for the trainable tensors.
 
     - adamw: torch fused AdamW keeps exp_avg and exp_avg_sq in the parameter's dtype and a
       4-byte ``step`` tensor on the device per parameter (fused kernels need it there).
+    - adamw_foreach: the same two moments; ``step`` is a CPU scalar (``torch.tensor(0.0)`` unless
+      fused or capturable, ``Adam._init_group``). Its step (``_multi_tensor_adam``, torch/optim/adam.py;
+      weight decay in place, ``torch._foreach_mul_(device_params, 1 - lr * weight_decay)``) builds
+      ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)``: a new tensor per parameter, all
+      of them at once, each the size of its second moment, in the state dtype. The grads are used in
+      place (no ``maximize``), so that list is the step temporary: the state's second moment again.
+      Parameters of several dtypes or devices are stepped group by group; the plan takes one group.
     - adamw8bit / paged_adamw8bit: bitsandbytes blockwise 8-bit state, two uint8 moments plus
       an fp32 absmax per 256 values, for tensors of at least 4096 elements; smaller tensors keep
       32-bit state. Paged variants put state of >= 1e5 elements in unified memory.
@@ -263,6 +296,9 @@ def _optimizer(name: str, trainable: list[tuple[int, int, tuple[int, ...]]], b: 
     for numel, count, shape in trainable:
         if name == "adamw":
             per = 2 * alloc(numel * b) + alloc(4)
+        elif name == "adamw_foreach":
+            per = 2 * alloc(numel * b)
+            temp += alloc(numel * b) * count
         elif name in ("adamw8bit", "paged_adamw8bit"):
             if numel >= BNB_MIN_8BIT_SIZE:
                 blocks = -(-numel // BNB_OPT_BLOCK)

@@ -25,7 +25,10 @@ state they would page is reported as pageable."""
 def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True, lr: float | None = None) -> Any:
     """The optimizer ``spec.optimizer`` names, over ``params``.
 
-    - adamw: ``torch.optim.AdamW(fused=True)``, the transformers Trainer default (``adamw_torch_fused``).
+    - adamw: ``torch.optim.AdamW(fused=True)``, the Trainer's ``adamw_torch_fused`` (its default from
+      transformers 4.54 on torch 2.8).
+    - adamw_foreach: ``torch.optim.AdamW(foreach=True)``, the path torch takes on CUDA when neither is
+      given (the Trainer's ``adamw_torch``), set explicitly so CPU runs take it too.
     - adamw8bit / paged_adamw8bit / paged_adamw: bitsandbytes' ``AdamW8bit`` / ``PagedAdamW8bit``
       / ``PagedAdamW`` (32-bit state); with ``paged=False`` the unpaged equivalent.
     - sgd / sgd_momentum (0.9) / adafactor: torch, with the multi-tensor (``foreach``) code path
@@ -39,6 +42,8 @@ def make_optimizer(spec: TrainSpec, params: list[Any], *, paged: bool = True, lr
     rate = LEARNING_RATE if lr is None else lr
     if name == "adamw":
         return torch.optim.AdamW(params, lr=rate, fused=True)
+    if name == "adamw_foreach":
+        return torch.optim.AdamW(params, lr=rate, foreach=True)
     if name == "sgd":
         return torch.optim.SGD(params, lr=rate, foreach=True)
     if name == "sgd_momentum":
@@ -106,6 +111,10 @@ def _loss(model: Any, spec: TrainSpec, batch: Any, reference: Any) -> Any:
 
         return objective_loss(model, spec, batch, reference)
     kernel = spec.loss_kernel
+    if kernel == "full-ce" and spec.framework in ("plain", "hf-trainer") and spec.transformers_version < (4, 49):
+        from lora_budget.runtime.legacy_loss import legacy_causal_lm_loss
+
+        return legacy_causal_lm_loss(model, spec, batch)  # the shifted-logits loss of transformers < 4.49
     if kernel == "full-ce":
         out = model(input_ids=batch, labels=batch)
         loss = out.loss

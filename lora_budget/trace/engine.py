@@ -129,6 +129,12 @@ def trace(
         import_litgpt()
         return trace_litgpt(spec)
     shape = spec.model.shape
+    if spec.experts_quantized and shape.is_moe:
+        raise LoraBudgetError(
+            f"transformers {spec.transformers} builds MoE experts from nn.Linear modules that bitsandbytes "
+            "quantizes; the installed transformers 5 stores them as 3-D parameters, so that layout is planned "
+            "from its source (core/static.py), not traced; trace with --transformers 5.24"
+        )
     if fake and spec.autocast_on and (shape.norm == "layer" or shape.act == "gelu_new"):
         raise LoraBudgetError(
             f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "

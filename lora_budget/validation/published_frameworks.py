@@ -250,6 +250,8 @@ def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, 
       embed_tokens and lm_head go back to bf16, so the plan's fp32 copies of them are too many.
     - transformers before 4.49 computes the causal-LM loss on ``logits[..., :-1, :].contiguous()``,
       a shifted fp32 copy of the upcast logits (transformers#35646 shifts the labels instead).
+    The first and the third are planned when the spec carries the row's transformers release
+    (``TrainSpec.transformers``, set from ``lib_versions``); the caveats remain for a spec without it.
     - transformers 4.x ``gradient_checkpointing_enable`` defaults to ``use_reentrant=True``.
     """
     from lora_budget.core.params import inventory
@@ -257,7 +259,7 @@ def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, 
     out: list[tuple[str, bool]] = []
     version = _transformers_version(row)
     tensors = inventory(spec.model.shape)
-    if spec.method == "qlora" and version and version < (5, 0):
+    if spec.method == "qlora" and version and version < (5, 0) and not spec.experts_quantized:
         experts = sum(t.total_numel for t in tensors if t.role == "experts")
         if experts:
             planned = 4 if spec.kbit_prep else spec.compute_bytes  # kbit prep upcasts the 16-bit experts
@@ -279,7 +281,7 @@ def hf_trainer_caveats(row: dict[str, str], spec: TrainSpec) -> list[tuple[str, 
                 False,
             )
         )
-    if version and version < (4, 49):
+    if version and version < (4, 49) and spec.transformers_version >= (4, 49):  # planned when the spec has it
         copy = spec.batch_size * (spec.seq_len - 1) * spec.model.shape.vocab * 4 / 2**30
         out.append(
             (

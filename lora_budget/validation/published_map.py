@@ -189,7 +189,7 @@ def optimizer_name(text: str) -> str:
     if "adafactor" in t:
         return "adafactor"
     if "adamw" in t:
-        return "adamw"
+        return "adamw_foreach" if "foreach" in t else "adamw"
     raise LoraBudgetError(f"cannot map optimizer {text!r}")
 
 
@@ -275,7 +275,8 @@ def map_row(row: dict[str, str]) -> Mapped:
     if method != "full" and spec.framework != "litgpt" and not litgpt:
         from lora_budget.core.params import linear_names
 
-        if set(names) == set(linear_names(model.shape)):
+        moe_linears = model.shape.is_moe and spec.transformers_version < (5, 0, 0)  # experts are nn.Linear too
+        if set(names) == set(linear_names(model.shape)) and not moe_linears:
             spec = _replace(spec, targets="all-linear")
     if "compile" in _run_settings(row).lower():
         spec = _compiled(spec)
@@ -314,6 +315,14 @@ def _mechanisms(row: dict[str, str], method: str) -> dict[str, Any]:
     found = re.search(r"bitsandbytes (\d+\.\d+(?:\.\d+)?)", row.get("lib_versions", "") or "")
     if method == "qlora" and found:
         out["bitsandbytes"] = found.group(1)
+    if framework_key(row) in ("plain", "hf-trainer"):
+        # the transformers and torch releases the run used: its model, loss and default optimizer
+        for lib in ("transformers", "torch"):
+            found = re.search(lib + r" (\d+\.\d+(?:\.\d+)?)", row.get("lib_versions", "") or "")
+            if found:
+                out[lib] = found.group(1)
+        if "TrainingArguments default" in row["optimizer"] and "transformers" in out and "torch" in out:
+            out["optimizer"] = None  # the Trainer's default for those releases (spec.default_optimizer)
     return out
 
 
@@ -438,21 +447,18 @@ def _qlora_caveats(spec: TrainSpec, row: dict[str, str]) -> list[tuple[str, bool
 
 
 def _foreach_adamw(spec: TrainSpec, owner: str) -> tuple[str, bool]:
-    """torch.optim.AdamW without ``fused=True`` runs the foreach path on CUDA, whose step builds
-    ``torch._foreach_sqrt(exp_avg_sqs)``: one transient copy of the second moment (state dtype).
-    The row does not say which path ran; material if that copy would move the peak to the step."""
+    """torch.optim.AdamW without ``fused=True`` runs the foreach path on CUDA, whose step holds
+    ``torch._foreach_sqrt(exp_avg_sqs)`` (planned as ``adamw_foreach``). Where the row's releases do not
+    settle which path ran, the plan keeps fused AdamW and this caveat gives the foreach plan; material
+    if it would move the peak."""
     from lora_budget.core.model import peak_model
-    from lora_budget.core.static import alloc
 
-    model = peak_model(spec)
-    st = model.static
-    state_bytes = 4 if spec.master_weights else spec.compute_bytes
-    copy = alloc(-(-st.trainable_params // spec.gpus) * state_bytes)  # FSDP: each rank steps its own shard
-    base = st.weights + st.quant_state + st.adapter + st.master_weights + st.optimizer
-    step_total = base + st.gradients + st.optimizer_step_temp + copy
-    peak = model.peak_bytes(spec.batch_size, spec.seq_len)
-    moves = step_total > peak
-    where = f"the step would peak at {alloc_gib(step_total):.2f} GiB" + (" (above the plan peak)" if moves else "")
+    fused = peak_model(spec).peak_bytes(spec.batch_size, spec.seq_len)
+    foreach_model = peak_model(_replace(spec, optimizer="adamw_foreach"))
+    foreach = foreach_model.peak_bytes(spec.batch_size, spec.seq_len)
+    copy = foreach_model.static.optimizer_step_temp
+    moves = foreach > fused
+    where = f"the plan would be {alloc_gib(foreach):.2f} GiB" + (" (the step sets the peak)" if moves else "")
     return (
         f"if {owner}AdamW ran unfused (foreach), its step holds one more copy of the second moment "
         f"({alloc_gib(copy):.2f} GiB): {where}",
