@@ -2,7 +2,7 @@
 
 click builds its options from these records (``cli/options.py``: ``to_click``), so ``--help``, every
 usage error and every other command read them there; ``cli/fast.py`` reads the same records to parse
-the common ``lora-budget plan ...`` line without importing click (about 20 ms of a 60 ms start), and
+the common ``lora-budget plan ...`` line without importing click (about 25 ms of its start here), and
 hands anything it does not fully understand to click. No click import here.
 """
 
