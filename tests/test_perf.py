@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from lora_budget.catalog.gpus import GPU, resolve_gpu
+from lora_budget.catalog.models import resolve_model
 from lora_budget.cli import main
 from lora_budget.perf.flops import step_flops
 from lora_budget.perf.time import estimate_time
@@ -204,3 +205,13 @@ def test_cli_bare_size_says_why_no_speed():
 def test_cli_bad_speed_input(args, message):
     r = run("plan", *args)
     assert r.exit_code == 2 and message in r.output
+
+
+def test_a_trace_derived_moe_routes_top_k_of_its_experts():
+    """A trace-derived MoE shape carries no expert counts (its coefficients come from the trace), so the
+    FLOPs read top-k and E from the config it was derived from: DeepSeek-V2-Lite's config.json sets
+    n_routed_experts 64 and num_experts_per_tok 6 (models_derived.json); it once divided by zero."""
+    from lora_budget.perf.flops import routing
+
+    assert routing(resolve_model("DeepSeek-V2-Lite").shape) == (6, 64)
+    assert routing(resolve_model("Mixtral-8x7B-v0.1").shape) == (2, 8)  # analytical: num_local_experts 8, top-2

@@ -60,10 +60,14 @@ default of :mod:`lora_budget.perf.utilization` rather than here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lora_budget.core.lora import adapter_tensors, resolve_targets
 from lora_budget.core.params import inventory
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
+
+if TYPE_CHECKING:
+    from lora_budget.catalog.shape import ModelShape
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,8 +112,29 @@ def _weight_numels(spec: TrainSpec) -> tuple[int, int]:
             decoder += t.total_numel
         elif t.role == "experts":
             # each token visits top-k of the E experts: k / E of the expert weights per token
-            decoder += t.total_numel * shape.experts_per_token // shape.experts
+            top_k, experts = routing(shape)
+            decoder += t.total_numel * top_k // experts
     return decoder, shape.vocab * shape.hidden
+
+
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k")
+
+
+def routing(shape: ModelShape) -> tuple[int, int]:
+    """(top-k, experts) of an MoE layer: the analytical shape's, or for a trace-derived model (whose
+    shape carries no expert counts) the transformers config attributes it was derived from. Without
+    them every expert counts (k = E: an upper bound on the work)."""
+    if shape.experts:
+        return shape.experts_per_token, shape.experts
+    import json
+
+    attrs = json.loads(shape.arch_config or "{}")
+    experts = next((int(attrs[k]) for k in EXPERT_KEYS if isinstance(attrs.get(k), int) and attrs[k] > 0), 0)
+    top_k = next((int(attrs[k]) for k in TOP_K_KEYS if isinstance(attrs.get(k), int) and attrs[k] > 0), 0)
+    if not experts or not top_k or top_k > experts:
+        return 1, 1
+    return top_k, experts
 
 
 def quantized_numel(spec: TrainSpec) -> int:
