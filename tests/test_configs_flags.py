@@ -105,13 +105,40 @@ def test_a_typed_flag_rescues_a_refused_file_value(tmp_path, text, name, refused
     assert any("the command line overrode" in n and flag[0] in n for n in data["notes"]), data["notes"]
 
 
-def test_axolotl_offloaded_checkpointing_is_planned_as_checkpointing_with_a_note(tmp_path):
+def test_axolotl_offloaded_checkpointing_is_planned_as_offloaded_checkpoints(tmp_path):
+    """axolotl's ``gradient_checkpointing: offload`` moves each layer's checkpoint to CPU memory:
+    ``--grad-ckpt --ckpt-offload``; a typed ``--no-grad-ckpt`` replaces both."""
     path = _write(tmp_path / "axo.yml", "base_model: 7b\nadapter: lora\ngradient_checkpointing: offload\n")
-    data = json.loads(run("plan", "--config", path, "--json").output)
-    assert data["methods"][0]["spec"]["grad_ckpt"] is True  # gradient_checkpointing: offload
-    assert any("gradient_checkpointing: offload not modelled" in n for n in data["notes"]), data["notes"]
+    spec = json.loads(run("plan", "--config", path, "--json").output)["methods"][0]["spec"]
+    assert spec["grad_ckpt"] is True and spec["ckpt_offload"] is True
     r = run("plan", "--config", path, "--no-grad-ckpt", "--json")
-    assert json.loads(r.output)["methods"][0]["spec"]["grad_ckpt"] is False
+    spec = json.loads(r.output)["methods"][0]["spec"]
+    assert spec["grad_ckpt"] is False and not spec.get("ckpt_offload")
+
+
+@pytest.mark.parametrize(
+    ("head", "value", "on", "note"),
+    [
+        ("model_name_or_path: 7b\nuse_peft: true\n", "true", True, None),  # TRL SFTConfig
+        ("base_model: 7b\nadapter: lora\n", "true", True, None),  # axolotl
+        ("base_model: 7b\nadapter: lora\n", "disk", True, None),
+        ("base_model: 7b\nadapter: lora\n", "legacy", True, "legacy (synchronous"),
+        ("base_model: 7b\nadapter: lora\n", "hidden_states", False, "hidden_states not modelled"),
+        ("base_model: 7b\nadapter: lora\n", "false", False, None),
+    ],
+)
+def test_activation_offloading_key_sets_the_option(tmp_path, head, value, on, note):
+    """TRL's and axolotl's ``activation_offloading`` (axolotl runs TRL's OffloadActivations) is
+    ``--activation-offload``; axolotl's modes either keep TRL's rules or get a note."""
+    path = _write(tmp_path / "cfg.yml", f"{head}gradient_checkpointing: true\nactivation_offloading: {value}\n")
+    data = json.loads(run("plan", "--config", path, "--json").output)
+    assert bool(data["methods"][0]["spec"].get("activation_offload")) is on
+    if note:
+        assert any(note in n for n in data["notes"]), data["notes"]
+    else:
+        assert not any("activation_offloading" in n and "not modelled" in n for n in data["notes"])
+    r = run("plan", "--config", path, "--no-activation-offload", "--json")
+    assert not json.loads(r.output)["methods"][0]["spec"].get("activation_offload")
 
 
 @pytest.mark.parametrize(

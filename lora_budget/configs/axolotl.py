@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 from lora_budget.configs import defaults
-from lora_budget.configs.common import attn_implementation, grad_ckpt, grad_ckpt_kwargs, rank_alpha_dropout
+from lora_budget.configs.common import (
+    activation_offloading,
+    attn_implementation,
+    grad_ckpt,
+    grad_ckpt_kwargs,
+    rank_alpha_dropout,
+)
 from lora_budget.configs.defaults import AXOLOTL
 from lora_budget.configs.objectives import objective
 from lora_budget.configs.parallel import read_parallel
@@ -77,6 +83,7 @@ def _axolotl_rest(r: Reader) -> None:
     _axolotl_dtype(r)
     grad_ckpt(r, "gradient_checkpointing")
     grad_ckpt_kwargs(r)
+    activation_offloading(r)
     _bnb_kwargs(r)
     _attention(r)
     _plugins(r)

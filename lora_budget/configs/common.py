@@ -65,20 +65,49 @@ def precision(r: Reader, bf16: str = "bf16", fp16: str = "fp16", both_off: str |
 
 
 def grad_ckpt(r: Reader, key: str) -> None:
-    """``gradient_checkpointing``; axolotl's ``offload`` (checkpoints kept in CPU memory) is planned as
-    checkpointing on the GPU, an over-estimate of the activations it keeps there."""
+    """``gradient_checkpointing``; axolotl's ``offload`` / ``offload_disk`` (each layer's checkpoint moved
+    to CPU memory or disk by its offloaded checkpoint function) is ``--grad-ckpt --ckpt-offload``: on
+    the device both keep only the layer being recomputed."""
     if r.typed_over("grad_ckpt", key):
         return
     if r.has(key) and isinstance(v := r.data[key], str) and v.strip().lower() in ("offload", "offload_disk"):
         r.used.add(key)
         r.set("grad_ckpt", True, key)
-        r.notes.append(
-            f"{key}: {v} not modelled: planned as checkpointing kept on the GPU (offload would move the "
-            "per-layer checkpoints to CPU memory, lowering the planned activations)"
-        )
+        if not r.typed_over("ckpt_offload", key):
+            r.set("ckpt_offload", True, key)
         return
     if (ckpt := r.flag(key)) is not None:
         r.set("grad_ckpt", ckpt, key)
+
+
+def activation_offloading(r: Reader, key: str = "activation_offloading") -> None:
+    """``activation_offloading``: TRL's SFTConfig key (v1.9.0 ``sft_trainer.py`` runs each
+    ``training_step`` inside ``get_act_offloading_ctx_manager``) and axolotl's, whose
+    ``ActivationOffloadingMixin`` runs TRL's ``OffloadActivations`` (``core/trainers/mixins/
+    activation_checkpointing.py``): ``--activation-offload``. axolotl's ``disk`` keeps TRL's rules
+    (the host copy goes to disk); ``legacy`` (no CUDA streams, no forward stash) keeps fewer tensors
+    on the device than planned; ``hidden_states`` offloads only the checkpointed hidden states."""
+    if r.typed_over("activation_offload", key) or not r.has(key):
+        r.used.add(key)
+        return
+    v = r.raw(key)
+    mode = v.strip().lower() if isinstance(v, str) else None
+    if mode in ("disk", "legacy"):
+        r.set("activation_offload", True, key)
+        if mode == "legacy":
+            r.notes.append(
+                f"{key}: legacy (synchronous, no forward stash) planned with the streamed rules: the plan "
+                "keeps up to five offloaded tensors' device copies it does not (an over-estimate)"
+            )
+        return
+    if mode == "hidden_states":
+        r.notes.append(
+            f"{key}: hidden_states not modelled: planned with the checkpoints kept on the GPU (it moves the "
+            "checkpointed hidden states to CPU memory, lowering the planned activations)"
+        )
+        return
+    if (on := r.flag(key)) is not None:
+        r.set("activation_offload", on, key)
 
 
 def grad_ckpt_kwargs(r: Reader, key: str = "gradient_checkpointing_kwargs") -> None:

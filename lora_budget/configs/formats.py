@@ -35,6 +35,7 @@ from __future__ import annotations
 from lora_budget.configs import accelerate, axolotl, defaults, llamafactory_v1
 from lora_budget.configs.common import (
     DTYPE_NAMES,
+    activation_offloading,
     attn_implementation,
     grad_ckpt,
     grad_ckpt_kwargs,
@@ -159,6 +160,7 @@ def trl(r: Reader) -> None:
                 raise r.fail(key, f"must be bfloat16, float16, float32 or auto, got {name!r}")
             r.set("dtype", DTYPE_NAMES[name], key)
     attn_implementation(r)
+    activation_offloading(r)
     _model_init_kwargs(r)
     r.parallel = read_parallel(r)
     defaults.trl(r)

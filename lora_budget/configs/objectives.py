@@ -150,7 +150,6 @@ UNMODELLED_KEYS = {
     "plugins": "axolotl plugins (e.g. Liger, cut cross-entropy: planned as the transformers path)",
     "gradient_checkpointing_kwargs": "gradient checkpointing options (planned as the non-reentrant default)",
     "use_reentrant_gc": "reentrant checkpointing (planned as non-reentrant)",
-    "activation_offloading": "activations offloaded to CPU memory (planned kept on the GPU: over-estimate)",
     "use_galore": "GaLore's projected optimizer state (planned as the full optimizer state)",
     "use_badam": "BAdam trains one block at a time (planned as every block)",
     "use_apollo": "APOLLO's low-rank optimizer state (planned as the full optimizer state)",
