@@ -24,8 +24,9 @@ moment, without the peak model knowing of types:
   set. The peak model's layer-0 moment reuses the top moment's line, so ``first_attention_tail``
   (subtracted there only, without checkpointing) takes back the difference of the lines, and
   ``layer_gradients`` (layer 0's gradients, subtracted there only) the difference of the constants.
-  Under checkpointing the peak model takes ``attention_tail`` there too: that moment is off by the
-  difference of the two lines less the checkpoints above the chosen layer (a few layer inputs).
+  Under checkpointing the peak model takes ``attention_tail`` there too, so it is left zero: the
+  top moment keeps the few checkpoints above the chosen layer (over-planned by those layer inputs)
+  and the layer-0 moment uses the chosen layer's line.
 
 Known error: the choice among candidates is made at the planned (b, s), so the peak there is the
 largest candidate's; the fit search (largest batch and sequence) evaluates that choice at other
@@ -116,7 +117,9 @@ def compose(
         layer_attention=layer,
         first_layer_attention=first,
         backward_transient_attention=bwd_line,
-        attention_tail=freed,
+        # under checkpointing the peak model takes attention_tail at layer 0's moment too, where
+        # only one layer's checkpoint is left: there the few checkpoints above stay counted (over)
+        attention_tail=ZERO if grad_ckpt else freed,
         first_attention_tail=tail,
         batched_extra=Coeff(batched),
         backward_transient_dequant=ZERO,
