@@ -151,8 +151,14 @@ def _plan(path: Path, *extra: str):
 
 
 def effective(values: dict, setting: str):
-    """The value plan uses: the file's, else lora-budget's option default."""
-    return values.get(setting, DEFAULTS.get(setting))
+    """The value plan uses: the file's, else lora-budget's option default (an unnamed optimizer: the
+    framework's, as ``TrainSpec`` resolves it)."""
+    got = values.get(setting, DEFAULTS.get(setting))
+    if setting == "optimizer" and got is None:
+        from lora_budget.spec import default_optimizer
+
+        got = default_optimizer(*(effective(values, s) for s in ("framework", "transformers", "torch")))
+    return got
 
 
 def check_verified(path: str, values: dict) -> tuple[str, ...]:
