@@ -85,12 +85,17 @@ def build(
         )
         queue.append(((0 if record.get("types") else 1, record["moe"]), len(queue), ref, key, depth))
     for _, _, ref, key, depth in sorted(queue, key=lambda q: q[:2]):
-        if budget_s is not None and time.perf_counter() - started > budget_s:
-            out["not_derived"][ref.name] = {"key": key, "depth": depth, "reason": f"past the {budget_s:.0f} s budget"}
-            continue
-        began = time.perf_counter()
         if kept.get(key):
             out["coefficients"].setdefault(key, {}).update(kept[key])
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+            if not out["coefficients"].get(key):
+                out["not_derived"][ref.name] = {
+                    "key": key,
+                    "depth": depth,
+                    "reason": f"past the {budget_s:.0f} s budget",
+                }
+            continue
+        began = time.perf_counter()
         try:
             failed = _derive_settings(ref, key, out["coefficients"])
         except LoraBudgetError as exc:
@@ -122,9 +127,12 @@ def _derive_settings(ref: Any, key: str, coefficients: dict[str, Any]) -> dict[s
                     coefficients.setdefault(key, {})[skey] = derive_coefficients(spec, save=False)
                 done += 1
                 break
-            except LoraBudgetError as exc:
-                failed[f"method={method},grad_ckpt={ckpt},attn={attn}"] = str(exc)
-                if "scaled_dot_product_attention" not in str(exc):
+            except Exception as exc:  # noqa: BLE001  (peft / transformers raise their own: one setting fails, not the file)
+                text = (
+                    str(exc) if isinstance(exc, LoraBudgetError) else f"the trace failed: {type(exc).__name__}: {exc}"
+                )
+                failed[f"method={method},grad_ckpt={ckpt},attn={attn}"] = text.splitlines()[0][:300] if text else text
+                if "scaled_dot_product_attention" not in text:
                     break
     if not done:
         raise LoraBudgetError(next(iter(failed.values())))
