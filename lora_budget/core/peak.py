@@ -126,6 +126,8 @@ class PeakModel:
                 acts_last += mask * k.sliding_layers
                 acts_first += mask
         loss_fwd = T * k.loss_fwd + k.loss_fixed
+        if batch_size > 1:
+            loss_fwd += T * k.shift_copy  # one row's [..., :-1, :] is contiguous: .contiguous() copies nothing
         loss_bwd = T * k.loss_bwd + k.loss_fixed
         kept_logits = kept_acts = 0
         litgpt: tuple[tuple[str, int, int, int, int], ...] = ()
@@ -309,6 +311,9 @@ class _Constants:
     litgpt: LossTerms | None = None
     """litgpt-ce: the logits side of LitGPT's loop (``core/litgpt.py`` ``loss_terms``, read by its
     ``moments``); None for other kernels."""
+    shift_copy: float = 0
+    """full-ce before transformers 4.49: the shifted fp32 copy of the logits per token (4 V), made only
+    when b > 1 (``_full_ce_forward``); 0 otherwise."""
 
 
 def _pair(coeff: Coeff) -> tuple[float, float]:
@@ -457,21 +462,30 @@ def _full_ce_forward(spec: TrainSpec, c: int) -> int:
     - up to 4.45: the model's fp32 logits (its 16-bit ones die at the cast), the shifted copy and
       log_softmax's output: 12.
 
+    The shifted copy (4 of those bytes, ``_shift_copy``) exists only with more than one sequence: the
+    slice of a single row drops its last position, which leaves the view contiguous, and
+    ``contiguous()`` returns the tensor itself. This function returns the bytes without it.
+
     Backward is 12 in all: log_softmax's saved output, its incoming gradient and the gradient it makes;
     the shift's ``slice_backward`` (a zero-filled fp32 b x s x V and the 4 V gradient) comes after the
     first two are freed. The shifted tensors have s - 1 positions: planned at s.
 
-    Traced (``runtime/legacy_loss.py``) within 0.3 % without checkpointing (Qwen2.5-0.5B: LoRA b2 s512
-    +0.05 %, full +0.04 %). Open: with gradient checkpointing the trace's loss phase shows no extra copy
-    (Qwen2.5-0.5B b1 s1024: LoRA plan +11.0 %, full +6.4 % over the trace, whose peak stays at
-    log_softmax's backward); not understood yet, so the term stays as the source reads.
+    Traced (``runtime/legacy_loss.py``, ``tests/test_versions.py``): Qwen2.5-0.5B LoRA b2 s512 +0.05 %,
+    full +0.04 %; at b1 the trace has no shifted copy (the +11 % once seen at b1 s1024 was that copy).
     """
     kept = 0 if c == 4 else c
-    if spec.framework not in ("plain", "hf-trainer") or spec.transformers_version >= SHIFTED_LABELS_FROM:
+    if not _shift_copy(spec):
         return kept + 8
     if spec.transformers_version < UPCAST_IN_MODEL_UNTIL:
-        return 12
-    return kept + 12
+        return 8
+    return kept + 8
+
+
+def _shift_copy(spec: TrainSpec) -> int:
+    """Bytes per vocabulary entry per token of the shifted fp32 logits copy transformers < 4.49 makes
+    (frameworks plain and hf-trainer), counted when b > 1; 0 from 4.49."""
+    legacy = spec.framework in ("plain", "hf-trainer") and spec.transformers_version < SHIFTED_LABELS_FROM
+    return 4 if legacy else 0
 
 
 def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]:
@@ -523,6 +537,7 @@ def _loss_terms(spec: TrainSpec, c: int, softcap: int) -> dict[str, float | int]
         loss_fixed=0,
         fused_chunk_inc=0,
         fused_chunk_bytes=0,
+        shift_copy=_shift_copy(spec) * V,
     )
 
 
