@@ -135,7 +135,20 @@ def _record_notes(record: dict[str, Any] | None) -> tuple[str, ...]:
         )
     if record.get("moe"):
         out.append(MOE_NOTE)
+    names = " ".join(t["name"] for t in (record.get("types") or {}).values())
+    if any(mixer in names for mixer in FALLBACK_MIXERS):
+        out.append(FALLBACK_NOTE)
     return tuple(out)
+
+
+FALLBACK_MIXERS = ("GatedDeltaNet", "Mamba", "ShortConv")
+"""Sequence mixers whose fast kernels transformers loads from the Hub or from optional packages
+(``use_kernel_func_from_hub_with_fallback``: fla's ``chunk_gated_delta_rule``, causal-conv1d,
+mamba_ssm); the trace, on CPU without them, runs transformers' pure-torch fallback."""
+FALLBACK_NOTE = (
+    "linear-attention / state-space layers traced through transformers' pure-torch fallback (the fla, "
+    "causal-conv1d and mamba_ssm kernels a GPU run loads keep fewer tensors): those layers are planned high"
+)
 
 
 _STORED_ONLY: ContextVar[bool] = ContextVar("stored_only", default=False)
