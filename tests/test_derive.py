@@ -71,12 +71,9 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Every derivation of this module writes to a fresh cache folder."""
-    folder = tmp_path_factory.mktemp("coefficients")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(derived.ENV_DIR, str(folder))
-        yield folder
+def cache(coefficient_cache):
+    """Every derivation of this module writes to a fresh cache folder (conftest's)."""
+    return coefficient_cache
 
 
 def _ref(raw: dict, name: str, layers: int | None = None, *, as_derived: bool = False) -> ModelRef:

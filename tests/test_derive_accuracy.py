@@ -101,10 +101,8 @@ def error(spec: TrainSpec) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(derived.ENV_DIR, str(tmp_path_factory.mktemp("coefficients")))
-        yield
+def cache(coefficient_cache):
+    return coefficient_cache
 
 
 @pytest.mark.parametrize("batch, seq", [(2, 512), (1, 2048)])

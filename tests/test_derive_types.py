@@ -92,11 +92,9 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("coefficients")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(derived.ENV_DIR, str(folder))
-        yield folder
+def cache(coefficient_cache):
+    """Every derivation of this module writes to a fresh cache folder (conftest's)."""
+    return coefficient_cache
 
 
 @pytest.mark.parametrize(
