@@ -76,8 +76,9 @@ CONFIGS = {
         "tie_word_embeddings": False, "hidden_dropout": 0.0, "attention_dropout": 0.0,
     },
 }  # fmt: skip
-CATALOG = ("GPT-J-6B", "StableLM-2-Zephyr-1.6B", "Aya-23-8B", "StarCoder2-7B", "SantaCoder")
-"""Trace-derived catalog entries (gptj, stablelm, cohere, starcoder2, gpt_bigcode)."""
+CATALOG = ("GPT-J-6B", "StableLM-2-Zephyr-1.6B", "Aya-23-8B", "StarCoder2-7B", "SantaCoder", "Qwen3-VL-2B")
+"""Trace-derived catalog entries (gptj, stablelm, cohere, starcoder2, gpt_bigcode, and the text tower of
+qwen3_vl, which transformers builds only inside its multimodal model: runtime/text_tower.py)."""
 
 STEPS = [(m, c) for m in ("lora", "full") for c in (False, True)]
 

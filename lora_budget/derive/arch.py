@@ -37,6 +37,7 @@ _MLP_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "experts", "moe")
 def build_meta(config_values: dict[str, Any], dtype: str = "bf16") -> Any:
     """The transformers model of ``config_values`` on the meta device, or a one-line error."""
     from lora_budget.runtime.build import import_stack, torch_dtype
+    from lora_budget.runtime.text_tower import causal_lm_from_config
 
     torch, transformers, _, _ = import_stack()
     raw = dict(config_values)
@@ -44,7 +45,7 @@ def build_meta(config_values: dict[str, Any], dtype: str = "bf16") -> Any:
     try:
         config = transformers.AutoConfig.for_model(model_type, **raw)
         with torch.device("meta"):
-            return transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+            return causal_lm_from_config(transformers, config, torch_dtype(dtype))
     except Exception as exc:  # transformers raises its own classes (config validators, unknown types)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first if len(first) <= 160 else first[:160] + "..."  # its list of every known type

@@ -27,6 +27,7 @@ from typing import Any
 
 from lora_budget.core.lora import resolve_targets
 from lora_budget.errors import LoraBudgetError
+from lora_budget.runtime.text_tower import causal_lm_from_config
 from lora_budget.spec import TrainSpec
 
 INSTALL_HINT = "pip install 'lora-budget[torch]' (torch, transformers, peft, bitsandbytes)"
@@ -126,13 +127,11 @@ def build(
     torch.manual_seed(seed)
     try:
         with torch.device("meta" if fake_mode is not None else device):
-            auto = (
-                transformers.AutoModelForSequenceClassification
-                if spec.objective == "reward"
-                else transformers.AutoModelForCausalLM
-            )
-            model = auto.from_config(config, dtype=dtype)
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+            if spec.objective == "reward":
+                model = transformers.AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+            else:  # a multimodal model's text tower where transformers has no causal LM for it (text_tower.py)
+                model = causal_lm_from_config(transformers, config, dtype)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, LoraBudgetError) as exc:
         raise LoraBudgetError(
             f"transformers cannot build {spec.model.name} ({config.model_type}): {exc}; "
             "`lora-budget plan` still answers for it"
