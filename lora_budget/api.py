@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
 
+from lora_budget import records
 from lora_budget.breakdown import CATEGORIES, Breakdown
 from lora_budget.catalog.gpus import GPU, resolve_gpu, smallest_fitting
 from lora_budget.catalog.models import resolve_model
@@ -16,12 +14,17 @@ from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.comm import INTER_NODE_GBPS
 from lora_budget.perf.time import TimeEstimate, estimate_time
+from lora_budget.records import dataclass, field, fields
 from lora_budget.spec import LIBRARIES, METHODS, ModelRef, TrainSpec
 from lora_budget.suggest import Suggestion, largest_batch, longest_sequence, shared_model, suggest
 from lora_budget.units import fmt_gib
 
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
 if TYPE_CHECKING:
+    from typing import Any
+
     from lora_budget.catalog.calibration import CalibratedOverhead
+
 
 MAIN_METHODS = ("full", "lora", "qlora")
 
@@ -74,7 +77,7 @@ class MethodPlan:
                 "paged_bytes": self.paged_bytes,
                 "max_batch_size": self.max_batch_size,
                 "max_seq_len": self.max_seq_len,
-                "suggestions": [dataclasses.asdict(s) for s in self.suggestions],
+                "suggestions": [records.asdict(s) for s in self.suggestions],
                 "smallest_gpu": self.smallest_gpu,
                 "warnings": list(self.warnings),
                 "tokens_per_s": t.tokens_per_s if t else None,
@@ -166,7 +169,7 @@ class PlanResult:
             "notes": list(self.notes),
         }
         if self.calibration is not None:
-            out["calibration"] = dataclasses.asdict(self.calibration)
+            out["calibration"] = records.asdict(self.calibration)
         return out
 
     def to_frame(self) -> Any:
@@ -275,7 +278,7 @@ def _calibration_lookup() -> Any:
 @lru_cache(maxsize=1)
 def _spec_keywords() -> tuple[str, ...]:
     return tuple(
-        f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("model", "method", "batch_size", "warnings")
+        f.name for f in records.fields(TrainSpec) if f.name not in ("model", "method", "batch_size", "warnings")
     )
 
 
@@ -340,7 +343,7 @@ def plan(
         spec = TrainSpec(model=ref, method=method, batch_size=1 if auto else int(batch_size), **options)
         if auto:
             best = largest_batch(spec, StepKey(spec), card.memory_bytes, overhead_bytes)
-            spec = dataclasses.replace(spec, batch_size=max(best, 1))
+            spec = records.replace(spec, batch_size=max(best, 1))
         plans.append(
             plan_spec(
                 spec,

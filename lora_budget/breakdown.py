@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from lora_budget.records import dataclass, fields
 
 CATEGORIES: tuple[str, ...] = (
     "weights",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
 if TYPE_CHECKING:
     from lora_budget.spec import TrainSpec
 

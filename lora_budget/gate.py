@@ -26,17 +26,16 @@ name). On CPU the peak is the tracker's count of real tensors, split into catego
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_budget import __version__
+from lora_budget import __version__, records
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
 from lora_budget.loads import InputFileError, read_json
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
 
 SCHEMA = 1
@@ -58,7 +57,7 @@ class Entry:
     """profile only: the step ran out of memory (never written to a baseline)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = records.asdict(self)
         del out["oom"]
         return out
 
@@ -126,7 +125,7 @@ class Comparison:
 
 def spec_settings(spec: TrainSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"model": spec.model.name}
-    for f in dataclasses.fields(spec):
+    for f in records.fields(spec):
         if f.name not in ("model", "warnings"):
             out[f.name] = getattr(spec, f.name)
     if spec.method == "full":

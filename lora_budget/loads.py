@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
-from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 MAX_DEPTH = 100
 """Deepest nesting of lists and mappings accepted (the files read here nest at most 6 levels)."""
@@ -123,7 +126,7 @@ def parse_json(text: str, source: str, *, finite: bool = False) -> Any:
     return check_depth(data, source)
 
 
-def read_text(path: Path, source: str) -> str:
+def read_text(path: str | Path, source: str) -> str:
     """The file's text, or an InputFileError naming ``source``. A FIFO or a device is refused before
     it is opened (reading one waits for a writer, or never ends: ``/dev/zero``), and so is a file
     over MAX_FILE_BYTES."""
@@ -138,7 +141,8 @@ def read_text(path: Path, source: str) -> str:
     if st.st_size > MAX_FILE_BYTES:
         raise InputFileError(source, f"is {st.st_size:,} bytes; the files read here are under {MAX_FILE_BYTES:,}")
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     except UnicodeDecodeError as exc:
         raise InputFileError(source, f"not UTF-8 text (byte {exc.start})") from None
     except IsADirectoryError:
@@ -149,7 +153,6 @@ def read_text(path: Path, source: str) -> str:
 
 def read_json(path: str | Path, source: str | None = None, *, finite: bool = False) -> Any:
     """The JSON value in the file at ``path`` (see ``parse_json``); errors name ``source`` (default: the path)."""
-    path = Path(path)
     where = str(path) if source is None else source
     return parse_json(read_text(path, where), where, finite=finite)
 
@@ -175,6 +178,5 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def read_yaml(path: str | Path, source: str | None = None) -> Any:
     """The YAML value in the file at ``path`` (see ``parse_yaml``)."""
-    path = Path(path)
     where = str(path) if source is None else source
     return parse_yaml(read_text(path, where), where)

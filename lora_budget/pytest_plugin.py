@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from lora_budget.records import dataclass, field
 
 MARKER = "memory_budget"
 

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 
-Method = Literal["full", "lora", "qlora", "lora8bit"]
-DType = Literal["fp32", "bf16", "fp16"]
-Optimizer = Literal[
-    "adamw", "adamw_foreach", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"
-]
-Attention = Literal["eager", "sdpa", "flash"]
-Quant = Literal["nf4", "fp4"]
-Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
-Offload = Literal["none", "optimizer", "params"]
-Framework = Literal["plain", "hf-trainer", "litgpt", "torchtune"]
-Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce", "litgpt-ce"]
-Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward"]
-Reference = Literal["auto", "none", "adapter", "copy", "precomputed"]
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    Method = Literal["full", "lora", "qlora", "lora8bit"]
+    DType = Literal["fp32", "bf16", "fp16"]
+    Optimizer = Literal[
+        "adamw", "adamw_foreach", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd", "sgd_momentum", "adafactor"
+    ]
+    Attention = Literal["eager", "sdpa", "flash"]
+    Quant = Literal["nf4", "fp4"]
+    Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
+    Offload = Literal["none", "optimizer", "params"]
+    Framework = Literal["plain", "hf-trainer", "litgpt", "torchtune"]
+    Loss = Literal["auto", "full-ce", "chunked-ce", "fused-ce", "litgpt-ce"]
+    Objective = Literal["sft", "dpo", "ipo", "orpo", "simpo", "grpo", "reward"]
+    Reference = Literal["auto", "none", "adapter", "copy", "precomputed"]
+
 
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "lora8bit")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")

@@ -18,20 +18,23 @@ any of this, over 400 varied specs.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
+from lora_budget import records
 from lora_budget.core.fit import max_batch_size, max_seq_len
 from lora_budget.core.model import shared_peak_model
 from lora_budget.core.peak import PeakModel
 from lora_budget.core.static import StepKey
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 from lora_budget.spec import TrainSpec
 
-Change = tuple[tuple[str, Any], ...]
-"""A change to a spec as (field, value) pairs: hashable, so the model it makes is cached."""
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Change = tuple[tuple[str, Any], ...]
+    """A change to a spec as (field, value) pairs: hashable, so the model it makes is cached."""
 
 GPU_COUNTS = (2, 4, 8, 16, 32, 64)
 """World sizes the multi-GPU suggestion tries (nodes of 8 beyond 8)."""
@@ -179,7 +182,7 @@ def _candidate(key: StepKey, change: Change, overhead: int) -> _Candidate | None
     sequence length (their positivity; GRPO's completion length) involve no field a change sets.
     """
     try:
-        new = dataclasses.replace(key.spec, **dict(change))
+        new = records.replace(key.spec, **dict(change))
     except LoraBudgetError:
         return None
     if new.model.shape.derived:

@@ -193,3 +193,30 @@ def test_a_hub_repo_id_goes_to_click_before_anything_is_resolved(monkeypatch):
 
     monkeypatch.setattr(plan_run, "plan_output", must_not_run)
     assert fast.fast_plan(["--model", "meta-llama/Llama-2-7b-hf"]) is None
+
+
+def _modules(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nprint(' '.join(sorted(sys.modules)), file=sys.stderr)"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(out.stderr.split("\n")[-2].split())
+
+
+@pytest.mark.parametrize(
+    "args", [["plan", "--model", "7b", "--gpu", "24GB"], ["plan", "-m", "70b", "-g", "h100", "--json"]], ids=" ".join
+)
+def test_plan_imports_none_of_the_slow_standard_modules(args):
+    """The cold start (benchmarks/bench_plan.py cold): beyond what the interpreter's own start loads, a
+    plan imports neither click, dataclasses (nor inspect, which it imports), typing nor pathlib
+    (records.py, catalog/models.py)."""
+    bare = _modules("import sys")
+    plan = _modules(
+        f"import io, sys, contextlib\nsys.argv = ['lora-budget', *{args!r}]\nfrom lora_budget.cli import run\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    run()"
+    )
+    added = plan - bare
+    assert not added & {"click", "dataclasses", "inspect", "typing", "pathlib"}, sorted(added)
+    assert "lora_budget.api" in added

@@ -6,16 +6,30 @@ profile of that card has been calibrated, in which case the plan is exactly the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 from lora_budget.errors import LoraBudgetError
 from lora_budget.loads import read_json
+from lora_budget.records import dataclass
 
-PATH = Path(__file__).with_name("calibration.json")
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.json")
 SCHEMA_VERSION = 1
+
+
+def __getattr__(name: str) -> Path:
+    """``PATH``, the shipped calibration file as a ``Path``, made on first use (PEP 562): a plan reads
+    the file by its string path and does not import pathlib."""
+    if name == "PATH":
+        from pathlib import Path
+
+        return Path(_FILE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,9 +44,9 @@ class CalibratedOverhead:
     """GPU, torch and CUDA versions the profiles were measured with."""
 
 
-def read(path: Path = PATH) -> dict[str, Any]:
+def read(path: str | Path = _FILE) -> dict[str, Any]:
     """The calibration file; an empty one when it does not exist."""
-    if not path.exists():
+    if not os.path.exists(path):
         return {"schema_version": SCHEMA_VERSION, "entries": []}
     data = read_json(path, f"calibration file {path}", finite=True)
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from lora_budget.errors import UnknownNameError
+from lora_budget.records import dataclass
 from lora_budget.units import looks_like_size, parse_size
 
-_DATA = Path(__file__).with_name("gpus.json")
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpus.json")
+"""os.path, not pathlib, as in catalog/models.py: a plan does not import pathlib."""
 
 PCIE_X16_BYTES_PER_S = {3: 16 * 10**9, 4: 32 * 10**9, 5: 64 * 10**9}
 """PCIe x16 bandwidth per direction by generation: NVIDIA's datasheets quote x16 links both directions
@@ -54,7 +55,8 @@ class GPU:
 
 @lru_cache(maxsize=1)
 def _rows() -> tuple[dict, ...]:
-    return tuple(json.loads(_DATA.read_text())["gpus"])
+    with open(_DATA, encoding="utf-8") as f:
+        return tuple(json.load(f)["gpus"])
 
 
 @lru_cache(maxsize=1)

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from functools import cache, lru_cache
-from pathlib import Path
-from typing import Any
 
-from lora_budget.catalog import hub
 from lora_budget.catalog.shape import SUPPORTED_TYPES, shape_from_config
 from lora_budget.core.params import param_count
 from lora_budget.errors import LoraBudgetError, UnknownNameError
-from lora_budget.loads import read_json
 from lora_budget.spec import ModelRef
 
-_DATA = Path(__file__).with_name("models.json")
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+"""The catalog's data files sit beside this module. os.path, not pathlib: a plan of a catalog model
+imports neither pathlib nor the Hub module (pathlib's imports, re and urllib.parse among them, are
+a tenth of `lora-budget plan`'s start; benchmarks/bench_plan.py cold)."""
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(_HERE, name), encoding="utf-8") as f:
+        return f.read()
 
 
 @lru_cache(maxsize=1)
@@ -26,15 +39,15 @@ def catalog() -> tuple[dict[str, Any], ...]:
     chat / quantized checkpoints and mirrors of the same weights), listed explicitly per entry: no
     suffix stripping decides that two sizes or two releases are the same model.
     """
-    return tuple(json.loads(_DATA.read_text())["models"])
+    return tuple(json.loads(_read("models.json"))["models"])
 
 
 @lru_cache(maxsize=1)
 def derived_catalog() -> tuple[dict[str, Any], ...]:
     """Entries of architectures the analytical walk does not model (models_derived.json, the same
     layout): planned from trace-derived records (``core/derived.py``), shipped for those that derive."""
-    path = _DATA.with_name("models_derived.json")
-    return tuple(json.loads(path.read_text())["models"]) if path.is_file() else ()
+    present = os.path.isfile(os.path.join(_HERE, "models_derived.json"))
+    return tuple(json.loads(_read("models_derived.json"))["models"]) if present else ()
 
 
 def _entries() -> tuple[dict[str, Any], ...]:
@@ -79,7 +92,7 @@ def _index(main_only: bool = False) -> dict[str, dict[str, Any]]:
 @lru_cache(maxsize=1)
 def _unmodelled() -> dict[str, str]:
     """Known Hub ids of architectures the planner does not model yet (unmodelled.json): id -> model_type."""
-    rows = json.loads(_DATA.with_name("unmodelled.json").read_text())["models"]
+    rows = json.loads(_read("unmodelled.json"))["models"]
     return {row["hf_id"].lower(): row["model_type"] for row in rows}
 
 
@@ -102,6 +115,21 @@ def _catalog_ref(name: str) -> ModelRef:
     )
 
 
+@cache
+def _text_tower_ref(name: str) -> ModelRef:
+    """The ModelRef of a multimodal entry's text decoder alone: what a text-only variant (the
+    entry's ``text_only_variants``, a checkpoint without the vision tower) is."""
+    entry = next(e for e in catalog() if e["name"] == name)
+    text = entry["config"]["text_config"]
+    return ModelRef(
+        name=f"{entry['name']} (text decoder)",
+        hf_id=entry["hf_id"],
+        source=entry["source"],
+        shape=shape_from_config(text, where=entry["name"]),
+        config=text,
+    )
+
+
 def resolve_model(text: str) -> ModelRef:
     """A config.json path or model directory, a cached HF repo, a catalog name/alias/HF id, or a Hub repo.
 
@@ -112,20 +140,29 @@ def resolve_model(text: str) -> ModelRef:
         raise LoraBudgetError(f"model must be a name or a path (str), got {type(text).__name__}")
     if not text or not text.strip():
         raise LoraBudgetError("no model given; pass a catalog name such as 7b or Llama-3.1-8B")
-    path = Path(text).expanduser()
+    path = os.path.expanduser(text)
     try:
-        local = path.is_dir() or path.suffix == ".json" or path.is_file()
+        local = _exists(path) or os.path.splitext(path.rstrip("/"))[1] == ".json"
     except OSError as exc:  # a name over the file system's limits (ENAMETOOLONG) is no path, and no model
         why = f"not a catalog name or a usable path ({exc.strerror})"
         raise LoraBudgetError(f"unknown model {text[:60]!r}... ({len(text):,} chars): {why}") from None
     if local:
-        return model_from_path(path)
-    repo = hub.is_repo_id(text)
+        from pathlib import Path
+
+        return model_from_path(Path(path))
+    if "/" in text:  # a Hub repo id has one; only then is the Hub module (pathlib, urllib) imported
+        from lora_budget.catalog import hub
+
+        repo = hub.is_repo_id(text)
+    else:
+        repo = False
     cached = hub.cached_config(text.strip()) if repo else None
     if cached is not None:
         return model_from_path(cached, hf_id=text.strip())
     entry = _lookup(text)
     if entry is not None:
+        if text.strip().lower() in {v.lower() for v in entry.get("text_only_variants", ())}:
+            return _text_tower_ref(entry["name"])
         return _ref(entry)
     unmodelled = _unmodelled().get(text.strip().lower())
     if unmodelled is not None:
@@ -175,7 +212,24 @@ def _closest(text: str) -> list[str]:
     return list(first.values())[:3]
 
 
+def _exists(path: str) -> bool:
+    """Whether ``path`` names a directory or a regular file, as ``Path.is_dir`` / ``is_file`` decide it:
+    a missing entry or a component that is not a directory is False, any other OSError (a name over
+    the file system's limits) is raised; a name the OS cannot take (an embedded NUL) is False."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:
+        return False
+    return stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+
+
 def model_from_path(path: Path, hf_id: str = "") -> ModelRef:
+    from lora_budget.loads import read_json
+
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise LoraBudgetError(f"{config_path}: no such file (expected a config.json or a model directory)")

@@ -8,15 +8,17 @@ model type, transformers 5.x, and are what the parameter and activation formulas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
-
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field, replace
 
-NormKind = Literal["rms", "rms_f32", "layer"]
-NormScheme = Literal["pre", "sandwich", "post"]
-QkNorm = Literal["none", "head", "full"]
-ActKind = Literal["silu", "gelu", "gelu_tanh", "gelu_new"]
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    NormKind = Literal["rms", "rms_f32", "layer"]
+    NormScheme = Literal["pre", "sandwich", "post"]
+    QkNorm = Literal["none", "head", "full"]
+    ActKind = Literal["silu", "gelu", "gelu_tanh", "gelu_new"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,7 +7,10 @@ and scripts import from here. This module imports neither.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 COMMANDS: dict[str, str] = {
     "plan": "lora_budget.cli.plan_cmd:plan_cmd",

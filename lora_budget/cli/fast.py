@@ -1,9 +1,10 @@
 """``lora-budget plan ...`` without importing click, for a start closer to a bare ``python -c pass``.
 
 Importing click costs about 25 ms on the development machine (it pulls in inspect, gettext, datetime
-and uuid), a quarter of the start plan had with it. A plain plan line (``--long value``, ``--long=value``, ``-x value``, flags and switches
-that cli/optspec.py declares) is parsed here from the same option records click builds its options
-from, and answered by the same body (cli/plan_run.py). Anything else goes to the click group as it
+and uuid), a quarter of the start plan had with it. A plain plan line (``--long value``,
+``--long=value``, ``-x value``, flags and switches that cli/optspec.py declares) is parsed here from
+the same option records click builds its options from, and answered by the same body
+(cli/plan_run.py). Anything else goes to the click group as it
 always has: ``--help``, ``--version``, ``--config``, ``--debug``, a clustered short option (``-b4``),
 an unknown option, a value click would refuse (a bad choice, a non-integer), and any error the body
 raises: click then runs the command again and reports the error in its own words, so every message
@@ -15,9 +16,13 @@ once it is complete.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from lora_budget.cli.optspec import _UNSET, PLAN_OPTIONS, SPEC_OPTIONS, Opt
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _CONVERT = {None: str, "int": int, "float": float}
 
@@ -76,10 +81,11 @@ def fast_plan(args: list[str]) -> int | None:
         return None
     kw, given = parsed
     kw.pop("config_file", None)
-    from lora_budget.catalog.hub import is_repo_id
+    if "/" in kw["model"]:  # a Hub repo id has one (the Hub module, pathlib and urllib, only then)
+        from lora_budget.catalog.hub import is_repo_id
 
-    if is_repo_id(kw["model"]):
-        return None  # may ask the Hub (a 3 s reachability probe): an error must not make it ask twice
+        if is_repo_id(kw["model"]):
+            return None  # may ask the Hub (a 3 s reachability probe): an error must not make it ask twice
     try:
         from lora_budget.cli.plan_run import plan_output
 

@@ -9,7 +9,6 @@ hands anything it does not fully understand to click. No click import here.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from lora_budget.spec import (
     ATTENTIONS,
@@ -23,6 +22,11 @@ from lora_budget.spec import (
     REFERENCES,
     STRATEGIES,
 )
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _UNSET: Any = object()
 

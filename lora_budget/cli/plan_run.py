@@ -6,10 +6,12 @@ any error back to click, which runs the command again and reports it as it alway
 
 from __future__ import annotations
 
-from typing import Any
-
 from lora_budget.cli.optspec import spec_kwargs
 from lora_budget.cli.values import parse_batch, parse_count
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _usage(message: str) -> Exception:
@@ -72,9 +74,9 @@ def plan_output(kw: dict[str, Any], *, typed_epochs: bool, notes: list[str]) -> 
         **spec_kwargs(kw),
     )
     if notes:
-        import dataclasses
+        from lora_budget import records
 
-        result = dataclasses.replace(result, notes=(*notes, *result.notes))
+        result = records.replace(result, notes=(*notes, *result.notes))
     if as_json:
         import json
 

@@ -290,8 +290,7 @@ def _measure_and_save(
     weights: Any,
     kw: dict[str, Any],
 ) -> None:
-    import dataclasses
-
+    from lora_budget import records
     from lora_budget.cli.profile_render import render_profile
     from lora_budget.profile import store
     from lora_budget.profile.specio import model_to_dict
@@ -314,7 +313,7 @@ def _measure_and_save(
     draft = store.Profile(
         environment=env,
         model=model_to_dict(ref),
-        settings={**dataclasses.asdict(settings), "data": data_how},
+        settings={**records.asdict(settings), "data": data_how},
         rows=[],
         created_utc=created,
         planned=len(specs),
@@ -341,13 +340,13 @@ def _measure_and_save(
     )
     if not result.rows:
         raise click.ClickException("interrupted before any configuration finished; nothing saved")
-    profile = dataclasses.replace(
+    profile = records.replace(
         draft, environment=result.environment or env, rows=result.rows, interrupted=result.interrupted
     )
     if claimed is not None and claimed.stat().st_size == 0:
         claimed.unlink()  # our own empty claim; save links the finished file in its place
     saved = store.save(profile, path, unique=out.suffix != ".json")
-    profile = dataclasses.replace(profile, path=saved)
+    profile = records.replace(profile, path=saved)
     if as_json:
         click.echo(json.dumps(profile.to_dict(), indent=1))
     else:
@@ -423,8 +422,7 @@ def calibrate_cmd(paths: tuple[Path, ...], out: Path | None, card: str | None, d
       lora-budget calibrate
       lora-budget calibrate profiles/nvidia-h100-80gb-hbm3 --card h100-sxm --dry-run
     """
-    import dataclasses
-
+    from lora_budget import records
     from lora_budget.catalog import calibration
     from lora_budget.catalog.gpus import resolve_gpu
     from lora_budget.cli.profile_render import render_calibration
@@ -446,7 +444,7 @@ def calibrate_cmd(paths: tuple[Path, ...], out: Path | None, card: str | None, d
             "run `lora-budget profile --device cuda` on a GPU first"
         )
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(e) for e in result.entries], indent=2))
+        click.echo(json.dumps([records.asdict(e) for e in result.entries], indent=2))
     else:
         click.echo(render_calibration(result.entries))
     if len(result.skipped):

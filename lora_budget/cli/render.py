@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.core.params import param_count
 from lora_budget.describe import spec_settings
 from lora_budget.units import GiB, fmt_gib
 
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
 if TYPE_CHECKING:
     from lora_budget.api import MethodPlan, PlanResult
     from lora_budget.spec import TrainSpec
+
 
 LABELS = {
     "full": "full",

@@ -158,14 +158,14 @@ def _search(kw: dict[str, Any], tokens: str, gpus_available: str | None, prices:
 
 
 def _run_trace(data: Any, method: str) -> Any:
-    import dataclasses
+    from lora_budget import records
 
     try:
         spec = next(m.spec for m in data.plan.methods if m.method == method)
     except StopIteration:
         first = data.plan.methods[0].spec
         options = {"master_weights": False} if method != "full" else {}
-        spec = dataclasses.replace(first, method=method, **options)
+        spec = records.replace(first, method=method, **options)
     try:
         import torch  # noqa: F401
     except ImportError:

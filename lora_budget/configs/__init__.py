@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from lora_budget.configs.objectives import objective, objective_note, objective_
 from lora_budget.configs.read import FORMAT_NAMES, read_file
 from lora_budget.configs.values import Reader
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

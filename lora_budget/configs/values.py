@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lora_budget.configs.keys import classify
 from lora_budget.configs.targets import path_targets, regex_targets
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 from lora_budget.spec import OPTIMIZERS
 
 # transformers' OptimizerNames (training_args.py) and axolotl's optimizer names -> ours.

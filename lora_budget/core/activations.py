@@ -31,12 +31,10 @@ backward working set is an estimate of the largest gradient buffers alive inside
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
-
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core import compiled
 from lora_budget.core.params import module_names
+from lora_budget.records import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +442,8 @@ def _moe(w: _Walk, s: ModelShape, st: StepSettings, xin: _T) -> tuple[_T, Coeff]
     return out, Coeff(top * 3 * c * i + 3 * c * h)
 
 
-class _LayerWalk(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class _LayerWalk:
     """One decoder layer's coefficients. Backward runs the MLP first; by the time attention's
     backward runs, the MLP half's saved tensors are gone, so the two halves peak separately."""
 

@@ -39,10 +39,9 @@ allocate fewer intermediates there, so those terms are upper bounds.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lora_budget.errors import LoraBudgetError
 
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
 if TYPE_CHECKING:
     from lora_budget.catalog.shape import ModelShape
     from lora_budget.spec import TrainSpec

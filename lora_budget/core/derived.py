@@ -30,7 +30,6 @@ import json
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -62,6 +61,7 @@ from lora_budget.core.derived_store import (  # noqa: F401  (re-exported: the re
 )
 from lora_budget.core.params import ParamTensor
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import replace
 
 log = logging.getLogger(__name__)
 

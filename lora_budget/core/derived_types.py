@@ -38,10 +38,10 @@ layer's at 8,192). A candidate is one moment per type (its last layer's).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from lora_budget.core.activations import ZERO, ActivationModel, Coeff
+from lora_budget.records import replace
 
 
 def _line(pair: list[float]) -> Coeff:

@@ -27,12 +27,12 @@ the layout and the ops of ``litgpt/model.py`` and ``litgpt/lora.py``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.activations import _T, ZERO, ActivationModel, Coeff, StepSettings, _Walk
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field, replace
 from lora_budget.spec import DTYPE_BYTES, TrainSpec, _version
 
 PARTS: tuple[str, ...] = ("query", "key", "value", "projection", "mlp", "head")

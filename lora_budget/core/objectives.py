@@ -48,8 +48,7 @@ vocabularies much smaller than 8x the MLP width they can exceed the reference's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec, grpo_completion
 
 ENTROPY_CHUNK = 128

@@ -46,12 +46,12 @@ worst 2.1 % (the checkpointed recompute's own error without offloading).
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
 
 from lora_budget.core.activations import ActivationModel
 from lora_budget.core.lora import resolve_targets
 from lora_budget.core.params import module_names
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 from lora_budget.spec import TrainSpec
 
 MIN_OFFLOAD_BYTES = 1024

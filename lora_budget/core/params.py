@@ -18,14 +18,17 @@ Roles decide what each method does with a tensor:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 from lora_budget.catalog.shape import ModelShape
+from lora_budget.records import dataclass
 
-Role = Literal["linear", "linear_bias", "embedding", "lm_head", "norm", "experts", "router"]
-Group = Literal["attn", "mlp", "other"]
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Role = Literal["linear", "linear_bias", "embedding", "lm_head", "norm", "experts", "router"]
+    Group = Literal["attn", "mlp", "other"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ a dense fp32 gradient of the same size, so the spike is (c + 8) V bytes/token in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 from lora_budget.breakdown import Breakdown
@@ -39,6 +38,7 @@ from lora_budget.core.lora import resolve_targets
 from lora_budget.core.objectives import ObjectiveLoss, objective_loss
 from lora_budget.core.offload import FWD_STASH, OffloadPlan, offload_plan
 from lora_budget.core.static import StaticMemory, static_memory
+from lora_budget.records import dataclass, field
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 

@@ -62,13 +62,13 @@ modelled, not measured; FSDP2's is traced (plan vs trace in tests/test_sharding.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from lora_budget import records
 from lora_budget.core.lora import adapter_tensors, resolve_targets
 from lora_budget.core.peak import PeakModel
 from lora_budget.core.static import StaticMemory, _optimizer, alloc, quantized_inventory
+from lora_budget.records import dataclass
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 ZERO_REDUCE_BUCKET = 500_000_000
@@ -247,7 +247,7 @@ def shard_peak_model(model: PeakModel) -> PeakModel:
             resident_grads = layer_shards = 0  # reduced partitions go to CPU memory
     if offload == "params":
         weights = adapter = 0
-    static = dataclasses.replace(
+    static = records.replace(
         st,
         weights=weights,
         adapter=adapter,

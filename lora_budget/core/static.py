@@ -7,15 +7,15 @@ For a 7B model that changes totals by kilobytes; it matters for tiny models and 
 
 from __future__ import annotations
 
-import dataclasses
 import operator
-from dataclasses import dataclass
 from functools import lru_cache
 
+from lora_budget import records
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.core.lora import adapted, adapter_tensors, resolve_targets
 from lora_budget.core.params import ParamTensor, inventory, module_names
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
 BLOCK = 512
@@ -102,14 +102,14 @@ class StepKey:
 
     def __init__(self, spec: TrainSpec) -> None:
         if StepKey._get is None:
-            names = [f.name for f in dataclasses.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
+            names = [f.name for f in records.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
             StepKey._get = operator.attrgetter(*names)
         self.spec = spec
         self._values = StepKey._get(spec)
         try:
             self._hash = hash(self._values)
         except TypeError:  # a field TrainSpec does not check holds a list or a dict
-            names = [f.name for f in dataclasses.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
+            names = [f.name for f in records.fields(type(spec)) if f.name not in PER_STEP_FIELDS]
             bad = next(n for n, v in zip(names, self._values, strict=True) if not _hashable(v))
             value = getattr(spec, bad)
             raise LoraBudgetError(f"{bad} must be a plain value (a number, bool or str), got {value!r}") from None
@@ -260,7 +260,7 @@ def quantized_inventory(s: ModelShape, experts_as_linears: bool) -> tuple[ParamT
     out: list[ParamTensor] = []
     for t in tensors:
         if t.role == "router":
-            out.append(dataclasses.replace(t, role="linear", in_features=t.shape[1], out_features=t.shape[0]))
+            out.append(records.replace(t, role="linear", in_features=t.shape[1], out_features=t.shape[0]))
         elif t.role == "experts":
             e, rows, cols = t.shape
             halves = 2 if t.name.endswith("gate_up_proj") else 1  # w1 and w3 stacked along the rows

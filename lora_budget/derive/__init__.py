@@ -8,11 +8,11 @@ when a record is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
 
+from lora_budget import records
 from lora_budget.core.derived import (
     SCHEMA,
     arch_key,
@@ -63,7 +63,7 @@ def truncated_spec(spec: TrainSpec, layers: int = PROBE_LAYERS) -> TrainSpec:
         shape=shape_from_config(raw, where=spec.model.name),
         config=raw,
     )
-    return dataclasses.replace(
+    return records.replace(
         spec, model=ref, gpus=1, strategy="ddp", offload="none", grad_accum=1, optimizer="sgd", warnings=()
     )
 
@@ -154,7 +154,7 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
         return _finish(spec, values, record, save)
     small = truncated_spec(spec)
     at, check = fit.points(spec.model.shape.max_positions)
-    probes = [probe(dataclasses.replace(small, batch_size=b, seq_len=s)) for b, s in (*at, check)]
+    probes = [probe(records.replace(small, batch_size=b, seq_len=s)) for b, s in (*at, check)]
     grid = [*at, check]
 
     def term(name: str, get: Any) -> tuple[list[float], float, float]:
@@ -171,7 +171,7 @@ def derive_coefficients(spec: TrainSpec, *, save: bool = True) -> dict[str, Any]
     }
     fwd, fwd_j = _moment(grid, [p.forward[-1] for p in probes], "forward")
     bwd, bwd_j = _moment(grid, [p.backward[-1] for p in probes], "backward")
-    single = [probe(dataclasses.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
+    single = [probe(records.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
     extra = {
         "first_layer": _single_sequence_extra(terms["first_layer"][0], [p.own[0] for p in single], single),
         "layer": _single_sequence_extra(terms["own"][0], [p.own[PROBE_LAYERS - 1] for p in single], single),

@@ -23,9 +23,9 @@ sizes and the largest event of each point is fitted; the fifth point's residual 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from lora_budget import records
 from lora_budget.derive import fit
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import TrainSpec
@@ -62,8 +62,8 @@ def derive_types(spec: TrainSpec, pattern: list[str]) -> dict[str, Any]:
     window = small.model.config.get("sliding_window")
     at, check = points(spec.model.shape.max_positions, window if isinstance(window, int) else 0)
     grid = [*at, check]
-    probes = [probe(dataclasses.replace(small, batch_size=b, seq_len=s)) for b, s in grid]
-    single = [probe(dataclasses.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
+    probes = [probe(records.replace(small, batch_size=b, seq_len=s)) for b, s in grid]
+    single = [probe(records.replace(small, batch_size=1, seq_len=s)) for s in (at[2][1], check[1])]
     residuals: dict[str, int] = {}
     fixed: dict[str, int] = {}
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 from lora_budget.derive.arch import decoder_layers
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
 
 

@@ -78,14 +78,17 @@ no peer-to-peer path, so NCCL stages through host memory, below the PCIe figure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from lora_budget.catalog.gpus import GPU
 from lora_budget.core.lora import adapter_tensors, resolve_targets
 from lora_budget.core.params import inventory
 from lora_budget.core.static import static_memory
+from lora_budget.records import dataclass
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 LINK_EFFICIENCY = 0.8
 """Achieved fraction of a link's datasheet bandwidth per direction. NVIDIA's NCCL maintainer on H100:

@@ -59,13 +59,12 @@ default of :mod:`lora_budget.perf.utilization` rather than here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from lora_budget.core.lora import adapter_tensors, resolve_targets
 from lora_budget.core.params import inventory
+from lora_budget.records import dataclass
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
 
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
 if TYPE_CHECKING:
     from lora_budget.catalog.shape import ModelShape
 

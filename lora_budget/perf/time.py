@@ -30,15 +30,17 @@ throughput at all. Both give ``step_s = None`` and a note saying why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from lora_budget.catalog.gpus import GPU
 from lora_budget.core.static import static_memory
 from lora_budget.perf.comm import INTER_NODE_GBPS, CommEstimate, estimate_comm, traffic
 from lora_budget.perf.flops import StepFlops, step_flops
 from lora_budget.perf.utilization import mfu_for
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

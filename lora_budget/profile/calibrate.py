@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from lora_budget.catalog import calibration
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
 from lora_budget.profile.store import Profile
+from lora_budget.records import asdict, dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

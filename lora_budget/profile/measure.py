@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import asdict, dataclass, field
 from lora_budget.spec import TrainSpec
 
 DEFAULT_LR = 1e-3

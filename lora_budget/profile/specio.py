@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from lora_budget import records
 from lora_budget.catalog.shape import shape_from_config
 from lora_budget.errors import LoraBudgetError
 from lora_budget.spec import ModelRef, TrainSpec
 
-SPEC_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("model", "warnings")
-)
+SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in records.fields(TrainSpec) if f.name not in ("model", "warnings"))
 
 
 def model_to_dict(ref: ModelRef) -> dict[str, Any]:

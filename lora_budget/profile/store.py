@@ -34,7 +34,6 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from lora_budget.errors import LoraBudgetError
 from lora_budget.loads import InputFileError, read_json
 from lora_budget.profile.specio import SPEC_FIELDS
+from lora_budget.records import dataclass, field
 
 SCHEMA_VERSION = 2
 _V1_SPEC_DEFAULTS: dict[str, Any] = {"gpus": 1, "strategy": "ddp", "offload": "none"}
@@ -265,13 +265,12 @@ def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
 def _spec_defaults() -> dict[str, Any]:
     """TrainSpec fields with a default. A field added to TrainSpec defaults to the behaviour before
     it existed, so a row written before it was added reads as that default."""
-    import dataclasses
-
+    from lora_budget import records
     from lora_budget.spec import TrainSpec
 
     out = {}
-    for f in dataclasses.fields(TrainSpec):
-        if f.name in SPEC_FIELDS and f.default is not dataclasses.MISSING:
+    for f in records.fields(TrainSpec):
+        if f.name in SPEC_FIELDS and f.default is not records.MISSING:
             out[f.name] = f.default
     return out
 

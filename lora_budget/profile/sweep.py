@@ -9,7 +9,6 @@ rows finished so far (``interrupted=True``), which the caller still saves.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -18,14 +17,15 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_budget import records
 from lora_budget.core.model import estimate
 from lora_budget.errors import LoraBudgetError
 from lora_budget.profile.measure import Measurement, Settings
 from lora_budget.profile.specio import model_to_dict, spec_to_dict
+from lora_budget.records import dataclass, field
 from lora_budget.spec import ModelRef, TrainSpec
 
 Runner = Callable[[dict[str, Any]], dict[str, Any]]
@@ -182,11 +182,11 @@ def _run_jobs(
                 progress(index, len(specs), name, None)
             run_settings = settings
             if snapshot_dir is not None and settings.device == "cuda":
-                run_settings = dataclasses.replace(settings, snapshot=str(snapshot_dir / f"{slug(spec)}.pickle"))
+                run_settings = records.replace(settings, snapshot=str(snapshot_dir / f"{slug(spec)}.pickle"))
             job = {
                 "model": model,
                 "spec": spec_to_dict(spec),
-                "settings": dataclasses.asdict(run_settings),
+                "settings": records.asdict(run_settings),
                 "tokens": tokens,
             }
             answer = runner(job)

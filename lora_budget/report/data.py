@@ -7,12 +7,12 @@ crossing points from the plan's own fit search (largest micro-batch / longest se
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
+from lora_budget import records
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.core.model import peak_model
+from lora_budget.records import dataclass
 
 AXES = ("seq_len", "batch_size")
 """Scaling axes: peak memory vs sequence length (at the spec's micro-batch) and vs micro-batch
@@ -234,7 +234,7 @@ def timeline_from_trace(trace_result: Any, points: int = TIMELINE_POINTS) -> Tim
 def with_extras(
     data: ReportData, *, timeline: Timeline | None = None, parity: tuple[ParityRow, ...] = ()
 ) -> ReportData:
-    return dataclasses.replace(data, timeline=timeline, parity=parity)
+    return records.replace(data, timeline=timeline, parity=parity)
 
 
 # -- CSV tables: every plotted number, in bytes -------------------------------------------------

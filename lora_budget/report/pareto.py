@@ -9,9 +9,9 @@ module only draws them. Cost is USD when every card searched has a price, else G
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from lora_budget.records import dataclass
 from lora_budget.report.style import OKABE_ITO, method_label, method_style, wrap_title
 from lora_budget.search.space import SearchResult, Setup, pareto
 

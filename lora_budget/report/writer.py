@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
+from lora_budget.records import dataclass
 from lora_budget.report import data as D
 from lora_budget.report import figures as F
 from lora_budget.report.markdown import render_report

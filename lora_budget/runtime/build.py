@@ -22,11 +22,11 @@ first and then gives every parameter and buffer a fake tensor of its own shape a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from lora_budget.core.lora import resolve_targets
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 from lora_budget.runtime.text_tower import causal_lm_from_config
 from lora_budget.spec import TrainSpec
 
@@ -182,7 +182,7 @@ def build_reference(spec: TrainSpec, *, device: str = "cpu", fake_mode: Any = No
     """The frozen reference model TRL loads for full fine-tuning (``create_model_from_path`` with the
     policy's init kwargs): the same model in the same dtype, every parameter frozen, in eval mode
     (accelerate's ``prepare_model(..., evaluation_mode=True)``), without gradient checkpointing."""
-    from dataclasses import replace
+    from lora_budget.records import replace
 
     ref_spec = replace(spec, objective="sft", reference="auto", grad_ckpt=False, completion_len=0)
     model = build(ref_spec, device=device, fake_mode=fake_mode).model

@@ -46,10 +46,9 @@ first with nothing of a previous step; every case through Fabric's fp32 output c
 
 
 def case_spec(case: str) -> TrainSpec:
-    from dataclasses import replace
-
     from lora_budget.catalog.models import resolve_model
     from lora_budget.catalog.shape import shape_from_config
+    from lora_budget.records import replace
 
     name, kwargs = CASES[case]
     kwargs = dict(kwargs)
@@ -116,9 +115,8 @@ def published_configs() -> list[tuple[dict[str, str], TrainSpec, frozenset[str],
     """(row, spec, LitGPT flags, previous step alive) of every published single-GPU LitGPT LoRA /
     QLoRA measurement with a LitGPT config here; the spec as the row maps (gradient accumulation 1:
     the trace takes none); lit-gpt 2023's rows run their longest batch first (``LONGEST_FIRST``)."""
-    from dataclasses import replace
-
     from lora_budget.core.litgpt import _parts
+    from lora_budget.records import replace
     from lora_budget.validation.published import load_rows
     from lora_budget.validation.published_frameworks import LONGEST_FIRST, framework_key
     from lora_budget.validation.published_map import lora_targets, map_row

@@ -35,9 +35,7 @@ def causal_lm_from_config(transformers: Any, config: Any, dtype: Any) -> Any:
     try:
         tower = MODEL_MAPPING[type(text)]
     except KeyError:
-        raise LoraBudgetError(
-            f"transformers has no causal LM and no text model for {config.model_type!r}"
-        ) from None
+        raise LoraBudgetError(f"transformers has no causal LM and no text model for {config.model_type!r}") from None
     text._attn_implementation = config._attn_implementation
     text.use_cache = False
     return text_tower_class(tower)._from_config(text, dtype=dtype)

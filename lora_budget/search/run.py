@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from lora_budget.catalog.models import resolve_model
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 from lora_budget.search.inputs import parse_available, parse_prices
 from lora_budget.search.space import RANKS, SearchResult, Space, walk
 from lora_budget.spec import METHODS

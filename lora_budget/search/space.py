@@ -19,15 +19,15 @@ the memory models built and the time estimates made.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
-from dataclasses import dataclass
 
+from lora_budget import records
 from lora_budget.api import card_calibration
 from lora_budget.catalog.gpus import GPU
 from lora_budget.core.model import peak_model
 from lora_budget.errors import LoraBudgetError
 from lora_budget.perf.time import estimate_time
+from lora_budget.records import dataclass
 from lora_budget.spec import ModelRef, TrainSpec
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -204,7 +204,7 @@ def _walk_part(
                 accums = [a for a in space.accums if (a > 1) == accumulates]
                 if not accums:
                     continue
-                probe = dataclasses.replace(base, grad_accum=accums[-1])
+                probe = records.replace(base, grad_accum=accums[-1])
                 model = peak_model(probe, overhead_bytes)
                 evaluated += 1
                 if model.fit_bytes(space.batches[0], space.seq_len) > largest:
@@ -213,7 +213,7 @@ def _walk_part(
                 fit_bytes = _memo(lambda i, model=model: model.fit_bytes(space.batches[i], space.seq_len))
                 # the most accumulation of the class: per-step optimizer and communication time
                 # spread over more tokens, so it is at least as fast and as cheap per token
-                at_batch = _memo(lambda i, probe=probe: dataclasses.replace(probe, batch_size=space.batches[i]))
+                at_batch = _memo(lambda i, probe=probe: records.replace(probe, batch_size=space.batches[i]))
                 for gpu in cards:
                     i = _largest_fitting(fit_bytes, space.batches, capacity[gpu.name])
                     if i < 0:

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from lora_budget.records import dataclass
 
 MIN_BLOCK = 512
 SMALL_SIZE = 1 << 20

@@ -27,11 +27,11 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES, Breakdown
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass, field
 from lora_budget.runtime.build import Built, build, import_stack
 from lora_budget.runtime.loop import make_optimizer, optimizer_state_tensors, run_steps
 from lora_budget.spec import TrainSpec

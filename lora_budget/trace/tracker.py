@@ -21,7 +21,6 @@ from __future__ import annotations
 import weakref
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lora_budget.core.static import alloc as round_block
+from lora_budget.records import dataclass
 
 _SCALAR = torch.ops.aten._local_scalar_dense.default
 _NOT_OPS = frozenset({torch.ops.prim.device.default})

@@ -11,12 +11,12 @@ import csv
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_budget.breakdown import CATEGORIES
 from lora_budget.fsio import write_atomic
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
 
 ARCHITECTURES: dict[str, str] = {

@@ -10,10 +10,10 @@ summary statistics. Nothing here is fitted to the published figures.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
 from lora_budget.units import GiB, MiB
 from lora_budget.validation.published_frameworks import (
@@ -345,7 +345,7 @@ def _run_settings(row: dict[str, str]) -> str:
 
 
 def _replace(spec: TrainSpec, **changes: Any) -> TrainSpec:
-    from dataclasses import replace
+    from lora_budget.records import replace
 
     return replace(spec, **changes)
 

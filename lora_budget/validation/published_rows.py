@@ -6,8 +6,7 @@ so that neither of those imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from lora_budget.records import dataclass
 from lora_budget.spec import TrainSpec
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 
 from lora_budget.breakdown import CATEGORIES
+from lora_budget.records import dataclass
 from lora_budget.validation.grid import ARCHITECTURES, STATE
 
 GiB = 1 << 30

@@ -32,12 +32,12 @@ import json
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
 from lora_budget.fsio import write_atomic
+from lora_budget.records import dataclass, fields
 from lora_budget.units import MiB
 from lora_budget.validation.published_map import map_row, metric_kind, published_bytes
 from lora_budget.validation.reserved_bert import bert_run, is_bert

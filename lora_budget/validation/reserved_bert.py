@@ -37,10 +37,10 @@ fp32; CPU autocast keeps them in 16 bits, so a CPU trace would save different te
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
+from lora_budget.records import dataclass
 
 BERT_LARGE: dict[str, Any] = {
     "hidden_size": 1024,

@@ -1,0 +1,190 @@
+"""lora_budget.records against the standard library's dataclasses: the same class, declared with each,
+must behave the same for everything the package uses (and the standard library's functions must work
+on records)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+
+import pytest
+
+from lora_budget import records
+
+
+def _declare(dc, fld):
+    """The same four classes, declared with ``dc`` / ``fld`` (dataclasses' or records')."""
+
+    @dc(frozen=True, slots=True, kw_only=True)
+    class Spec:
+        name: str
+        size: int = 7
+        tags: tuple[str, ...] = ()
+        extra: dict = fld(default_factory=dict, compare=False, repr=False)
+        hidden: int = fld(default=3, init=False, repr=False, compare=False)
+        score: float = fld(default=0.5, hash=False)
+
+        def __post_init__(self):
+            if self.size < 0:
+                raise ValueError("size must be >= 0")
+
+    @dc(frozen=True, slots=True)
+    class Base:
+        a: int
+        b: str = "x"
+        k: object = fld(default=None, init=False, repr=False, compare=False)
+
+    @dc(frozen=True, slots=True)
+    class Child(Base):
+        c: tuple = ()
+
+    @dc(slots=True)
+    class Mutable:
+        items: list = fld(default_factory=list)
+        n: int = 0
+
+    @dc
+    class Plain:
+        x: int = 1
+        y: list = fld(default_factory=list)
+
+    return Spec, Base, Child, Mutable, Plain
+
+
+STD = _declare(dataclasses.dataclass, dataclasses.field)
+REC = _declare(records.dataclass, records.field)
+
+
+def _pair(index, *args, **kwargs):
+    return STD[index](*args, **kwargs), REC[index](*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "index, args, kwargs",
+    [
+        (0, (), {"name": "m"}),
+        (0, (), {"name": "m", "size": 2, "tags": ("a",), "extra": {"k": 1}, "score": 1.5}),
+        (1, (4,), {}),
+        (1, (4, "y"), {}),
+        (2, (1, "z", (2, 3)), {}),
+        (3, (), {}),
+        (3, ([1], 2), {}),
+        (4, (), {}),
+        (4, (5, [1]), {}),
+    ],
+)
+def test_same_values_repr_eq_hash_and_state(index, args, kwargs):
+    std, rec = _pair(index, *args, **kwargs)
+    assert repr(rec).replace("REC", "STD") == repr(std)
+    names = [f.name for f in dataclasses.fields(std)]
+    assert [f.name for f in records.fields(rec)] == names
+    assert [f.name for f in dataclasses.fields(rec)] == names  # the standard library reads records too
+    assert {n: getattr(rec, n) for n in names} == {n: getattr(std, n) for n in names}
+    assert rec == type(rec)(*args, **kwargs) and not (rec != type(rec)(*args, **kwargs))
+    assert (rec == std) is False  # another class: NotImplemented both ways
+    hashable = type(std).__hash__ is not None
+    assert (type(rec).__hash__ is not None) == hashable
+    if hashable:
+        assert hash(rec) == hash(type(rec)(*args, **kwargs))
+    assert records.asdict(rec) == dataclasses.asdict(std) == dataclasses.asdict(rec)
+    assert hasattr(rec, "__dict__") == hasattr(std, "__dict__")
+    assert getattr(type(rec), "__slots__", None) == getattr(type(std), "__slots__", None)
+
+
+def test_hash_ignores_hash_false_and_compare_false_fields():
+    a = REC[0](name="m", extra={"a": 1}, score=1.0)
+    b = REC[0](name="m", extra={"b": 2}, score=2.0)
+    assert a != b  # score compares
+    assert hash(a) == hash(b)  # but is not hashed (hash=False); extra neither compares nor hashes
+    assert REC[0](name="m", extra={"a": 1}) == REC[0](name="m", extra={"b": 2})
+
+
+def test_init_errors_match():
+    for cls in (STD[0], REC[0]):
+        with pytest.raises(TypeError):
+            cls("m")  # keyword-only
+        with pytest.raises(TypeError):
+            cls()  # name missing
+        with pytest.raises(TypeError):
+            cls(name="m", hidden=1)  # init=False
+        with pytest.raises(ValueError, match="size must be"):
+            cls(name="m", size=-1)  # __post_init__ runs
+    with pytest.raises(TypeError):
+        REC[1]()
+
+
+def test_frozen_refuses_assignment_like_dataclasses():
+    std, rec = _pair(0, name="m")
+    for obj in (std, rec):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.size = 3
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del obj.size
+    assert rec.size == 7
+
+
+def test_mutable_slots_assign_and_default_factories_are_fresh():
+    a, b = REC[3](), REC[3]()
+    a.items.append(1)
+    a.n = 5
+    assert b.items == [] and a.n == 5
+    with pytest.raises(AttributeError):
+        a.other = 1  # slots: no new attributes
+    p = REC[4]()
+    assert REC[4].x == 1 == STD[4].x  # a plain class keeps defaults as class attributes
+    p.z = 3  # and has a __dict__
+
+
+def test_replace_both_ways():
+    rec = REC[0](name="m", tags=("a",))
+    for r in (records.replace(rec, size=9), dataclasses.replace(rec, size=9)):
+        assert type(r) is REC[0] and r.size == 9 and r.tags == ("a",) and r.name == "m"
+    with pytest.raises(ValueError):
+        records.replace(rec, hidden=1)
+    with pytest.raises(ValueError, match="size must be"):
+        records.replace(rec, size=-2)
+    child = REC[2](1, c=(5,))
+    assert records.replace(child, a=2) == REC[2](2, "x", (5,))
+
+
+def test_pickle_and_copy_of_frozen_slotted_records():
+    rec = _module_record(name="m", size=2)
+    for clone in (pickle.loads(pickle.dumps(rec)), copy.copy(rec), copy.deepcopy(rec)):
+        assert clone == rec and clone is not rec
+
+
+def test_methods_are_the_compiled_ones_after_first_call():
+    cls = REC[1]
+    obj = cls(1)
+    repr(obj)
+    assert cls.__init__.__code__.co_filename.startswith("<record")
+    assert cls.__repr__.__qualname__.endswith("Base.__repr__")
+    assert cls.__init__.__code__.co_kwonlyargcount == 0 and REC[0].__init__ is not cls.__init__
+
+
+def test_mutable_default_refused_like_dataclasses():
+    with pytest.raises(ValueError):
+
+        @records.dataclass
+        class Bad:
+            x: list = []  # noqa: RUF012
+
+
+def test_non_default_after_default_refused():
+    with pytest.raises(TypeError):
+
+        @records.dataclass
+        class Bad:
+            x: int = 1
+            y: int
+
+
+@records.dataclass(frozen=True, slots=True, kw_only=True)
+class _Module:
+    name: str
+    size: int = 1
+
+
+def _module_record(**kwargs):
+    return _Module(**kwargs)
