@@ -15,12 +15,14 @@ The test prints the figures and holds the line at floors, so the shares only ris
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from lora_budget.catalog.models import catalog, resolve_model
 from lora_budget.catalog.shape import shape_from_config
+from lora_budget.core.derived import kind
 from lora_budget.core.params import param_count
 from lora_budget.errors import LoraBudgetError, UnknownNameError
 
@@ -62,12 +64,16 @@ def test_offline_coverage_of_example_model_ids(capsys):
             f"({len(groups['derived']) / n:.1%}); together {len(groups['analytical']) + len(groups['derived'])} "
             f"({(len(groups['analytical']) + len(groups['derived'])) / n:.1%}); unresolved {len(groups['unresolved'])}"
         )
+        kinds = Counter(kind(DERIVED_IDS[i.lower()]["config"], i) for i in groups["derived"])
+        print(f"  derived, as `lora-budget models` lists them: {dict(sorted(kinds.items()))}")
         for i in groups["unresolved"]:
             print(f"  unresolved: {i} ({outcomes[i][1]})")
     assert not [i for i, (_, r) in outcomes.items() if r.startswith("error")]
     # floors measured when the entries were added (see the issue note); raise them as entries are added
-    assert len(groups["analytical"]) >= 72
-    assert len(groups["analytical"]) + len(groups["derived"]) >= 128
+    assert len(groups["analytical"]) >= 73
+    assert len(groups["analytical"]) + len(groups["derived"]) >= 132
+    kinds = Counter(kind(DERIVED_IDS[i.lower()]["config"], i) for i in groups["derived"])
+    assert kinds["trace-derived"] >= 50  # planned torch-free from the shipped coefficients
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from lora_budget.catalog.models import derived_catalog as catalog_entries
 from lora_budget.catalog.models import resolve_model
 from lora_budget.core import derived
 from lora_budget.core.model import estimate, peak_model
@@ -247,14 +248,30 @@ def test_shipped_records_cover_their_entries():
     fifth point's check (the fit's residual, whole bytes), its versions and its points. The fifth
     point lands on the fit to the allocator block, except where a layer's saved bytes are not of the
     fitted form: Nemotron-H's Mamba layers (the chunked scan) miss by 32 MiB of a layer's 4.4 GiB at
-    b = 2, s = 768; the bound is 1 % of one layer's saved bytes there."""
+    b = 2, s = 768; the bound is 1 % of one layer's saved bytes there. And where the check point's
+    sequence (6,144) passes a sliding window (Tiny-Aya's cohere2 at 4,096, Trinity's afmoe at 2,048)
+    under checkpointing: the once-per-step term misses there by 32 and 8 MiB (piecewise in s past the
+    window, not of the fitted form), 0.07 % and 0.02 % of the full model's planned peak at that point;
+    the bound there is 0.1 % of that peak, the 'once' term only."""
     data = derived.shipped()
     assert data["coefficients"], "catalog/coefficients.json has no coefficients"
+    windowed = {}
+    for entry in (e for e in catalog_entries() if e["config"].get("sliding_window")):
+        shape = resolve_model(entry["name"]).shape
+        if shape.derived:
+            windowed[derived.arch_key(shape.arch_config)] = entry["name"]
     for key, records in data["coefficients"].items():
         assert key in data["architectures"]
-        for record in records.values():
+        for settings, record in records.items():
             assert record["versions"]["transformers"] and len(record["points"]) == 5
             b, s = record["points"][4]
             lin, quad = record["first_layer"]
             bound = max(512, 0.01 * b * s * (lin + quad * s))
-            assert all(abs(r) <= bound for r in record["check_residual_bytes"].values()), record["check_residual_bytes"]
+            misses = {k: r for k, r in record["check_residual_bytes"].items() if abs(r) > bound}
+            if misses and key in windowed and "grad_ckpt=True" in settings and set(misses) == {"once"}:
+                method = dict(kv.split("=", 1) for kv in settings.split(","))["method"]
+                spec = TrainSpec(framework="plain", model=resolve_model(windowed[key]), method=method,
+                                 grad_ckpt=True, batch_size=b, seq_len=s)  # fmt: skip
+                assert abs(misses["once"]) <= 0.001 * estimate(spec).peak_bytes, (windowed[key], settings)
+                continue
+            assert not misses, (key, settings, record["check_residual_bytes"])

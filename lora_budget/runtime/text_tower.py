@@ -32,6 +32,9 @@ def causal_lm_from_config(transformers: Any, config: Any, dtype: Any) -> Any:
     text = config.get_text_config()
     if type(text) in MODEL_FOR_CAUSAL_LM_MAPPING:
         return transformers.AutoModelForCausalLM.from_config(text, dtype=dtype)
+    own = _own_causal_lm(text)
+    if own is not None:  # a causal LM the auto classes do not map (MllamaForCausalLM for mllama_text_model)
+        return own._from_config(text, dtype=dtype)
     try:
         tower = MODEL_MAPPING[type(text)]
     except KeyError:
@@ -39,6 +42,22 @@ def causal_lm_from_config(transformers: Any, config: Any, dtype: Any) -> Any:
     text._attn_implementation = config._attn_implementation
     text.use_cache = False
     return text_tower_class(tower)._from_config(text, dtype=dtype)
+
+
+def _own_causal_lm(text: Any) -> type | None:
+    """The ``...ForCausalLM`` class the text config's own modelling module defines for it, if any."""
+    import importlib
+
+    package = type(text).__module__.rsplit(".", 1)[0]  # transformers.models.<type>
+    try:
+        module = importlib.import_module(f"{package}.modeling_{package.rsplit('.', 1)[1]}")
+    except ImportError:
+        return None
+    for name in dir(module):
+        cls = getattr(module, name)
+        if name.endswith("ForCausalLM") and isinstance(cls, type) and getattr(cls, "config_class", None) is type(text):
+            return cls
+    return None
 
 
 def text_tower_class(tower: type) -> type:
