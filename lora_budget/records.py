@@ -223,7 +223,8 @@ _DROP = _Missing()
 
 class _StdlibFields:
     """``__dataclass_fields__``, built on first read with :mod:`dataclasses` imported: what the standard
-    library's ``fields``, ``replace``, ``asdict`` and ``is_dataclass`` read."""
+    library's ``fields``, ``replace``, ``asdict`` and ``is_dataclass`` read. The dict then replaces this
+    descriptor on its class, so later reads are plain attribute reads."""
 
     def __get__(self, obj: object, owner: type) -> dict[str, object]:
         import dataclasses
@@ -241,6 +242,7 @@ class _StdlibFields:
             std.name, std.type = f.name, f.type
             std._field_type = dataclasses._FIELD  # noqa: SLF001  (what dataclasses marks a plain field with)
             out[f.name] = std
+        type.__setattr__(owner, "__dataclass_fields__", out)
         return out
 
 

@@ -17,6 +17,7 @@ says it does not count (``catalog.shape``: "the vision tower and image tokens ar
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from lora_budget.errors import LoraBudgetError
@@ -60,10 +61,9 @@ def _own_causal_lm(text: Any) -> type | None:
     return None
 
 
+@cache
 def text_tower_class(tower: type) -> type:
     """The causal-LM class around the text model class ``tower`` (one per tower class)."""
-    if tower in _CLASSES:
-        return _CLASSES[tower]
     import torch
     from transformers import GenerationMixin
     from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -101,8 +101,4 @@ def text_tower_class(tower: type) -> type:
             return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     TextTowerLM.__name__ = TextTowerLM.__qualname__ = f"{tower.__name__.removesuffix('Model')}ForCausalLM"
-    _CLASSES[tower] = TextTowerLM
     return TextTowerLM
-
-
-_CLASSES: dict[type, type] = {}
