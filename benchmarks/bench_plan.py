@@ -161,6 +161,29 @@ def wheel_install(tmp: Path) -> Path:
     return bin_dir
 
 
+def empty_console_script(tmp: Path, bin_dir: Path) -> Path:
+    """A console script that does nothing (``def main(): return 0``), installed by the same pip into the
+    same environment as ``wheel_install``'s: the start every pip-installed command pays before its own
+    code runs. pip writes each console script from one template whose first line is ``import re``
+    (distlib's; pypa/distlib#239, closed 2025-01: "it's not you who has control here - it's your
+    users (who run the installer that creates the wrapper)"), and re imports enum and functools.
+    Returns the script."""
+    src = tmp / "floor"
+    (src / "lb_floor").mkdir(parents=True)
+    (src / "lb_floor" / "__init__.py").write_text("def main():\n    return 0\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "lb-floor"\nversion = "0"\n[project.scripts]\nlb-floor = "lb_floor:main"\n'
+    )
+    wheels = tmp / "floor-wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True)
+    wheel = next(wheels.glob("lb_floor-*.whl"))
+    install = [*pip, "--python", str(bin_dir / "python"), "install", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True)
+    return bin_dir / "lb-floor"
+
+
 def write_bytecode() -> None:
     """Compile the package's bytecode in this (editable) tree, as a wheel install does at install time.
     An editable install writes it on first import like any source tree, but not where
@@ -198,6 +221,26 @@ def cold_start(cmds: dict[str, list[str]], runs: int = 20) -> dict[str, dict[str
     }
 
 
+def instruction_counts(cmds: dict[str, list[str]]) -> dict[str, int]:
+    """{name: instructions the command executes}, counted by valgrind (callgrind's Ir, all threads),
+    with a fixed hash seed: the same figure on every run, where wall and CPU times on a shared
+    machine swing by a fifth between runs. Instructions are not time (they ignore page faults,
+    system calls and cache misses, which weigh more in a bare ``python -c pass``), so they compare
+    variants of one command more steadily than they measure a ratio of two."""
+    out = {}
+    for name, cmd in cmds.items():
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            check=True,
+        )
+        counted = [line for line in done.stderr.splitlines() if "Collected :" in line]
+        out[name] = int(counted[-1].split(":")[-1])
+    return out
+
+
 def cold_start_lines(runs: int = 20) -> list[str]:
     """The cold start of ``lora-budget plan --model 7b --gpu 24GB`` as a ratio to ``python -c pass`` run by
     the same interpreter in the same rounds (target <= 2.5), in two installs.
@@ -209,13 +252,17 @@ def cold_start_lines(runs: int = 20) -> list[str]:
     it is printed second and labelled. Also printed: the stdlib floor, the standard modules a plan
     imports beyond the interpreter's own start (functools for its caches, json for the catalog, re for
     name matching, and what they import; ``tests/test_cli_fast.py`` holds click, dataclasses, inspect,
-    typing and pathlib off the path), as the same ratio: this plan cannot start faster."""
+    typing and pathlib off the path), as the same ratio: this plan cannot start faster. And the start
+    of an empty console script installed by the same pip (``empty_console_script``): what every
+    pip-installed command pays before its own code, and plan's ratio to it; with valgrind, the
+    instructions each executes (``instruction_counts``)."""
     import tempfile
 
     floor = "import __future__, bisect, collections.abc, errno, functools, json, math, re"
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         user_bin = wheel_install(Path(tmp))
+        empty = empty_console_script(Path(tmp), user_bin)
         write_bytecode()
         dev = shutil.which("lora-budget")
         dev_plan = [dev] if dev else [sys.executable, "-m", "lora_budget"]
@@ -223,10 +270,13 @@ def cold_start_lines(runs: int = 20) -> list[str]:
             "user pass": [str(user_bin / "python"), "-c", "pass"],
             "user plan": [str(user_bin / "lora-budget"), *PLAN_ARGS],
             "user floor": [str(user_bin / "python"), "-c", floor],
+            "user empty": [str(empty)],
             "dev pass": [sys.executable, "-c", "pass"],
             "dev plan": [*dev_plan, *PLAN_ARGS],
         }
         t = cold_start(cmds, runs)
+        user = {name: cmd for name, cmd in cmds.items() if name.startswith("user")}
+        ir = instruction_counts(user) if shutil.which("valgrind") else None
     for env, label in (("user", "wheel install, what a user gets"), ("dev", "editable dev install, bytecode compiled")):
         plan, bare = t[f"{env} plan"], t[f"{env} pass"]
         ratio = plan["median"] / bare["median"]
@@ -237,6 +287,23 @@ def cold_start_lines(runs: int = 20) -> list[str]:
             f"runs; best {ms['plan']['best']:.0f} vs {ms['pass']['best']:.0f} ms = {plan['best'] / bare['best']:.2f} x;"
             " "
             f"CPU {ms['plan']['cpu']:.0f} vs {ms['pass']['cpu']:.0f} ms = {plan['cpu'] / bare['cpu']:.2f} x"
+        )
+    empty, plan = t["user empty"], t["user plan"]
+    lines.append(
+        f"empty console script (wheel install: pip's wrapper, which imports re, calling a function that returns): "
+        f"{empty['median'] * 1000:.0f} ms = {empty['median'] / t['user pass']['median']:.2f} x python -c pass "
+        f"(CPU {empty['cpu'] / t['user pass']['cpu']:.2f} x); plan = {plan['median'] / empty['median']:.2f} x it "
+        f"(CPU {plan['cpu'] / empty['cpu']:.2f} x)"
+    )
+    if ir is None:
+        lines.append("instructions: not counted (valgrind is not installed)")
+    else:
+        lines.append(
+            f"instructions (valgrind, deterministic; wheel install): python -c pass {ir['user pass'] / 1e6:.1f} M, "
+            f"empty console script {ir['user empty'] / 1e6:.1f} M = {ir['user empty'] / ir['user pass']:.2f} x, "
+            f"stdlib floor {ir['user floor'] / 1e6:.1f} M = {ir['user floor'] / ir['user pass']:.2f} x, plan "
+            f"{ir['user plan'] / 1e6:.1f} M = {ir['user plan'] / ir['user pass']:.2f} x pass, "
+            f"{ir['user plan'] / ir['user empty']:.2f} x the empty console script"
         )
     low, bare = t["user floor"], t["user pass"]
     lines.append(

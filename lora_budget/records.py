@@ -12,9 +12,10 @@ pass``, issue 15). CPython 3.11's ``@dataclass`` compiles each class's ``__init_
 ``__eq__``, ``__hash__``, ``__setattr__`` and ``__delattr__`` with ``exec`` when the class is
 defined (171 compiles for the 31 classes a plan imports, measured at about 45 % of the plan's time in
 its process), and importing :mod:`dataclasses` imports :mod:`inspect` (``ast``, ``dis``, ``enum``,
-``re``, ``tokenize``). Here a method's code is compiled the first time it is called on its class; a
-plan calls the ``__init__`` of the classes it builds and rarely anything else. The compiled methods
-are those the standard library writes (same signature and body), so the cost per call is the same.
+``re``, ``tokenize``). Here a class's methods run interpreted from its field list for their first
+``COMPILE_AFTER`` calls, and are then compiled and installed: a plan calls the ``__init__`` of the
+classes it builds, most of them a few times, and rarely anything else. The compiled methods are
+those the standard library writes (same signature and body), so the cost per call is the same.
 
 The standard library's functions (``dataclasses.fields``, ``replace``, ``asdict``, ``is_dataclass``)
 also work on these classes: ``__dataclass_fields__`` is built, with :mod:`dataclasses` imported, the
@@ -246,17 +247,131 @@ class _StdlibFields:
         return out
 
 
+COMPILE_AFTER = 32
+"""Calls a method of a class takes interpreted (``_GENERIC``) before its code is compiled (``_BUILDERS``).
+
+A compile costs about 0.3 ms; a plan's start constructs most of its 30 record classes a few times
+and a handful hundreds of times, so compiling on first call spent about 9 ms of a 75 ms start on
+code run once or twice. The interpreted methods give the same results, errors included; they run
+some 3 x slower per call, which a hot class pays only for its first calls."""
+
+
 def _lazy(name: str) -> object:
-    """A method that compiles the real one for its class on first call, installs it and calls it."""
+    """A method that runs interpreted for its class's first ``COMPILE_AFTER`` calls, then compiles the
+    real one, installs it on the class and calls it."""
+    state: list = []  # [owner, generic method, calls left], filled on first call
 
     def first_call(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        owner = next(c for c in type(self).__mro__ if c.__dict__.get(name) is first_call)
-        real = _BUILDERS[name](owner)
-        type.__setattr__(owner, name, real)
+        if not state:
+            owner = next(c for c in type(self).__mro__ if c.__dict__.get(name) is first_call)
+            state.extend((owner, _GENERIC[name](owner), COMPILE_AFTER))
+        state[2] -= 1
+        if state[2] > 0:
+            return state[1](self, *args, **kwargs)
+        real = _BUILDERS[name](state[0])
+        type.__setattr__(state[0], name, real)
         return real(self, *args, **kwargs)
 
     first_call.__name__ = first_call.__qualname__ = name
     return first_call
+
+
+def _plural(names: list[str]) -> str:
+    """``'a'``, ``'a' and 'b'``, ``'a', 'b', and 'c'``: how CPython lists missing arguments."""
+    quoted = [repr(n) for n in names]
+    if len(quoted) < 3:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def _generic_init(cls: type) -> object:
+    """``__init__`` interpreted from the field list: the compiled one's arguments, defaults, factories,
+    ``init=False`` fields, ``__post_init__`` and argument errors (CPython's wording)."""
+    frozen, kw_only, _, _ = cls.__record_options__
+    where = f"{cls.__qualname__}.__init__()"
+    plan = []  # (name, init, default, factory)
+    for f in cls.__record_fields__:
+        if f.init or f.default is not MISSING or f.default_factory is not MISSING:
+            plan.append((f.name, f.init, f.default, f.default_factory))
+    params = [p[0] for p in plan if p[1]]
+    accepted = frozenset(params)
+    required = frozenset(name for name, init, d, fac in plan if init and d is MISSING and fac is MISSING)
+    post_init = hasattr(cls, "__post_init__")
+    put = object.__setattr__ if frozen else setattr
+    kind = "keyword-only" if kw_only else "positional"
+    most = 1 if kw_only else len(params) + 1  # self counts, as CPython counts it
+    least = 1 if kw_only else 1 + len(required)
+    if least == most:
+        takes = f"{most} positional argument{'s' if most > 1 else ''}"
+    else:
+        takes = f"from {least} to {most} positional arguments"
+
+    def missing(kwargs: dict) -> TypeError:
+        names = [name for name, init, default, factory in plan if init and default is MISSING and factory is MISSING]
+        names = [name for name in names if name not in kwargs]
+        many = "s" if len(names) > 1 else ""
+        return TypeError(f"{where} missing {len(names)} required {kind} argument{many}: {_plural(names)}")
+
+    def __init__(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202, N807
+        if args:
+            if kw_only or len(args) > len(params):
+                raise TypeError(f"{where} takes {takes} but {len(args) + 1} were given")
+            for name, value in zip(params, args, strict=False):  # fewer args than params: checked above
+                if name in kwargs:
+                    raise TypeError(f"{where} got multiple values for argument {name!r}")
+                kwargs[name] = value
+        if not kwargs.keys() <= accepted:
+            unknown = next(name for name in kwargs if name not in accepted)
+            raise TypeError(f"{where} got an unexpected keyword argument {unknown!r}")
+        if not required <= kwargs.keys():
+            raise missing(kwargs)
+        for name, init, default, factory in plan:
+            value = kwargs.get(name, default) if init else default
+            if value is MISSING and factory is not MISSING:
+                value = factory()
+            put(self, name, value)
+        if post_init:
+            self.__post_init__()
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
+def _generic_repr(cls: type) -> object:
+    names = [f.name for f in cls.__record_fields__ if f.repr]
+
+    def __repr__(self):  # noqa: ANN001, ANN202, N807
+        return f"{self.__class__.__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+    return __repr__
+
+
+def _values(names: list[str]) -> object:
+    """A function of a record: the tuple of its ``names`` fields (``operator.attrgetter``, always a tuple)."""
+    from operator import attrgetter  # imported by collections at every start: costs nothing here
+
+    get = attrgetter(*names) if names else (lambda _: ())
+    return (lambda obj: (get(obj),)) if len(names) == 1 else get
+
+
+def _generic_eq(cls: type) -> object:
+    values = _values([f.name for f in cls.__record_fields__ if f.compare])
+
+    def __eq__(self, other):  # noqa: ANN001, ANN202, N807
+        if other.__class__ is self.__class__:
+            return values(self) == values(other)
+        return NotImplemented
+
+    return __eq__
+
+
+def _generic_hash(cls: type) -> object:
+    values = _values([f.name for f in cls.__record_fields__ if (f.compare if f.hash is None else f.hash)])
+
+    def __hash__(self):  # noqa: ANN001, ANN202, N807
+        return hash(values(self))
+
+    return __hash__
 
 
 def _compile(cls: type, name: str, args: str, lines: list[str], namespace: dict[str, object]) -> object:
@@ -315,6 +430,7 @@ def _build_hash(cls: type) -> object:
 
 
 _BUILDERS = {"__init__": _build_init, "__repr__": _build_repr, "__eq__": _build_eq, "__hash__": _build_hash}
+_GENERIC = {"__init__": _generic_init, "__repr__": _generic_repr, "__eq__": _generic_eq, "__hash__": _generic_hash}
 
 
 def _frozen_setattr(self: object, name: str, value: object) -> None:

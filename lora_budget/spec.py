@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from lora_budget.catalog.shape import ModelShape
 from lora_budget.errors import LoraBudgetError
@@ -104,8 +105,11 @@ def default_optimizer(framework: str, transformers: str, torch: str) -> str:
     return "adamw" if fused else "adamw_foreach"
 
 
+@lru_cache(maxsize=256)
 def _version(text: str) -> tuple[int, ...]:
-    """``"0.43.1"`` -> (0, 43, 1); a missing patch is 0; () when it is not a release number."""
+    """``"0.43.1"`` -> (0, 43, 1); a missing patch is 0; () when it is not a release number.
+    Cached: every spec a plan builds (a non-fitting method's candidates among them) reads its three
+    library versions, the same few strings each time."""
     parts = text.strip().split(".")
     if not 2 <= len(parts) <= 3 or not all(p.isdigit() and len(p) <= 6 for p in parts):
         return ()

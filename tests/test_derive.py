@@ -183,6 +183,25 @@ def test_autocast_is_refused_for_layernorm_models(cache):
         estimate(spec)
 
 
+def test_trace_reads_a_derived_models_norms_off_its_modules_for_autocast():
+    """A trace-derived shape carries no norm or activation of its own (derived_shape fills LayerNorm /
+    GELU placeholders), so the trace's autocast refusal reads the built model: Qwen2.5 as a derived
+    model (RMSNorm, SiLU) traces under autocast on fake tensors; phi-2 (LayerNorm, tanh GELU) is
+    refused, as its analytical twin is."""
+    from lora_budget.trace.engine import trace
+
+    qwen = dict(resolve_model("Qwen2.5-0.5B").config)
+    rms = TrainSpec(
+        framework="hf-trainer", model=_ref(qwen, "qwen", 1, as_derived=True), method="lora", autocast=True,
+        batch_size=1, seq_len=64,
+    )  # fmt: skip
+    assert rms.model.shape.derived and rms.model.shape.norm == "layer"  # the placeholder the check must not read
+    assert trace(rms).peak_bytes > 0
+    ln = TrainSpec(framework="hf-trainer", model=_ref(PHI_2, "phi-2", 1, as_derived=True), method="lora", autocast=True)
+    with pytest.raises(LoraBudgetError, match="CPU autocast"):
+        trace(ln)
+
+
 def test_the_trainer_default_plans_derived_models_from_the_plain_loop(cache):
     """The default (hf-trainer, autocast unset) keeps a derived model plannable: the plain loop's
     coefficients, with a warning that LoRA is over-planned there."""

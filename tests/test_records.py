@@ -154,10 +154,58 @@ def test_pickle_and_copy_of_frozen_slotted_records():
         assert clone == rec and clone is not rec
 
 
-def test_methods_are_the_compiled_ones_after_first_call():
+_BAD_CALLS = [
+    (0, ("m",), {}),  # keyword-only
+    (0, (), {}),  # name missing
+    (0, (), {"name": "m", "hidden": 1}),  # init=False
+    (0, (), {"name": "m", "nope": 1}),
+    (1, (), {}),
+    (1, (1, "y", 3), {}),  # too many positional, with defaults: "from 2 to 3"
+    (1, (1,), {"a": 2}),  # multiple values
+    (2, (), {}),
+    (3, (1, 2, 3), {}),
+]
+
+
+def _error(cls, args, kwargs):
+    try:
+        cls(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    raise AssertionError(f"{cls.__qualname__}{args}{kwargs} was accepted")
+
+
+def test_interpreted_then_compiled_methods_give_the_same_results_and_errors():
+    """Each method runs interpreted for its class's first ``COMPILE_AFTER`` calls, then compiled: both
+    phases must give the standard library's values and its exact argument errors (same wording,
+    since both classes have the same qualified name)."""
+    std_cls, _, _, _, _ = STD
+    rec_classes = _declare(records.dataclass, records.field)  # fresh classes: nothing compiled yet
+    for phase in ("interpreted", "compiled"):
+        for index, args, kwargs in _BAD_CALLS:
+            assert _error(rec_classes[index], args, kwargs) == _error(STD[index], args, kwargs), (phase, index, args)
+        std, rec = std_cls(name="m", size=2), rec_classes[0](name="m", size=2)
+        assert repr(rec) == repr(std) and hash(rec) == hash(rec_classes[0](name="m", size=2))
+        assert rec == rec_classes[0](name="m", size=2) and rec != rec_classes[0](name="n", size=2)
+        assert rec_classes[3]().items is not rec_classes[3]().items  # a fresh default_factory value each time
+        compiled = rec_classes[0].__init__.__code__.co_filename.startswith("<record")
+        assert compiled is (phase == "compiled"), phase
+        if phase == "interpreted":
+            for cls in rec_classes:
+                kwargs = {"name": "m"} if cls is rec_classes[0] else {"a": 1} if cls in rec_classes[1:3] else {}
+                for _ in range(records.COMPILE_AFTER):
+                    obj = cls(**kwargs)
+                    repr(obj), obj == obj  # noqa: B015
+                    if type(cls).__hash__ is not None and cls.__hash__ is not None:
+                        hash(obj)
+    for cls in rec_classes:
+        assert cls.__init__.__code__.co_filename.startswith("<record"), cls.__qualname__
+
+
+def test_methods_are_the_compiled_ones_after_first_calls():
     cls = REC[1]
-    obj = cls(1)
-    repr(obj)
+    for _ in range(records.COMPILE_AFTER):
+        repr(cls(1))
     assert cls.__init__.__code__.co_filename.startswith("<record")
     assert cls.__repr__.__qualname__.endswith("Base.__repr__")
     assert cls.__init__.__code__.co_kwonlyargcount == 0 and REC[0].__init__ is not cls.__init__

@@ -69,20 +69,33 @@ def _key(text: str) -> str:
 
 
 def _lookup(text: str) -> dict[str, Any] | None:
-    """``_index()``'s entry for ``text``, by exact (lower-case) name, then forgiving spelling. An exact
-    name of the main catalog is answered by its own index, which is the first part of the full one:
-    models_derived.json (about 10 ms to parse) is read only when that misses."""
-    entry = _index(main_only=True).get(text.strip().lower())
+    """The catalog entry for ``text``: by exact (lower-case) name, alias, HF id or variant of the main
+    catalog (``_names``), else by ``_index()``, which also holds the forgiving spellings (``_key``) and
+    models_derived.json (about 10 ms to parse, read only when the first misses)."""
+    wanted = text.strip().lower()
+    entry = _names().get(wanted)
     if entry is None:
         index = _index()
-        entry = index.get(text.strip().lower()) or index.get(_key(text))
+        entry = index.get(wanted) or index.get(_key(text))
     return entry
 
 
-@lru_cache(maxsize=2)
-def _index(main_only: bool = False) -> dict[str, dict[str, Any]]:
+@lru_cache(maxsize=1)
+def _names() -> dict[str, dict[str, Any]]:
+    """Lower-case name, HF id, alias and variant -> main-catalog entry (the first entry that lists it):
+    what a plan of a catalog model looks up, without ``_key``'s three substitutions per name."""
+    names: dict[str, dict[str, Any]] = {}
+    for entry in catalog():
+        for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
+            names.setdefault(name.lower(), entry)
+    return names
+
+
+@lru_cache(maxsize=1)
+def _index() -> dict[str, dict[str, Any]]:
+    """``_names`` of both catalogs, each name also under its forgiving spelling (``_key``)."""
     index: dict[str, dict[str, Any]] = {}
-    for entry in catalog() if main_only else _entries():
+    for entry in _entries():
         for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
             index.setdefault(name.lower(), entry)
             index.setdefault(_key(name), entry)

@@ -32,14 +32,17 @@ from functools import lru_cache
 
 from lora_budget.breakdown import Breakdown
 from lora_budget.core.activations import ActivationModel, Coeff, StepSettings, activation_model
-from lora_budget.core.litgpt import LossTerms
-from lora_budget.core.litgpt import moments as litgpt_moments
 from lora_budget.core.lora import resolve_targets
-from lora_budget.core.objectives import ObjectiveLoss, objective_loss
-from lora_budget.core.offload import FWD_STASH, OffloadPlan, offload_plan
+from lora_budget.core.objectives import objective_loss
 from lora_budget.core.static import StaticMemory, static_memory
 from lora_budget.records import dataclass, field
 from lora_budget.spec import DTYPE_BYTES, TrainSpec
+
+TYPE_CHECKING = False  # typing is not imported at run time (records.py: the plan's start)
+if TYPE_CHECKING:  # LitGPT's loop and activation offloading are imported by the specs that use them
+    from lora_budget.core.litgpt import LossTerms
+    from lora_budget.core.objectives import ObjectiveLoss
+    from lora_budget.core.offload import OffloadPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class PeakModel:
         kept_logits = kept_acts = 0
         litgpt: tuple[tuple[str, int, int, int, int], ...] = ()
         if k.litgpt is not None:  # LitGPT's loop, Fabric's fp32 outputs, 128-token head chunks, its validate
+            from lora_budget.core.litgpt import moments as litgpt_moments
+
             kept_logits, kept_acts, head, loss_fwd, loss_bwd, evaluated = litgpt_moments(k.litgpt, batch_size, seq_len)
             litgpt = (
                 ("loss", k.grads[0], int(all_acts) + kept_acts, head, 0),
@@ -387,7 +392,7 @@ def _constants(model: PeakModel) -> _Constants:
         eval_hidden=c * s.hidden,
         seq_mult=spec.sequences_per_example,
         objective=objective_loss(spec, logits_c),
-        offload=offload_plan(spec, a) if spec.activation_offload else None,
+        offload=_offload_plan(spec, a) if spec.activation_offload else None,
     )
 
 
@@ -398,6 +403,8 @@ def _offloaded(k: _Constants, T: int, seq_len: int, shared: float, layer: float)
     saved set (as it is recomputed, or brought back). Without checkpointing, the attention backward
     of the last and the first layer holds the kept second saves and its kernel's tensors brought back
     (None under checkpointing, where the recomputed layer is as without offloading)."""
+    from lora_budget.core.offload import FWD_STASH
+
     o, L = k.offload, k.layers
     end = o.forward_end_bytes(T)
     held = T * o.norm_held if o.held_at_peak else 0
@@ -599,3 +606,9 @@ def single_peak_model(spec: TrainSpec, overhead_bytes: int = 0) -> PeakModel:
 _activation_model = lru_cache(maxsize=4096)(activation_model)
 """``activation_model`` cached: its arguments are frozen, and optimizers, world sizes and accumulation
 share one walk."""
+
+
+def _offload_plan(spec: TrainSpec, acts: ActivationModel) -> OffloadPlan:
+    from lora_budget.core.offload import offload_plan
+
+    return offload_plan(spec, acts)

@@ -114,15 +114,11 @@ def _check_autocast(spec: TrainSpec) -> None:
     """Refuse autocast where CPU autocast on fake tensors would not be CUDA's, as the trace engine
     does: CPU autocast keeps layer_norm and pow in 16 bits where CUDA's runs them in fp32, so a
     model with a LayerNorm or the tanh GELU (``gelu_new``, which calls pow) is derived without it."""
-    import torch
-
     from lora_budget.derive.arch import build_meta
+    from lora_budget.runtime.build import cpu_autocast_differs
 
     raw = dict(spec.model.config)
-    model = build_meta(truncated_config(raw, PROBE_LAYERS))
-    layer_norm = any(isinstance(m, torch.nn.LayerNorm) or "LayerNorm" in type(m).__name__ for m in model.modules())
-    acts = {str(raw.get(k, "")) for k in ("hidden_act", "activation_function", "hidden_activation")}
-    if layer_norm or "gelu_new" in acts:
+    if cpu_autocast_differs(build_meta(truncated_config(raw, PROBE_LAYERS)), raw):
         raise LoraBudgetError(
             f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "
             "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is derived without "

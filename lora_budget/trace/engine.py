@@ -32,7 +32,7 @@ from typing import Any
 from lora_budget.breakdown import CATEGORIES, Breakdown
 from lora_budget.errors import LoraBudgetError
 from lora_budget.records import dataclass, field
-from lora_budget.runtime.build import Built, build, import_stack
+from lora_budget.runtime.build import Built, build, cpu_autocast_differs, import_stack
 from lora_budget.runtime.loop import make_optimizer, optimizer_state_tensors, run_steps
 from lora_budget.spec import TrainSpec
 from lora_budget.trace.allocator import Replay, replay_tracker
@@ -135,12 +135,8 @@ def trace(
             "quantizes; the installed transformers 5 stores them as 3-D parameters, so that layout is planned "
             "from its source (core/static.py), not traced; trace with --transformers 5.24"
         )
-    if fake and spec.autocast_on and (shape.norm == "layer" or shape.act == "gelu_new"):
-        raise LoraBudgetError(
-            f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "
-            "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is traced without "
-            "autocast only (--no-autocast); `lora-budget plan` still answers"
-        )
+    if fake and spec.autocast_on and not shape.derived and (shape.norm == "layer" or shape.act == "gelu_new"):
+        raise _autocast_refused(spec)  # a derived shape does not know its norms: checked on the built model
     if spec.compile:
         from lora_budget.runtime.compiled import check_traceable
 
@@ -161,6 +157,8 @@ def trace(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             built = build(spec, device="cpu", fake_mode=fake_mode, mesh=mesh)
+            if fake and spec.autocast_on and shape.derived and cpu_autocast_differs(built.model, spec.model.config):
+                raise _autocast_refused(spec)
             reference = _reference(spec, fake_mode)
         tracker = Tracker(vocab=spec.model.shape.vocab)
         register_static(tracker, built, spec)
@@ -181,6 +179,14 @@ def trace(
         _run(spec, built, tracker, optimizer, hooks, fake_mode, steps, warm_start, reference)
     wall_s = time.perf_counter() - started
     return _result(spec, tracker, hooks, wall_s, fake, keep_timeline)
+
+
+def _autocast_refused(spec: TrainSpec) -> LoraBudgetError:
+    return LoraBudgetError(
+        f"{spec.model.name}: autocast on fake CPU tensors follows CPU autocast, which keeps layer_norm and pow "
+        "in 16 bits where CUDA's runs them in fp32; this LayerNorm / tanh-GELU model is traced without "
+        "autocast only (--no-autocast); `lora-budget plan` still answers"
+    )
 
 
 def _run(
