@@ -99,9 +99,13 @@ def _checked(row: dict) -> dict:
     return row
 
 
+_DROP = str.maketrans("", "", "-_.")
+
+
 def _key(text: str) -> str:
+    """Lower case, without "nvidia", "geforce", whitespace (``str.split``'s, re's ``\\s``) or ``-_.``."""
     t = text.strip().lower().replace("nvidia", "").replace("geforce", "")
-    return re.sub(r"[-_.\s]", "", t)
+    return "".join(t.split()).translate(_DROP)
 
 
 @lru_cache(maxsize=1)

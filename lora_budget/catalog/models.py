@@ -54,18 +54,21 @@ def _entries() -> tuple[dict[str, Any], ...]:
     return catalog() + derived_catalog()
 
 
-_SUFFIX = re.compile(r"[-_.\s]+(hf|instruct|it|pt|base)$")
-_V01 = re.compile(r"[-_.\s]+v0[.\-_]?1$")
-_SEPARATORS = re.compile(r"[-_.\s]")
+@cache
+def _spelling() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """``_key``'s patterns: a repo suffix, a v0.1 suffix, a separator. Compiled on first use (re
+    compiles a new pattern in Python, about 0.4 ms each): a plan of an exact name never needs them."""
+    return re.compile(r"[-_.\s]+(hf|instruct|it|pt|base)$"), re.compile(r"[-_.\s]+v0[.\-_]?1$"), re.compile(r"[-_.\s]")
 
 
 def _key(text: str) -> str:
     """Forgiving spelling: lower case, separators dropped, common repo suffixes dropped."""
+    suffix, v01, separators = _spelling()
     t = text.strip().lower()
     t = t.split("/")[-1]
-    t = _SUFFIX.sub("", t)
-    t = _V01.sub("", t) if "mistral" not in t and "mixtral" not in t else t
-    return _SEPARATORS.sub("", t)
+    t = suffix.sub("", t)
+    t = v01.sub("", t) if "mistral" not in t and "mixtral" not in t else t
+    return separators.sub("", t)
 
 
 def _lookup(text: str) -> dict[str, Any] | None:
@@ -192,12 +195,13 @@ def resolve_model(text: str) -> ModelRef:
     raise UnknownNameError(f"unknown model {text!r}{hint} (see `lora-budget models`, or pass a config.json path)")
 
 
-_SIZE = re.compile(r"(?<![a-z0-9.])(\d+x)?(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
+_SIZE = r"(?<![a-z0-9.])(\d+x)?(\d+(?:\.\d+)?)([bm])(?![a-z])"
+"""A parameter-size token; compiled by re's own cache on first use (for an unknown name's suggestions)."""
 
 
 def size_token(text: str) -> str | None:
     """The parameter-size token of a name (``270m``, ``7b``, ``8x7b``, ``0.5b``), normalised, or None."""
-    m = _SIZE.search(text.split("/")[-1].replace("_", "-"))
+    m = re.search(_SIZE, text.split("/")[-1].replace("_", "-"), re.IGNORECASE)
     if m is None:
         return None
     experts, number, unit = m.groups()
