@@ -168,6 +168,39 @@ def test_70b_full_on_a100_suggests_eight_gpus_with_fsdp():
     assert multi[0].fits and multi[0].peak_bytes <= capacity
 
 
+def test_one_gpu_static_memory_is_shared_by_every_world_size_and_strategy():
+    """core/static.py computes a sharded spec's one-GPU static memory once, on the spec at one GPU
+    (``SHARDING_FIELDS``). That is exact only if nothing it reads depends on those fields: computed
+    afresh on each sharded spec itself, it must equal the one-GPU spec's, across methods, optimizers,
+    frameworks, checkpointing, strategies, offloads and world sizes. Every such spec also plans."""
+    from lora_budget import records
+    from lora_budget.core import static
+
+    checked = 0
+    for model in (resolve_model("7b"), resolve_model("8x7b"), tiny_ref("llama")):
+        for method in ("full", "lora", "qlora", "lora8bit"):
+            for optimizer in ("adamw", "adamw8bit", "sgd"):
+                for framework in ("hf-trainer", "plain", "litgpt"):
+                    try:
+                        one = TrainSpec(model=model, method=method, optimizer=optimizer, framework=framework)
+                    except LoraBudgetError:
+                        continue  # litgpt full fine-tuning is not modelled
+                    expected = static._unsharded(one)
+                    for gpus, strategy, offload in (
+                        (2, "ddp", "none"), (4, "zero1", "none"), (8, "zero2", "optimizer"),
+                        (8, "zero3", "params"), (16, "fsdp", "none"), (4, "fsdp", "params"),
+                    ):  # fmt: skip
+                        try:
+                            spec = records.replace(one, gpus=gpus, strategy=strategy, offload=offload)
+                        except LoraBudgetError:
+                            continue  # a combination TrainSpec refuses (qlora with zero3, sgd offloaded, ...)
+                        assert static._unsharded(spec) == expected, (model.name, method, framework, strategy)
+                        assert static.static_memory(spec) == expected
+                        assert peak_model(spec).peak_bytes(1, 512) > 0
+                        checked += 1
+    assert checked > 300, checked
+
+
 def test_cli_shows_the_gpu_suggestion():
     r = CliRunner().invoke(main, ["plan", "--model", "70b", "--gpu", "a100-80gb"], catch_exceptions=False)
     assert r.exit_code == 0

@@ -135,9 +135,22 @@ def static_memory(spec: TrainSpec) -> StaticMemory:
     return _static_memory(StepKey(spec))
 
 
+SHARDING_FIELDS = {"gpus": 1, "strategy": "ddp", "offload": "none"}
+"""The fields that say how a step is spread over GPUs, at their one-GPU values. The static memory
+here is one GPU's whole model, which ``core/sharding.py`` divides; no line of ``_unsharded``
+reads these fields (nor does any ``TrainSpec`` property it reads), so every world size and
+strategy of a spec shares one computation (a plan's multi-GPU suggestions try up to 36)."""
+
+
 @lru_cache(maxsize=4096)
 def _static_memory(key: StepKey) -> StaticMemory:
     spec = key.spec
+    if any(getattr(spec, name) != value for name, value in SHARDING_FIELDS.items()):
+        return _static_memory(StepKey(records.replace(spec, **SHARDING_FIELDS)))
+    return _unsharded(spec)
+
+
+def _unsharded(spec: TrainSpec) -> StaticMemory:
     s = spec.model.shape
     litgpt = spec.framework == "litgpt"
     if litgpt:  # LitGPT's own layout: fused qkv, an untied lm_head that Fabric quantizes too
