@@ -220,3 +220,23 @@ def test_plan_imports_none_of_the_slow_standard_modules(args):
     added = plan - bare
     assert not added & {"click", "dataclasses", "inspect", "typing", "pathlib"}, sorted(added)
     assert "lora_budget.api" in added
+
+
+def test_the_fast_path_leaves_the_garbage_collector_on(monkeypatch, capsys):
+    """``run`` turns the cyclic collector off for plan's fast path only: after it answers (or hands an
+    error to click) the collector is on again, for the click commands and for a caller's process."""
+    import gc
+
+    from lora_budget.cli import run
+
+    assert gc.isenabled()
+    for args in (["plan", "--model", "7b", "--gpu", "24GB"], ["plan", "--model", "no-such-model-x", "--gpu", "24GB"]):
+        monkeypatch.setattr(sys, "argv", ["lora-budget", *args])
+        try:
+            code = run()
+        except SystemExit as exc:  # the second: click reports the unknown model and exits 2
+            code = exc.code
+        assert gc.isenabled(), args
+        assert code == (0 if args[2] == "7b" else 2)
+    assert "LoRA" in capsys.readouterr().out
+    gc.unfreeze()  # the objects the plan froze go back under the collector for the rest of the tests
