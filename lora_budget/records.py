@@ -265,8 +265,8 @@ def _lazy(name: str) -> object:
         if not state:
             owner = next(c for c in type(self).__mro__ if c.__dict__.get(name) is first_call)
             state.extend((owner, _GENERIC[name](owner), COMPILE_AFTER))
-        state[2] -= 1
         if state[2] > 0:
+            state[2] -= 1
             return state[1](self, *args, **kwargs)
         real = _BUILDERS[name](state[0])
         type.__setattr__(state[0], name, real)
@@ -295,6 +295,7 @@ def _generic_init(cls: type) -> object:
             plan.append((f.name, f.init, f.default, f.default_factory))
     params = [p[0] for p in plan if p[1]]
     accepted = frozenset(params)
+    positional = () if kw_only else tuple(params)
     required = frozenset(name for name, init, d, fac in plan if init and d is MISSING and fac is MISSING)
     post_init = hasattr(cls, "__post_init__")
     put = object.__setattr__ if frozen else setattr
@@ -313,14 +314,25 @@ def _generic_init(cls: type) -> object:
         return TypeError(f"{where} missing {len(names)} required {kind} argument{many}: {_plural(names)}")
 
     def __init__(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202, N807
+        # CPython's order: each keyword in call order (unknown, or already given by position), then
+        # too many positional arguments, then missing ones
         if args:
-            if kw_only or len(args) > len(params):
-                raise TypeError(f"{where} takes {takes} but {len(args) + 1} were given")
-            for name, value in zip(params, args, strict=False):  # fewer args than params: checked above
-                if name in kwargs:
+            bound = dict(zip(positional, args, strict=False))  # extra positional arguments bind nothing
+            for name in kwargs:
+                if name not in accepted:
+                    raise TypeError(f"{where} got an unexpected keyword argument {name!r}")
+                if name in bound:
                     raise TypeError(f"{where} got multiple values for argument {name!r}")
-                kwargs[name] = value
-        if not kwargs.keys() <= accepted:
+            if len(args) > len(positional):
+                given = len(args) + 1
+                extra = ""
+                if kw_only and kwargs:
+                    n = len(kwargs)
+                    keywords = f"{n} keyword-only argument{'s' if n != 1 else ''}"
+                    extra = f" positional argument{'s' if given != 1 else ''} (and {keywords})"
+                raise TypeError(f"{where} takes {takes} but {given}{extra} were given")
+            kwargs.update(bound)
+        elif not kwargs.keys() <= accepted:
             unknown = next(name for name in kwargs if name not in accepted)
             raise TypeError(f"{where} got an unexpected keyword argument {unknown!r}")
         if not required <= kwargs.keys():

@@ -124,3 +124,26 @@ def test_unknown_gpu():
 def test_gpu_catalog_unique_names():
     names = [g.name for g in gpu_catalog.catalog()]
     assert len(names) == len(set(names)) >= 15
+
+
+def test_no_exact_name_is_another_entrys_forgiving_spelling():
+    """Resolution answers an exact name (any case) before a forgiving spelling (``models._key``). The
+    two orders can only differ where one entry's exact name, alias, HF id or variant is another
+    entry's forgiving spelling: the catalog has no such pair (else resolving it would depend on
+    which lookup runs first)."""
+    from lora_budget.catalog import models
+
+    def spellings(entry):
+        return (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ()))
+
+    exact = {}
+    for entry in models._entries():
+        for name in spellings(entry):
+            exact.setdefault(name.lower(), entry["name"])
+    clashes = [
+        (entry["name"], name, exact[models._key(name)])
+        for entry in models._entries()
+        for name in spellings(entry)
+        if exact.get(models._key(name), entry["name"]) != entry["name"]
+    ]
+    assert not clashes, clashes[:5]

@@ -222,21 +222,44 @@ def test_plan_imports_none_of_the_slow_standard_modules(args):
     assert "lora_budget.api" in added
 
 
-def test_the_fast_path_leaves_the_garbage_collector_on(monkeypatch, capsys):
-    """``run`` turns the cyclic collector off for plan's fast path only: after it answers (or hands an
-    error to click) the collector is on again, for the click commands and for a caller's process."""
+def test_the_fast_path_runs_without_the_garbage_collector_and_restores_it(monkeypatch, capsys):
+    """``run`` turns the cyclic collector off for plan's fast path only, and puts it back as it was
+    (on, or off where the caller had it off) whether the plan answers or hands an error to click. In a
+    caller's process it freezes nothing (only the console script, which exits next, does)."""
     import gc
 
-    from lora_budget.cli import run
+    from lora_budget.cli import fast, run
 
-    assert gc.isenabled()
-    for args in (["plan", "--model", "7b", "--gpu", "24GB"], ["plan", "--model", "no-such-model-x", "--gpu", "24GB"]):
-        monkeypatch.setattr(sys, "argv", ["lora-budget", *args])
+    seen = []
+    answer = fast.fast_plan
+    monkeypatch.setattr(fast, "fast_plan", lambda args: seen.append(gc.isenabled()) or answer(args))
+    frozen = gc.get_freeze_count()
+    for collecting in (True, False):
+        (gc.enable if collecting else gc.disable)()
         try:
-            code = run()
-        except SystemExit as exc:  # the second: click reports the unknown model and exits 2
-            code = exc.code
-        assert gc.isenabled(), args
-        assert code == (0 if args[2] == "7b" else 2)
+            for args in (["plan", "--model", "7b", "--gpu", "24GB"], ["plan", "--model", "no-such-x", "--gpu", "24GB"]):
+                monkeypatch.setattr(sys, "argv", ["lora-budget", *args])
+                try:
+                    code = run()
+                except SystemExit as exc:  # the second: click reports the unknown model and exits 2
+                    code = exc.code
+                assert gc.isenabled() is collecting, args
+                assert code == (0 if args[2] == "7b" else 2)
+        finally:
+            gc.enable()
+    assert seen == [False] * 4  # the fast path ran with the collector off each time
+    assert gc.get_freeze_count() == frozen
     assert "LoRA" in capsys.readouterr().out
-    gc.unfreeze()  # the objects the plan froze go back under the collector for the rest of the tests
+
+
+def test_the_console_script_freezes_before_it_exits():
+    """Run as the program (``python -m lora_budget``), the fast path freezes what it made before exit."""
+    code = (
+        "import gc, sys, runpy\nsys.argv = ['lora-budget', 'plan', '--model', '7b', '--gpu', '24GB']\n"
+        "import lora_budget.cli.fast as fast\nfrozen = []\nfreeze = gc.freeze\n"
+        "gc.freeze = lambda: (frozen.append(1), freeze())\n"
+        "try:\n    runpy.run_module('lora_budget', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n    print('exit', exc.code, 'frozen', len(frozen), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert "exit 0 frozen 1" in out.stderr, out.stderr[-2000:]

@@ -164,6 +164,11 @@ _BAD_CALLS = [
     (1, (1,), {"a": 2}),  # multiple values
     (2, (), {}),
     (3, (1, 2, 3), {}),
+    (0, ("m",), {"name": "m"}),  # kw-only: "... 2 positional arguments (and 1 keyword-only argument) were given"
+    (0, ("m",), {"zz": 1}),  # an unknown keyword is reported before too many positional arguments
+    (1, (1,), {"bogus": 3, "a": 2}),  # keywords in call order: the unknown one first
+    (1, (1, 2), {"b": 1, "a": 2}),  # ... and of two given twice, the first passed
+    (1, (1, 2, 3, 4), {"k": 1}),
 ]
 
 
@@ -185,7 +190,7 @@ def test_interpreted_then_compiled_methods_give_the_same_results_and_errors():
         for index, args, kwargs in _BAD_CALLS:
             assert _error(rec_classes[index], args, kwargs) == _error(STD[index], args, kwargs), (phase, index, args)
         std, rec = std_cls(name="m", size=2), rec_classes[0](name="m", size=2)
-        assert repr(rec) == repr(std) and hash(rec) == hash(rec_classes[0](name="m", size=2))
+        assert repr(rec) == repr(std) and hash(rec) == hash(std)  # the same fields hashed, as a tuple
         assert rec == rec_classes[0](name="m", size=2) and rec != rec_classes[0](name="n", size=2)
         assert rec_classes[3]().items is not rec_classes[3]().items  # a fresh default_factory value each time
         compiled = rec_classes[0].__init__.__code__.co_filename.startswith("<record")
@@ -193,18 +198,38 @@ def test_interpreted_then_compiled_methods_give_the_same_results_and_errors():
         if phase == "interpreted":
             for cls in rec_classes:
                 kwargs = {"name": "m"} if cls is rec_classes[0] else {"a": 1} if cls in rec_classes[1:3] else {}
-                for _ in range(records.COMPILE_AFTER):
+                for _ in range(records.COMPILE_AFTER + 1):
                     obj = cls(**kwargs)
                     repr(obj), obj == obj  # noqa: B015
-                    if type(cls).__hash__ is not None and cls.__hash__ is not None:
+                    if cls.__hash__ is not None:
                         hash(obj)
     for cls in rec_classes:
-        assert cls.__init__.__code__.co_filename.startswith("<record"), cls.__qualname__
+        for name in ("__init__", "__repr__", "__eq__", "__hash__"):
+            method = cls.__dict__.get(name)
+            if method is not None:  # a plain class inherits object's hash; eq without frozen sets None
+                assert method.__code__.co_filename.startswith("<record"), (cls.__qualname__, name)
+
+
+@pytest.mark.parametrize("n_fields", [0, 1, 3])
+def test_eq_and_hash_of_few_fields_match_dataclasses(n_fields):
+    """Hash and eq of records with no, one and several compared fields, interpreted and compiled:
+    the standard library hashes the tuple of the compared fields (a one-tuple for one field)."""
+    body = "".join(f"    f{i}: int = {i}\n" for i in range(n_fields)) or "    pass\n"
+    classes = []
+    for dc in (dataclasses.dataclass, records.dataclass):
+        ns: dict = {"dc": dc}
+        exec(f"@dc(frozen=True)\nclass R:\n{body}", ns)  # noqa: S102
+        classes.append(ns["R"])
+    std_cls, rec_cls = classes
+    for _ in range(records.COMPILE_AFTER + 2):  # through the interpreted calls into the compiled
+        std, rec = std_cls(), rec_cls()
+        assert hash(rec) == hash(std) and rec == rec_cls() and repr(rec) == repr(std)
+    assert rec_cls.__hash__.__code__.co_filename.startswith("<record")
 
 
 def test_methods_are_the_compiled_ones_after_first_calls():
     cls = REC[1]
-    for _ in range(records.COMPILE_AFTER):
+    for _ in range(records.COMPILE_AFTER + 1):
         repr(cls(1))
     assert cls.__init__.__code__.co_filename.startswith("<record")
     assert cls.__repr__.__qualname__.endswith("Base.__repr__")

@@ -73,14 +73,18 @@ class Built:
 def cpu_autocast_differs(model: Any, config: dict[str, Any]) -> bool:
     """Whether CPU autocast on fake tensors would run ``model`` otherwise than CUDA's autocast: CPU's
     keeps layer_norm and pow in 16 bits where CUDA's runs them in fp32 (torch's autocast op lists),
-    so a model with a LayerNorm module or the tanh GELU (``gelu_new``, which calls pow) is traced
+    so a model with a LayerNorm module or a tanh GELU that calls pow (``gelu_new``, ``gelu_accurate``) is traced
     without autocast only. Read off the built modules and the config, not the analytical shape: a
     trace-derived model's shape does not know its norms."""
     import torch
 
-    layer_norm = any(isinstance(m, torch.nn.LayerNorm) or "LayerNorm" in type(m).__name__ for m in model.modules())
+    pow_gelu = ("NewGELUActivation", "AccurateGELUActivation")  # transformers' activations.py: torch.pow(x, 3)
+    for m in model.modules():
+        name = type(m).__name__
+        if isinstance(m, torch.nn.LayerNorm) or "LayerNorm" in name or name in pow_gelu:
+            return True
     acts = {str(config.get(k, "")) for k in ("hidden_act", "activation_function", "hidden_activation")}
-    return layer_norm or "gelu_new" in acts
+    return bool(acts & {"gelu_new", "gelu_accurate"})  # an activation called as a function, not a module
 
 
 def hf_config(spec: TrainSpec) -> Any:
