@@ -123,6 +123,15 @@ def plan_api_calls_per_second(repeats: int = 3) -> dict[str, float]:
 PLAN_ARGS = ["plan", "--model", "7b", "--gpu", "24GB"]
 
 
+def _pip_wheel_install(src: Path, wheels: Path, python: Path, name: str) -> None:
+    """Build ``src``'s wheel into ``wheels`` with this environment's pip (no build isolation, no
+    network) and install it, without dependencies, into the environment of ``python``."""
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True)
+    wheel = next(wheels.glob(f"{name}-*.whl"))
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True)
+
+
 def wheel_install(tmp: Path) -> Path:
     """A fresh virtual environment with lora-budget installed from its wheel, as a user installs it: the
     wheel built from a copy of this tree (uncommitted files included) and installed by pip, which
@@ -136,9 +145,6 @@ def wheel_install(tmp: Path) -> Path:
     shutil.copytree(root / "lora_budget", src / "lora_budget", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
-    wheels = tmp / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True)
     venv.create(tmp / "venv", with_pip=False)
     bin_dir = tmp / "venv" / "bin"
     python = bin_dir / "python"
@@ -148,8 +154,7 @@ def wheel_install(tmp: Path) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    wheel = next(wheels.glob("lora_budget-*.whl"))
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True)
+    _pip_wheel_install(src, tmp / "wheels", python, "lora_budget")
     import click
     import yaml
 
@@ -175,12 +180,7 @@ def empty_console_script(tmp: Path, bin_dir: Path) -> Path:
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "lb-floor"\nversion = "0"\n[project.scripts]\nlb-floor = "lb_floor:main"\n'
     )
-    wheels = tmp / "floor-wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True)
-    wheel = next(wheels.glob("lb_floor-*.whl"))
-    install = [*pip, "--python", str(bin_dir / "python"), "install", "--no-deps", "--no-index", str(wheel)]
-    subprocess.run(install, check=True)
+    _pip_wheel_install(src, tmp / "floor-wheels", bin_dir / "python", "lb_floor")
     return bin_dir / "lb-floor"
 
 

@@ -296,7 +296,8 @@ def _generic_init(cls: type) -> object:
     params = [p[0] for p in plan if p[1]]
     accepted = frozenset(params)
     positional = () if kw_only else tuple(params)
-    required = frozenset(name for name, init, d, fac in plan if init and d is MISSING and fac is MISSING)
+    ordered_required = [name for name, init, d, fac in plan if init and d is MISSING and fac is MISSING]
+    required = frozenset(ordered_required)
     post_init = hasattr(cls, "__post_init__")
     put = object.__setattr__ if frozen else setattr
     kind = "keyword-only" if kw_only else "positional"
@@ -308,8 +309,7 @@ def _generic_init(cls: type) -> object:
         takes = f"from {least} to {most} positional arguments"
 
     def missing(kwargs: dict) -> TypeError:
-        names = [name for name, init, default, factory in plan if init and default is MISSING and factory is MISSING]
-        names = [name for name in names if name not in kwargs]
+        names = [name for name in ordered_required if name not in kwargs]
         many = "s" if len(names) > 1 else ""
         return TypeError(f"{where} missing {len(names)} required {kind} argument{many}: {_plural(names)}")
 

@@ -132,9 +132,7 @@ def test_no_exact_name_is_another_entrys_forgiving_spelling():
     entry's forgiving spelling: the catalog has no such pair (else resolving it would depend on
     which lookup runs first)."""
     from lora_budget.catalog import models
-
-    def spellings(entry):
-        return (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ()))
+    from lora_budget.catalog.models import spellings
 
     exact = {}
     for entry in models._entries():

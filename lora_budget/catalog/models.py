@@ -83,13 +83,18 @@ def _lookup(text: str) -> dict[str, Any] | None:
     return entry
 
 
+def spellings(entry: dict[str, Any]) -> tuple[str, ...]:
+    """Every name an entry answers to: its name, HF id, aliases and variants (in that order)."""
+    return (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ()))
+
+
 @lru_cache(maxsize=1)
 def _names() -> dict[str, dict[str, Any]]:
     """Lower-case name, HF id, alias and variant -> main-catalog entry (the first entry that lists it):
     what a plan of a catalog model looks up, without ``_key``'s three substitutions per name."""
     names: dict[str, dict[str, Any]] = {}
     for entry in catalog():
-        for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
+        for name in spellings(entry):
             names.setdefault(name.lower(), entry)
     return names
 
@@ -99,7 +104,7 @@ def _index() -> dict[str, dict[str, Any]]:
     """``_names`` of both catalogs, each name also under its forgiving spelling (``_key``)."""
     index: dict[str, dict[str, Any]] = {}
     for entry in _entries():
-        for name in (entry["name"], entry["hf_id"], *entry["aliases"], *entry.get("variants", ())):
+        for name in spellings(entry):
             index.setdefault(name.lower(), entry)
             index.setdefault(_key(name), entry)
     return index
